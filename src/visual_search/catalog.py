@@ -1,0 +1,173 @@
+"""The domain: index, remove and find product images. Handlers and the CLI call only this.
+
+``Catalog`` joins the embedder (bytes -> vector) and the store (vectors <-> Qdrant). It knows
+how an S3 object's metadata becomes a product payload, and it times each stage of a search so
+the API can report where the milliseconds went.
+"""
+from __future__ import annotations
+
+import atexit
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import PurePosixPath
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .config import Settings, get_settings
+from .errors import ImageError
+from .model import Embedder, get_embedder
+from .store import CatalogStore, Hit, ImagePoint, Query
+
+# User metadata with a meaning of its own; every other key is kept as a string under "metadata".
+KNOWN_METADATA = ("product-id", "category", "brand", "title", "price")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class ImageSource:
+    """An image to index: where it lives, its bytes and its S3 object facts."""
+
+    bucket: str
+    key: str
+    data: bytes
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+    etag: str | None = None
+    version_id: str | None = None
+    sequencer: str | None = None
+
+
+@dataclass
+class IndexResult:
+    source: ImageSource
+    error: ImageError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    model_id: str
+    timings_ms: dict[str, float]
+
+
+def product_id_for(key: str, metadata: Mapping[str, str]) -> str:
+    """``product-id`` metadata, else the key's parent folder, else the file's stem."""
+    explicit = (metadata.get("product-id") or "").strip()
+    if explicit:
+        return explicit
+    path = PurePosixPath(key)
+    return path.parent.name if path.parent.name else path.stem
+
+
+def parse_price(raw: str | None) -> float | None:
+    if raw is None or not str(raw).strip():
+        return None
+    try:
+        value = float(str(raw).strip().replace(",", "."))
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def build_payload(source: ImageSource, model_id: str) -> dict[str, Any]:
+    meta = {k.lower(): v for k, v in source.metadata.items()}
+    payload: dict[str, Any] = {
+        "product_id": product_id_for(source.key, meta),
+        "bucket": source.bucket,
+        "key": source.key,
+        "size": len(source.data),
+        "content_type": source.content_type,
+        "etag": source.etag,
+        "version_id": source.version_id,
+        "sequencer": source.sequencer,
+        "model_id": model_id,
+        "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    for name in ("category", "brand", "title"):
+        if meta.get(name):
+            payload[name] = meta[name]
+    price = parse_price(meta.get("price"))
+    if price is not None:
+        payload["price"] = price
+    payload["metadata"] = {k: str(v) for k, v in meta.items() if k not in KNOWN_METADATA}
+    return {k: v for k, v in payload.items() if v is not None}
+
+
+def is_image_key(key: str, content_type: str | None = None) -> bool:
+    if content_type and content_type.lower().startswith("image/"):
+        return True
+    return key.lower().endswith(IMAGE_EXTENSIONS)
+
+
+class Catalog:
+    def __init__(self, embedder: Embedder, store: CatalogStore):
+        self.embedder = embedder
+        self.store = store
+
+    @classmethod
+    def open(cls, settings: Settings | None = None, embedder: Embedder | None = None) -> "Catalog":
+        settings = settings or get_settings()
+        embedder = embedder or get_embedder()
+        card = embedder.card
+        store = CatalogStore.open(settings.store, card.id, card.embedding_dim, card.distance)
+        return cls(embedder, store)
+
+    @property
+    def model_id(self) -> str:
+        return self.embedder.model_id
+
+    def index(self, sources: Sequence[ImageSource]) -> list[IndexResult]:
+        """Embed all images in one batch and upsert the good ones; bad images carry their error."""
+        embedded = self.embedder.embed_many([s.data for s in sources])
+        results, points = [], []
+        for source, item in zip(sources, embedded):
+            if isinstance(item, ImageError):
+                results.append(IndexResult(source, item))
+                continue
+            points.append(ImagePoint(source.bucket, source.key, item,
+                                     build_payload(source, self.model_id)))
+            results.append(IndexResult(source))
+        self.store.upsert(points)
+        return results
+
+    def remove(self, refs: Sequence[tuple[str, str]]) -> None:
+        self.store.delete_images(refs)
+
+    def search_image(self, data: bytes, query: Query) -> SearchResult:
+        started = time.perf_counter()
+        pixels = self.embedder.preprocess(data)
+        decoded = time.perf_counter()
+        vector = self.embedder.embed_pixels(pixels[None])[0]
+        embedded = time.perf_counter()
+        hits = self.store.search(vector, query)
+        done = time.perf_counter()
+        return SearchResult(hits, self.model_id, {
+            "decode": _ms(decoded - started), "embed": _ms(embedded - decoded),
+            "search": _ms(done - embedded), "total": _ms(done - started)})
+
+    def similar(self, product_id: str, query: Query) -> SearchResult:
+        started = time.perf_counter()
+        hits = self.store.similar(product_id, query)
+        total = _ms(time.perf_counter() - started)
+        return SearchResult(hits, self.model_id,
+                            {"decode": 0.0, "embed": 0.0, "search": total, "total": total})
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+@lru_cache(maxsize=1)
+def get_catalog() -> Catalog:
+    """The process-wide catalogue (one model session, one Qdrant client)."""
+    catalog = Catalog.open()
+    # Embedded Qdrant holds a folder lock and buffers writes: release both on exit.
+    atexit.register(catalog.store.close)
+    return catalog

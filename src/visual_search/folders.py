@@ -1,0 +1,60 @@
+"""Image folders on disk: the demo catalogue, backfills from a local folder, evaluation sets.
+
+A catalogue folder has one subfolder per product (folder name = product id) and, optionally, a
+``products.csv`` whose columns (``product_id`` plus e.g. ``category``, ``brand``, ``title``,
+``price``) become each image's metadata, exactly as S3 user metadata would.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from .catalog import IMAGE_EXTENSIONS
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
+DEMO_CATALOG = PACKAGE_ROOT / "data" / "demo-catalog"
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    path: Path
+    key: str  # path relative to the folder, with forward slashes, as an S3 key would be
+    metadata: dict[str, str]
+
+    @property
+    def content_type(self) -> str:
+        suffix = self.path.suffix.lower().lstrip(".")
+        return {"jpg": "image/jpeg", "tif": "image/tiff"}.get(suffix, f"image/{suffix}")
+
+
+def read_products(folder: Path) -> dict[str, dict[str, str]]:
+    """``products.csv`` as {product_id: {column: value}} with S3-style metadata names."""
+    table = folder / "products.csv"
+    if not table.is_file():
+        return {}
+    with table.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    products = {}
+    for row in rows:
+        product_id = (row.get("product_id") or "").strip()
+        if product_id:
+            products[product_id] = {
+                ("product-id" if k == "product_id" else k.replace("_", "-")): v
+                for k, v in row.items() if k and v}
+    return products
+
+
+def scan(folder: Path) -> list[LocalImage]:
+    """Every image under ``folder`` in a stable order, with its product's metadata."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    products = read_products(folder)
+    images = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            key = path.relative_to(folder).as_posix()
+            product = path.parent.name if path.parent != folder else path.stem
+            images.append(LocalImage(path, key, dict(products.get(product, {}))))
+    return images

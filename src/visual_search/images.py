@@ -1,0 +1,158 @@
+"""Image bytes -> model-ready pixels, hardened against what users and attackers upload.
+
+Decoding is the expensive half of embedding a photo, so a JPEG is decoded straight at a reduced
+scale (``Image.draft``, a DCT-domain downscale) and every other format is shrunk with
+``reduce()`` before the bicubic resize. Bytes and pixel counts are checked before anything is
+decoded, so a decompression bomb costs nothing. Every failure is a typed ``ImageError`` with a
+message a user can act on.
+"""
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .config import ImageLimits
+from .errors import CorruptImageError, EmptyImageError, ImageTooLargeError, UnsupportedImageError
+
+# The formats a product photo arrives in; anything else (SVG, HTML, PDF, ...) is refused.
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+WHITE = (255, 255, 255)
+
+# Truncated files must fail, not decode half-grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model wants its input: taken from the model card."""
+
+    size: int
+    crop_fraction: float = 0.875
+    crop: str = "center"  # "center": square centre crop; "full": whole image squashed to square
+    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
+    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+    interpolation: str = "bicubic"
+
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "lanczos": Image.Resampling.LANCZOS,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Identify the image and check its size without decoding its pixels."""
+    if not data:
+        raise EmptyImageError("the image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(
+            f"the image is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise UnsupportedImageError(
+            "the data is not a supported image (expected JPEG, PNG, WebP, GIF, BMP or TIFF)"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLargeError("the image's dimensions exceed the decoder's safety limit") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise CorruptImageError(f"the image header cannot be read: {exc}") from None
+    if image.format not in SUPPORTED_FORMATS:
+        raise UnsupportedImageError(
+            f"{image.format} images are not supported; use JPEG, PNG, WebP, GIF, BMP or TIFF")
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise CorruptImageError(f"the image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise ImageTooLargeError(
+            f"the image is {width}x{height} = {width * height:,} pixels; "
+            f"the limit is {limits.max_pixels:,} pixels")
+    return image
+
+
+def _draft_for(image: Image.Image, prep: Preprocess) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the crop still covers the model input."""
+    if image.format not in ("JPEG", "MPO"):
+        return
+    width, height = image.size
+    fraction = prep.crop_fraction if prep.crop == "center" else 1.0
+    needed = prep.size / max(fraction, 1e-6)  # shortest side must stay at least this long
+    scale = needed / min(width, height)
+    if scale < 1.0:
+        image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+
+
+def _load(image: Image.Image) -> Image.Image:
+    """Decode the first frame, raising a typed error for truncated or broken data."""
+    try:
+        image.seek(0)
+        image.load()
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise CorruptImageError(f"the image data is truncated or corrupt: {exc}") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError("the image's dimensions exceed the decoder's safety limit") from None
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency is composited on white."""
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":  # 16/32-bit greyscale: scale, do not clip
+        values = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if values.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
+        image = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), "L")
+        mode = "L"
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("LA", "PA", "La", "RGBa"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, WHITE)
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _crop_box(width: int, height: int, prep: Preprocess) -> tuple[float, float, float, float]:
+    if prep.crop == "full":
+        return (0.0, 0.0, float(width), float(height))
+    side = max(1.0, min(width, height) * prep.crop_fraction)
+    left, top = (width - side) / 2.0, (height - side) / 2.0
+    return (left, top, left + side, top + side)
+
+
+def to_pixels(image: Image.Image, prep: Preprocess) -> np.ndarray:
+    """A decoded RGB image -> normalised CHW float32 array of the model's input size."""
+    box = _crop_box(*image.size, prep)
+    resized = image.resize((prep.size, prep.size), resample=_RESAMPLE[prep.interpolation],
+                           box=box, reducing_gap=3.0)
+    array = np.asarray(resized, dtype=np.float32)
+    array = (array - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def decode(data: bytes, prep: Preprocess, limits: ImageLimits) -> np.ndarray:
+    """Image file bytes -> the model's input tensor for one image (C, H, W)."""
+    image = open_image(data, limits)
+    _draft_for(image, prep)
+    image = _load(image)
+    try:
+        image = ImageOps.exif_transpose(image) or image
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError):
+        pass  # a broken EXIF block should not cost us an otherwise good photo
+    return to_pixels(_to_rgb(image), prep)
+
+
+def describe(data: bytes, limits: ImageLimits) -> dict:
+    """Format and size of an image without decoding it (for logs and payloads)."""
+    image = open_image(data, limits)
+    return {"format": image.format, "width": image.size[0], "height": image.size[1]}

@@ -1,0 +1,173 @@
+"""The embedding model: one ONNX session per process, described by its model card.
+
+A model is a folder holding ``model.onnx`` and ``model.json`` (the card: id, embedding size,
+distance, preprocessing, output names, sha256 of the ONNX file). ``MODEL_DIR`` points at another
+folder to swap models (say a CLIP image tower) with no code change. The session is created once
+per process; Lambda handlers create it at import time so the init phase pays for it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .config import ImageLimits, Settings, get_settings
+from .errors import ImageError, ModelError
+from .images import Preprocess, decode
+
+DISTANCES = ("cosine", "dot", "euclid")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    id: str
+    version: str
+    embedding_dim: int
+    distance: str
+    preprocess: Preprocess
+    input_name: str
+    embedding_output: str
+    logits_output: str | None
+    sha256: str | None
+    normalized: bool
+    license: str | None
+    source: dict
+
+    @classmethod
+    def load(cls, model_dir: Path) -> "ModelCard":
+        path = model_dir / "model.json"
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ModelError(f"no model card at {path}; a model folder holds model.onnx and "
+                             f"model.json (set MODEL_DIR)") from None
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"model card {path} is not valid JSON: {exc}") from None
+        try:
+            inp = raw["input"]
+            card = cls(
+                id=str(raw["id"]), version=str(raw.get("version", "1")),
+                embedding_dim=int(raw["embedding_dim"]), distance=str(raw["distance"]).lower(),
+                preprocess=Preprocess(
+                    size=int(inp["size"]), crop=inp.get("crop", "center"),
+                    crop_fraction=float(inp.get("crop_fraction", 1.0)),
+                    mean=tuple(float(v) for v in inp["mean"]),
+                    std=tuple(float(v) for v in inp["std"]),
+                    interpolation=inp.get("interpolation", "bicubic")),
+                input_name=inp.get("name", "pixels"),
+                embedding_output=raw["outputs"]["embedding"],
+                logits_output=raw["outputs"].get("logits"),
+                sha256=raw.get("sha256"), normalized=bool(raw.get("normalized", False)),
+                license=raw.get("license"), source=raw.get("source", {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"model card {path} is missing or has a bad field: {exc}") from None
+        if card.distance not in DISTANCES:
+            raise ModelError(f"model card {path}: distance must be one of {DISTANCES}")
+        return card
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Embedder:
+    """Owns the ONNX session and turns image bytes into unit-length embedding vectors."""
+
+    def __init__(self, model_dir: Path, threads: int = 1, max_batch: int = 16,
+                 limits: ImageLimits | None = None, verify: bool = True):
+        import onnxruntime as ort  # heavy: imported only where a model is really loaded
+
+        self.model_dir = Path(model_dir)
+        self.card = ModelCard.load(self.model_dir)
+        onnx_path = self.model_dir / "model.onnx"
+        if not onnx_path.is_file():
+            raise ModelError(f"no model.onnx in {self.model_dir}")
+        if verify and self.card.sha256 and file_sha256(onnx_path) != self.card.sha256:
+            raise ModelError(f"{onnx_path} does not match the sha256 in its model card")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(onnx_path), options,
+                                            providers=["CPUExecutionProvider"])
+        self.max_batch = max(1, max_batch)
+        self.limits = limits or ImageLimits()
+        self._decoders = ThreadPoolExecutor(max_workers=max(1, threads),
+                                            thread_name_prefix="decode")
+        self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        return self.card.id
+
+    @property
+    def dim(self) -> int:
+        return self.card.embedding_dim
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        return decode(data, self.card.preprocess, self.limits)
+
+    def preprocess_many(self, images: Sequence[bytes]) -> list[np.ndarray | ImageError]:
+        """Decode in parallel (Pillow releases the GIL); bad images come back as their error."""
+        def one(data: bytes) -> np.ndarray | ImageError:
+            try:
+                return self.preprocess(data)
+            except ImageError as exc:
+                return exc
+        if len(images) == 1:
+            return [one(images[0])]
+        return list(self._decoders.map(one, images))
+
+    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) float32 -> (N, dim) float32 unit vectors, in batches of max_batch."""
+        if batch.ndim != 4:
+            raise ValueError(f"expected a (N, C, H, W) batch, got shape {batch.shape}")
+        outputs = []
+        for start in range(0, len(batch), self.max_batch):
+            chunk = np.ascontiguousarray(batch[start:start + self.max_batch], dtype=np.float32)
+            outputs.append(self.session.run([self.card.embedding_output],
+                                            {self.card.input_name: chunk})[0])
+        vectors = np.concatenate(outputs) if outputs else np.zeros((0, self.dim), np.float32)
+        if not self.card.normalized:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.maximum(norms, 1e-12)
+        return vectors.astype(np.float32, copy=False)
+
+    def embed(self, data: bytes) -> np.ndarray:
+        """One image's bytes -> its embedding; raises ImageError for bad input."""
+        return self.embed_pixels(self.preprocess(data)[None])[0]
+
+    def embed_many(self, images: Sequence[bytes]) -> list[np.ndarray | ImageError]:
+        """Many images in one batched inference; each slot holds a vector or the image's error."""
+        decoded = self.preprocess_many(images)
+        good = [i for i, item in enumerate(decoded) if isinstance(item, np.ndarray)]
+        results: list[np.ndarray | ImageError] = list(decoded)
+        if good:
+            vectors = self.embed_pixels(np.stack([decoded[i] for i in good]))
+            for i, vector in zip(good, vectors):
+                results[i] = vector
+        return results
+
+
+def load_embedder(settings: Settings | None = None) -> Embedder:
+    settings = settings or get_settings()
+    return Embedder(settings.model_dir, threads=settings.ort_threads,
+                    max_batch=settings.max_batch, limits=settings.images)
+
+
+@lru_cache(maxsize=1)
+def get_embedder() -> Embedder:
+    """The process-wide embedder (one ONNX session per process)."""
+    return load_embedder()

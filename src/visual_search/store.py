@@ -1,0 +1,330 @@
+"""Everything Qdrant: the catalogue collection, its points, and the queries the service runs.
+
+One class, ``CatalogStore``, over qdrant-client, with the same behaviour in memory (tests),
+embedded on disk (a laptop) and against a Qdrant server or Qdrant Cloud (production, where HNSW,
+quantisation, payload indexes and sharding live). A point is one image: its id is a uuid5 of
+``bucket/key`` so re-indexing an image overwrites it, and its payload carries the product's
+metadata. The collection records which model built it and refuses vectors from any other.
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from .config import StoreSettings
+from .errors import ModelMismatchError, NotFoundError, StoreUnavailableError
+
+VECTOR = "image"
+POINT_NAMESPACE = uuid.UUID("5f0c3a52-3c1e-4a8e-9a43-0e3b7f1d2c61")
+KEYWORD_FIELDS = ("product_id", "category", "brand", "bucket", "key")
+FLOAT_FIELDS = ("price",)
+RANGE_OPS = ("gt", "gte", "lt", "lte")
+_DISTANCE = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT,
+             "euclid": models.Distance.EUCLID}
+MAX_GROUP_FETCH = 4096
+
+
+def point_id(bucket: str, key: str) -> str:
+    """Deterministic point id of an image: the same object always maps to the same point."""
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{bucket}/{key}"))
+
+
+@dataclass
+class ImagePoint:
+    bucket: str
+    key: str
+    vector: np.ndarray
+    payload: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return point_id(self.bucket, self.key)
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+    vector: list[float] | None = None
+
+
+@dataclass
+class Query:
+    """A nearest-neighbour request: filters, page, threshold and whether to group by product."""
+
+    top_k: int = 10
+    offset: int = 0
+    score_threshold: float | None = None
+    group_by_product: bool = True
+    filters: Mapping[str, Any] = field(default_factory=dict)
+    exclude_products: Sequence[str] = ()
+
+
+def build_filter(filters: Mapping[str, Any], exclude_products: Sequence[str] = ()) -> models.Filter | None:
+    """Our filter JSON -> a Qdrant filter.
+
+    ``{"category": "shoes"}`` matches exactly, a list matches any of its values, and a dict of
+    ``gt/gte/lt/lte`` is a numeric range. Keys other than the top-level payload fields match
+    user metadata (``metadata.<key>``).
+    """
+    must: list[models.Condition] = []
+    for name, value in filters.items():
+        key = name if name in KEYWORD_FIELDS + FLOAT_FIELDS or name.startswith("metadata.") \
+            else f"metadata.{name}"
+        if isinstance(value, Mapping):
+            must.append(models.FieldCondition(key=key, range=models.Range(
+                **{op: float(value[op]) for op in RANGE_OPS if value.get(op) is not None})))
+        elif isinstance(value, (list, tuple)):
+            must.append(models.FieldCondition(key=key, match=models.MatchAny(any=list(value))))
+        else:
+            must.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
+    must_not: list[models.Condition] = []
+    if exclude_products:
+        must_not.append(models.FieldCondition(
+            key="product_id", match=models.MatchAny(any=list(exclude_products))))
+    if not must and not must_not:
+        return None
+    return models.Filter(must=must or None, must_not=must_not or None)
+
+
+def connect(settings: StoreSettings) -> QdrantClient:
+    """A qdrant-client for the configured mode: server URL, embedded folder or memory."""
+    if settings.url:
+        return QdrantClient(url=settings.url, api_key=settings.api_key,
+                            timeout=max(1, int(round(settings.timeout_s))), prefer_grpc=False)
+    if settings.path == ":memory:":
+        return QdrantClient(location=":memory:")
+    return QdrantClient(path=settings.path)
+
+
+class CatalogStore:
+    """The product-image collection of one model."""
+
+    def __init__(self, client: QdrantClient, settings: StoreSettings, model_id: str, dim: int,
+                 distance: str = "cosine"):
+        self.client = client
+        self.settings = settings
+        self.collection = settings.collection
+        self.model_id = model_id
+        self.dim = dim
+        self.distance = distance
+        self.is_server = bool(settings.url)
+        # Embedded Qdrant is plain Python state: serialise access from threads.
+        self._lock = threading.RLock() if not self.is_server else None
+        self._ready = False
+
+    @classmethod
+    def open(cls, settings: StoreSettings, model_id: str, dim: int,
+             distance: str = "cosine") -> "CatalogStore":
+        return cls(connect(settings), settings, model_id, dim, distance)
+
+    def close(self) -> None:
+        self.client.close()
+
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        """Serialise embedded access and turn connection failures into StoreUnavailableError."""
+        lock = self._lock
+        if lock:
+            lock.acquire()
+        try:
+            yield
+        except ResponseHandlingException as exc:
+            raise StoreUnavailableError(f"Qdrant is unreachable: {exc.source}") from None
+        except UnexpectedResponse as exc:
+            if exc.status_code in (429, 502, 503, 504) or exc.status_code >= 500:
+                raise StoreUnavailableError(
+                    f"Qdrant answered {exc.status_code}: {exc.reason_phrase}") from None
+            raise
+        except (ConnectionError, TimeoutError) as exc:
+            raise StoreUnavailableError(f"Qdrant is unreachable: {exc}") from None
+        finally:
+            if lock:
+                lock.release()
+
+    # -- collection -------------------------------------------------------------------------
+
+    def ensure_collection(self) -> None:
+        """Create the collection on first use; refuse one built by another model."""
+        if self._ready:
+            return
+        with self._call():
+            if self.client.collection_exists(self.collection):
+                self._check_model(self.client.get_collection(self.collection))
+            else:
+                self._create()
+        self._ready = True
+
+    def _check_model(self, info: models.CollectionInfo) -> None:
+        metadata = info.config.metadata or {}
+        built_by = metadata.get("model_id")
+        if built_by is None:
+            vectors = info.config.params.vectors
+            params = vectors.get(VECTOR) if isinstance(vectors, dict) else None
+            built_by = f"unknown model ({params.size}-d)" if params else "unknown model"
+        if built_by != self.model_id:
+            raise ModelMismatchError(self.collection, str(built_by), self.model_id)
+
+    def _create(self) -> None:
+        s = self.settings
+        quantization = None
+        if s.quantization == "int8":
+            quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
+        self.client.create_collection(
+            self.collection,
+            vectors_config={VECTOR: models.VectorParams(
+                size=self.dim, distance=_DISTANCE[self.distance], on_disk=s.vectors_on_disk)},
+            hnsw_config=models.HnswConfigDiff(m=s.hnsw_m, ef_construct=s.hnsw_ef_construct,
+                                              payload_m=s.hnsw_m),
+            quantization_config=quantization,
+            shard_number=s.shards if self.is_server else None,
+            replication_factor=s.replicas if self.is_server else None,
+            metadata={"model_id": self.model_id, "embedding_dim": self.dim,
+                      "distance": self.distance},
+        )
+        if self.is_server:  # embedded mode scans everything and ignores payload indexes
+            for name in KEYWORD_FIELDS:
+                self.client.create_payload_index(self.collection, name,
+                                                 models.PayloadSchemaType.KEYWORD)
+            for name in FLOAT_FIELDS:
+                self.client.create_payload_index(self.collection, name,
+                                                 models.PayloadSchemaType.FLOAT)
+
+    def count(self, filters: Mapping[str, Any] | None = None) -> int:
+        self.ensure_collection()
+        with self._call():
+            return self.client.count(self.collection, count_filter=build_filter(filters or {}),
+                                     exact=True).count
+
+    def ping(self) -> bool:
+        """True when Qdrant answers (health checks)."""
+        try:
+            with self._call():
+                self.client.get_collections()
+            return True
+        except StoreUnavailableError:
+            return False
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def upsert(self, points: Sequence[ImagePoint]) -> None:
+        if not points:
+            return
+        self.ensure_collection()
+        for point in points:
+            if point.vector.shape != (self.dim,):
+                raise ValueError(f"vector of {point.key} has shape {point.vector.shape}, "
+                                 f"the collection expects ({self.dim},)")
+        structs = [models.PointStruct(id=p.id, vector={VECTOR: p.vector.tolist()},
+                                      payload=p.payload) for p in points]
+        with self._call():
+            self.client.upsert(self.collection, structs, wait=True)
+
+    def delete_images(self, refs: Iterable[tuple[str, str]]) -> None:
+        ids = [point_id(bucket, key) for bucket, key in refs]
+        if not ids:
+            return
+        self.ensure_collection()
+        with self._call():
+            self.client.delete(self.collection, models.PointIdsList(points=ids), wait=True)
+
+    def delete_product(self, product_id: str) -> None:
+        self.ensure_collection()
+        with self._call():
+            self.client.delete(self.collection, models.FilterSelector(
+                filter=build_filter({"product_id": product_id})), wait=True)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get_images(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+        """Payloads of stored images, keyed by (bucket, key); absent images are left out."""
+        if not refs:
+            return {}
+        self.ensure_collection()
+        by_id = {point_id(b, k): (b, k) for b, k in refs}
+        with self._call():
+            records = self.client.retrieve(self.collection, list(by_id), with_payload=True)
+        return {by_id[str(r.id)]: r.payload or {} for r in records}
+
+    def scroll(self, filters: Mapping[str, Any] | None = None, with_vectors: bool = False,
+               page: int = 256) -> Iterator[Hit]:
+        """Every point matching the filters, page by page."""
+        self.ensure_collection()
+        offset = None
+        while True:
+            with self._call():
+                records, offset = self.client.scroll(
+                    self.collection, scroll_filter=build_filter(filters or {}), limit=page,
+                    offset=offset, with_payload=True, with_vectors=[VECTOR] if with_vectors else False)
+            for r in records:
+                vector = r.vector.get(VECTOR) if with_vectors and isinstance(r.vector, dict) else None
+                yield Hit(id=str(r.id), score=1.0, payload=r.payload or {}, vector=vector)
+            if offset is None:
+                return
+
+    def product_vectors(self, product_id: str) -> np.ndarray:
+        vectors = [h.vector for h in self.scroll({"product_id": product_id}, with_vectors=True)]
+        if not vectors:
+            raise NotFoundError(f"product {product_id!r} is not in the catalogue")
+        return np.asarray(vectors, dtype=np.float32)
+
+    def _search_params(self) -> models.SearchParams:
+        quantization = None
+        if self.settings.quantization == "int8":
+            quantization = models.QuantizationSearchParams(
+                rescore=self.settings.quantization_rescore,
+                oversampling=self.settings.quantization_oversampling)
+        return models.SearchParams(hnsw_ef=self.settings.search_hnsw_ef, quantization=quantization)
+
+    def _nearest(self, vector: np.ndarray, query: Query, limit: int, offset: int) -> list[Hit]:
+        with self._call():
+            response = self.client.query_points(
+                self.collection, query=np.asarray(vector, np.float32).tolist(), using=VECTOR,
+                query_filter=build_filter(query.filters, query.exclude_products),
+                search_params=self._search_params() if self.is_server else None, limit=limit, offset=offset or None,
+                score_threshold=query.score_threshold, with_payload=True)
+        return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {})
+                for p in response.points]
+
+    def search(self, vector: np.ndarray, query: Query) -> list[Hit]:
+        """Nearest images, or with grouping the best image of each of the nearest products."""
+        self.ensure_collection()
+        if not query.group_by_product:
+            return self._nearest(vector, query, query.top_k, query.offset)
+        return self._grouped(vector, query)
+
+    def _grouped(self, vector: np.ndarray, query: Query) -> list[Hit]:
+        """One hit per product, by over-fetching images and keeping each product's best.
+
+        Results come sorted by score, so the first image seen of a product is its best and the
+        order of first sightings is the order of products. If a page of images holds too few
+        products, fetch a bigger one; stop when Qdrant has no more images to give.
+        """
+        wanted = query.offset + query.top_k
+        limit = max(32, wanted * 4)
+        while True:
+            hits = self._nearest(vector, query, limit, 0)
+            best: dict[str, Hit] = {}
+            for hit in hits:
+                best.setdefault(str(hit.payload.get("product_id")), hit)
+            if len(best) >= wanted or len(hits) < limit or limit >= MAX_GROUP_FETCH:
+                return list(best.values())[query.offset:wanted]
+            limit = min(MAX_GROUP_FETCH, limit * 4)
+
+    def similar(self, product_id: str, query: Query) -> list[Hit]:
+        """Nearest other products to a stored product, from its stored vectors (no inference)."""
+        vectors = self.product_vectors(product_id)
+        centroid = vectors.mean(axis=0)
+        centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
+        excluded = Query(**{**query.__dict__,
+                            "exclude_products": [*query.exclude_products, product_id]})
+        return self.search(centroid, excluded)
