@@ -25,6 +25,9 @@ WHITE = (255, 255, 255)
 
 # Truncated files must fail, not decode half-grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow's global bomb guard is replaced by ours (ImageLimits.max_pixels, configurable and
+# checked from the header before any pixel is decoded), so the two cannot disagree.
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode.startswith("I") or mode == "F":  # 16/32-bit greyscale: scale, do not clip
         values = np.asarray(image, dtype=np.float32)
         top = 65535.0 if values.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
-        image = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8))
         mode = "L"
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")

@@ -99,7 +99,10 @@ def connect(settings: StoreSettings) -> QdrantClient:
     """A qdrant-client for the configured mode: server URL, embedded folder or memory."""
     if settings.url:
         return QdrantClient(url=settings.url, api_key=settings.api_key,
-                            timeout=max(1, int(round(settings.timeout_s))), prefer_grpc=False)
+                            timeout=max(1, int(round(settings.timeout_s))), prefer_grpc=False,
+                            # no version round trip in the Lambda init phase; errors surface
+                            # on first use as StoreUnavailableError instead
+                            check_compatibility=False)
     if settings.path == ":memory:":
         return QdrantClient(location=":memory:")
     return QdrantClient(path=settings.path)

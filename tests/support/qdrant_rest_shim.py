@@ -34,8 +34,13 @@ _HEALTH = {"/healthz": "healthz check passed", "/livez": "healthz check passed",
            "/readyz": "all shards are ready"}
 
 
+class NotFound(Exception):
+    """Raised by handlers for a missing resource, answered with HTTP 404."""
+
+
 def _kwargs(body: BaseModel, renames: dict[str, str], **defaults: Any) -> dict[str, Any]:
     """Non-None fields of a request model as client keyword arguments (REST defaults filled)."""
+    renames = {"shard_key": "shard_key_selector", **renames}
     kwargs = {renames.get(k, k): v for k, v in body if v is not None}
     return {**defaults, **kwargs}
 
@@ -128,7 +133,7 @@ class QdrantRestShim:
     def _get_point(self, name: str, point_id: str) -> models.Record:
         found = self.backend.retrieve(name, [_point_id(point_id)], with_vectors=True)
         if not found:
-            raise LookupError(f"Not found: No point with id {point_id} found")
+            raise NotFound(f"No point with id {point_id} found")
         return found[0]
 
     # -- request dispatch ----------------------------------------------------------------------
@@ -156,10 +161,14 @@ class QdrantRestShim:
                 with self._lock, warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # local-mode-only notes (indexes, params)
                     result = fn(*args)
-            except (ValidationError, ValueError, KeyError, TypeError, AssertionError,
-                    LookupError) as exc:
-                missing = isinstance(exc, LookupError) or "not found" in str(exc).lower()
-                return (404 if missing else 400), {"status": {"error": str(exc)}, "time": 0.0}
+            except NotFound as exc:
+                return 404, {"status": {"error": f"Not found: {exc}"}, "time": 0.0}
+            except (ValidationError, ValueError, KeyError, TypeError, AssertionError) as exc:
+                if "not found" in str(exc).lower():  # local mode: "Collection x not found"
+                    return 404, {"status": {"error": f"Not found: {exc}"}, "time": 0.0}
+                return 400, {"status": {"error": f"Bad request: {exc}"}, "time": 0.0}
+            except Exception as exc:  # noqa: BLE001 - report anything else as a server error
+                return 500, {"status": {"error": f"Service internal error: {exc!r}"}, "time": 0.0}
             if isinstance(result, BaseModel):
                 result = result.model_dump(mode="json", exclude_none=True)
             elif isinstance(result, list):
@@ -196,8 +205,8 @@ class QdrantRestShim:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="qdrant-rest-shim",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="qdrant-rest-shim", daemon=True)
         self._thread.start()
         return self.url
 

@@ -1,0 +1,92 @@
+"""Shared fixtures: the real model, the demo photos, and stores in each Qdrant mode."""
+from __future__ import annotations
+
+import os
+
+# Tests never reach AWS or a Qdrant server unless asked to, and never trace to X-Ray.
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "VisualSearchTests")
+os.environ.setdefault("QDRANT_PATH", ":memory:")
+
+import io  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from visual_search.config import StoreSettings, get_settings  # noqa: E402
+from visual_search.folders import DEMO_CATALOG, scan  # noqa: E402
+from visual_search.model import Embedder, load_embedder  # noqa: E402
+from visual_search.store import CatalogStore, connect  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    """The real shipped ONNX model, loaded once for the whole run."""
+    get_settings.cache_clear()
+    return load_embedder()
+
+
+@pytest.fixture(scope="session")
+def demo_images():
+    return scan(DEMO_CATALOG)
+
+
+@pytest.fixture(scope="session")
+def qdrant_shim():
+    from tests.support.qdrant_rest_shim import QdrantRestShim
+
+    shim = QdrantRestShim()
+    shim.start()
+    yield shim
+    shim.stop()
+
+
+@pytest.fixture(params=["memory", "rest"])
+def store_settings(request) -> StoreSettings:
+    """Store settings for a fresh collection: embedded in memory, and over qdrant-client's REST
+    path (against a real server when QDRANT_URL is set, else the test shim)."""
+    collection = f"test-{uuid.uuid4().hex[:8]}"
+    if request.param == "memory":
+        return StoreSettings(path=":memory:", collection=collection)
+    url = os.environ.get("QDRANT_URL") or request.getfixturevalue("qdrant_shim").url
+    return StoreSettings(url=url, api_key=os.environ.get("QDRANT_API_KEY"),
+                         collection=collection, timeout_s=5)
+
+
+@pytest.fixture
+def make_store(store_settings, embedder):
+    """Opens stores on one shared client, so several stores can see the same collections."""
+    client = connect(store_settings)
+    opened = []
+
+    def factory(model_id: str | None = None, dim: int | None = None, **overrides) -> CatalogStore:
+        settings = StoreSettings(**{**store_settings.__dict__, **overrides})
+        store = CatalogStore(client, settings, model_id or embedder.model_id, dim or embedder.dim)
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        if store.client.collection_exists(store.collection):
+            store.client.delete_collection(store.collection)
+    client.close()
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=quality, **kwargs)
+    return buffer.getvalue()
+
+
+def png_bytes(image: Image.Image, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **kwargs)
+    return buffer.getvalue()

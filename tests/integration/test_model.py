@@ -1,0 +1,112 @@
+"""The real shipped model on real product photos."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from tests.conftest import jpeg_bytes
+from visual_search.errors import ModelError
+from visual_search.model import Embedder, ModelCard, file_sha256
+
+
+def variants(data: bytes) -> dict[str, bytes]:
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = image.size
+    return {
+        "flipped": jpeg_bytes(ImageOps.mirror(image)),
+        "cropped": jpeg_bytes(image.crop((int(w * .1), int(h * .1), int(w * .9), int(h * .9)))),
+        "recompressed": jpeg_bytes(image, quality=35),
+        "rescaled": jpeg_bytes(image.resize((w * 3, h * 3), Image.Resampling.BICUBIC)),
+    }
+
+
+def test_embeddings_are_unit_vectors_of_the_card_dimension(embedder, demo_images):
+    vectors = embedder.embed_many([img.path.read_bytes() for img in demo_images[:8]])
+    matrix = np.stack(vectors)
+    assert matrix.shape == (8, embedder.card.embedding_dim) == (8, 1280)
+    assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-4)
+
+
+def test_batched_and_single_inference_agree(embedder, demo_images):
+    data = [img.path.read_bytes() for img in demo_images[:5]]
+    batched = np.stack(embedder.embed_many(data))
+    single = np.stack([embedder.embed(d) for d in data])
+    assert np.allclose(batched, single, atol=1e-5)
+
+
+def test_altered_copy_is_nearer_its_original_than_any_other_product(embedder, demo_images):
+    """Per product, one photo; a flipped/cropped/recompressed/rescaled copy of it must be
+    nearer to it than to every other product's photos."""
+    by_product: dict[str, list] = {}
+    for img in demo_images:
+        by_product.setdefault(img.key.split("/")[0], []).append(img)
+    originals = {p: imgs[0] for p, imgs in by_product.items()}
+    others = [img for imgs in by_product.values() for img in imgs]
+    other_vectors = np.stack(embedder.embed_many([img.path.read_bytes() for img in others]))
+    failures = []
+    for product, original in originals.items():
+        original_vector = embedder.embed(original.path.read_bytes())
+        for name, copy in variants(original.path.read_bytes()).items():
+            vector = embedder.embed(copy)
+            to_original = float(vector @ original_vector)
+            foreign = [float(vector @ v) for img, v in zip(others, other_vectors)
+                       if img.key.split("/")[0] != product]
+            if to_original <= max(foreign):
+                failures.append((product, name, to_original, max(foreign)))
+    assert not failures, failures
+
+
+def test_bad_image_in_a_batch_does_not_spoil_the_others(embedder, demo_images):
+    good = demo_images[0].path.read_bytes()
+    results = embedder.embed_many([good, b"not an image", good])
+    assert isinstance(results[1], Exception)
+    assert np.allclose(results[0], results[2]) and results[0].shape == (1280,)
+
+
+def test_model_card_describes_the_shipped_onnx(embedder):
+    card = embedder.card
+    assert card.id == "efficientnet-lite0-imagenet" and card.distance == "cosine"
+    assert card.preprocess.size == 224 and card.preprocess.interpolation == "bicubic"
+    assert file_sha256(embedder.model_dir / "model.onnx") == card.sha256
+    raw = json.loads((embedder.model_dir / "model.json").read_text())
+    for field in ("id", "version", "embedding_dim", "distance", "input", "outputs", "sha256",
+                  "license", "source"):
+        assert field in raw
+
+
+def test_model_dir_with_a_tampered_onnx_is_refused(embedder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(embedder.model_dir, folder)
+    card = json.loads((folder / "model.json").read_text())
+    card["sha256"] = "0" * 64
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="sha256"):
+        Embedder(folder)
+
+
+def test_missing_or_broken_card_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="model.json"):
+        ModelCard.load(tmp_path)
+    (tmp_path / "model.json").write_text('{"id": "x"}')
+    with pytest.raises(ModelError, match="missing or has a bad field"):
+        ModelCard.load(tmp_path)
+
+
+def test_another_model_folder_loads_with_no_code_change(embedder, tmp_path, monkeypatch):
+    """MODEL_DIR selects any folder; its card's id and preprocessing are what is used."""
+    folder = tmp_path / "my-model"
+    shutil.copytree(embedder.model_dir, folder)
+    card = json.loads((folder / "model.json").read_text())
+    card["id"] = "my-shop-model"
+    card["input"]["crop"] = "full"
+    (folder / "model.json").write_text(json.dumps(card))
+    monkeypatch.setenv("MODEL_DIR", str(folder))
+    from visual_search.config import load_settings
+    from visual_search.model import load_embedder
+    other = load_embedder(load_settings())
+    assert other.model_id == "my-shop-model" and other.card.preprocess.crop == "full"

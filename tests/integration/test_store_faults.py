@@ -1,0 +1,53 @@
+"""An unreachable or failing Qdrant is a StoreUnavailableError (the API's 503), never a hang."""
+from __future__ import annotations
+
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from visual_search.config import StoreSettings
+from visual_search.errors import StoreUnavailableError
+from visual_search.store import CatalogStore, Query
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_nothing_listening_is_unavailable():
+    settings = StoreSettings(url=f"http://127.0.0.1:{free_port()}", timeout_s=1)
+    store = CatalogStore.open(settings, "m", 4)
+    assert store.ping() is False
+    with pytest.raises(StoreUnavailableError, match="unreachable"):
+        store.search(np.ones(4, np.float32), Query())
+
+
+def test_server_errors_are_unavailable(qdrant_shim):
+    store = CatalogStore.open(StoreSettings(url=qdrant_shim.url, collection="faults", timeout_s=2),
+                              "m", 4)
+    store.ensure_collection()
+    qdrant_shim.fail_with = 503
+    try:
+        with pytest.raises(StoreUnavailableError, match="503"):
+            store.search(np.ones(4, np.float32), Query())
+    finally:
+        qdrant_shim.fail_with = None
+    assert store.search(np.ones(4, np.float32), Query()) == []
+
+
+def test_slow_server_times_out(qdrant_shim):
+    store = CatalogStore.open(StoreSettings(url=qdrant_shim.url, collection="slow", timeout_s=1),
+                              "m", 4)
+    store.ensure_collection()
+    qdrant_shim.delay_seconds = 3
+    started = time.perf_counter()
+    try:
+        with pytest.raises(StoreUnavailableError):
+            store.count()
+    finally:
+        qdrant_shim.delay_seconds = 0
+    assert time.perf_counter() - started < 2.9

@@ -1,0 +1,43 @@
+"""How an S3 object's key and user metadata become a product payload."""
+from __future__ import annotations
+
+import pytest
+
+from visual_search.catalog import ImageSource, build_payload, is_image_key, parse_price, product_id_for
+
+
+@pytest.mark.parametrize("key,metadata,expected", [
+    ("catalog/shoes/sku-123/front.jpg", {}, "sku-123"),
+    ("front.jpg", {}, "front"),
+    ("a/b.png", {"product-id": "P-9"}, "P-9"),
+    ("a/b.png", {"product-id": "  "}, "a"),
+])
+def test_product_id(key, metadata, expected):
+    assert product_id_for(key, metadata) == expected
+
+
+@pytest.mark.parametrize("raw,expected", [("12.5", 12.5), ("3,99", 3.99), ("", None),
+                                          ("cheap", None), (None, None), ("nan", None)])
+def test_price(raw, expected):
+    assert parse_price(raw) == expected
+
+
+def test_payload_fields():
+    source = ImageSource("bucket", "shop/sku-1/a.jpg", b"x" * 10,
+                         {"Category": "shoes", "brand": "Acme", "price": "19.90",
+                          "title": "Runner", "colour": "red"},
+                         content_type="image/jpeg", etag="abc", sequencer="00A")
+    payload = build_payload(source, "model-1")
+    assert payload["product_id"] == "sku-1" and payload["category"] == "shoes"
+    assert payload["price"] == 19.9 and isinstance(payload["price"], float)
+    assert payload["metadata"] == {"colour": "red"}
+    assert payload["bucket"] == "bucket" and payload["key"] == "shop/sku-1/a.jpg"
+    assert payload["size"] == 10 and payload["etag"] == "abc" and payload["model_id"] == "model-1"
+    assert payload["indexed_at"].endswith("+00:00")
+
+
+@pytest.mark.parametrize("key,content_type,expected", [
+    ("a.JPG", None, True), ("a.webp", None, True), ("a.txt", None, False),
+    ("a", "image/png", True), ("notes.csv", "text/csv", False)])
+def test_is_image_key(key, content_type, expected):
+    assert is_image_key(key, content_type) is expected
