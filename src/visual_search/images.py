@@ -133,11 +133,15 @@ def _crop_box(width: int, height: int, prep: Preprocess) -> tuple[float, float, 
     return (left, top, left + side, top + side)
 
 
-def to_pixels(image: Image.Image, prep: Preprocess) -> np.ndarray:
-    """A decoded RGB image -> normalised CHW float32 array of the model's input size."""
+def to_pixels(image: Image.Image, prep: Preprocess, fast: bool = True) -> np.ndarray:
+    """A decoded RGB image -> normalised CHW float32 array of the model's input size.
+
+    ``fast`` lets Pillow ``reduce()`` by an integer factor before the bicubic resize when the
+    image is over 3x the target, which is near-identical and several times cheaper.
+    """
     box = _crop_box(*image.size, prep)
     resized = image.resize((prep.size, prep.size), resample=_RESAMPLE[prep.interpolation],
-                           box=box, reducing_gap=3.0)
+                           box=box, reducing_gap=3.0 if fast else None)
     array = np.asarray(resized, dtype=np.float32)
     array = (array - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
     return np.ascontiguousarray(array.transpose(2, 0, 1))
