@@ -72,6 +72,10 @@ class ImageLimits:
 class StoreSettings:
     url: str | None = None
     api_key: str | None = None
+    # In AWS the key is never a plain environment value: it is read (and cached) from an SSM
+    # SecureString parameter or a Secrets Manager secret named here.
+    api_key_parameter: str | None = None
+    api_key_secret: str | None = None
     path: str = DEFAULT_QDRANT_PATH
     collection: str = "products"
     timeout_s: float = 10.0
@@ -93,12 +97,35 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class IngestSettings:
+    prefix: str = ""
+    suffixes: tuple[str, ...] = ()
+    download_workers: int = 8
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    bucket: str | None = None
+    upload_bucket: str | None = None
+    upload_prefix: str = "uploads/"
+    upload_url_ttl_s: int = 300
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 6 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class Settings:
     model_dir: Path
     ort_threads: int
     max_batch: int
     images: ImageLimits = field(default_factory=ImageLimits)
     store: StoreSettings = field(default_factory=StoreSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
 
 
 def load_settings() -> Settings:
@@ -109,6 +136,8 @@ def load_settings() -> Settings:
     store = StoreSettings(
         url=os.environ.get("QDRANT_URL") or None,
         api_key=os.environ.get("QDRANT_API_KEY") or None,
+        api_key_parameter=os.environ.get("QDRANT_API_KEY_PARAMETER") or None,
+        api_key_secret=os.environ.get("QDRANT_API_KEY_SECRET") or None,
         path=_env("QDRANT_PATH", DEFAULT_QDRANT_PATH),
         collection=_env("COLLECTION", "products"),
         timeout_s=_env_float("QDRANT_TIMEOUT", 10.0),
@@ -126,12 +155,27 @@ def load_settings() -> Settings:
         max_bytes=_env_int("MAX_IMAGE_BYTES", ImageLimits.max_bytes),
         max_pixels=_env_int("MAX_IMAGE_PIXELS", ImageLimits.max_pixels),
     )
+    ingest = IngestSettings(
+        prefix=_env("INGEST_PREFIX", ""),
+        suffixes=tuple(s.lower() for s in _env_list("INGEST_SUFFIXES")),
+        download_workers=_env_int("INGEST_DOWNLOAD_WORKERS", 8),
+    )
+    api = ApiSettings(
+        bucket=os.environ.get("BUCKET") or None,
+        upload_bucket=os.environ.get("UPLOAD_BUCKET") or os.environ.get("BUCKET") or None,
+        upload_prefix=_env("UPLOAD_PREFIX", "uploads/"),
+        upload_url_ttl_s=_env_int("UPLOAD_URL_TTL", 300),
+        cors_origins=_env_list("CORS_ORIGINS"),
+        max_body_bytes=_env_int("MAX_BODY_BYTES", 6 * 1024 * 1024),
+    )
     return Settings(
         model_dir=Path(_env("MODEL_DIR", str(_default_model_dir()))),
         ort_threads=_env_int("ORT_THREADS", available_cpus()),
         max_batch=_env_int("EMBED_BATCH_SIZE", 16),
         images=images,
         store=store,
+        ingest=ingest,
+        api=api,
     )
 
 

@@ -95,10 +95,23 @@ def build_filter(filters: Mapping[str, Any], exclude_products: Sequence[str] = (
     return models.Filter(must=must or None, must_not=must_not or None)
 
 
+def resolve_api_key(settings: StoreSettings) -> str | None:
+    """The Qdrant API key: from SSM Parameter Store or Secrets Manager (cached), else the env."""
+    if settings.api_key_parameter:
+        from aws_lambda_powertools.utilities import parameters
+
+        return parameters.get_parameter(settings.api_key_parameter, decrypt=True, max_age=300)
+    if settings.api_key_secret:
+        from aws_lambda_powertools.utilities import parameters
+
+        return parameters.get_secret(settings.api_key_secret, max_age=300)
+    return settings.api_key
+
+
 def connect(settings: StoreSettings) -> QdrantClient:
     """A qdrant-client for the configured mode: server URL, embedded folder or memory."""
     if settings.url:
-        return QdrantClient(url=settings.url, api_key=settings.api_key,
+        return QdrantClient(url=settings.url, api_key=resolve_api_key(settings),
                             timeout=max(1, int(round(settings.timeout_s))), prefer_grpc=False,
                             # no version round trip in the Lambda init phase; errors surface
                             # on first use as StoreUnavailableError instead
