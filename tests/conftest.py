@@ -20,7 +20,7 @@ from PIL import Image  # noqa: E402
 
 from visual_search.config import StoreSettings, get_settings  # noqa: E402
 from visual_search.folders import DEMO_CATALOG, scan  # noqa: E402
-from visual_search.model import Embedder, load_embedder  # noqa: E402
+from visual_search.model import Embedder  # noqa: E402
 from visual_search.store import CatalogStore, connect  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,8 +30,10 @@ ARTIFACTS = REPO / "test-artifacts"
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
     """The real shipped ONNX model, loaded once for the whole run."""
+    from visual_search.model import get_embedder
+
     get_settings.cache_clear()
-    return load_embedder()
+    return get_embedder()
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,13 @@ class IndexResult:
 
 
 @dataclass
+class IndexBatch:
+    results: list[IndexResult]
+    embed_ms: float = 0.0
+    upsert_ms: float = 0.0
+
+
+@dataclass
 class SearchResult:
     hits: list[Hit]
     model_id: str
@@ -123,9 +130,11 @@ class Catalog:
     def model_id(self) -> str:
         return self.embedder.model_id
 
-    def index(self, sources: Sequence[ImageSource]) -> list[IndexResult]:
+    def index(self, sources: Sequence[ImageSource]) -> IndexBatch:
         """Embed all images in one batch and upsert the good ones; bad images carry their error."""
+        started = time.perf_counter()
         embedded = self.embedder.embed_many([s.data for s in sources])
+        embedded_at = time.perf_counter()
         results, points = [], []
         for source, item in zip(sources, embedded):
             if isinstance(item, ImageError):
@@ -135,7 +144,7 @@ class Catalog:
                                      build_payload(source, self.model_id)))
             results.append(IndexResult(source))
         self.store.upsert(points)
-        return results
+        return IndexBatch(results, _ms(embedded_at - started), _ms(time.perf_counter() - embedded_at))
 
     def remove(self, refs: Sequence[tuple[str, str]]) -> None:
         self.store.delete_images(refs)

@@ -28,7 +28,7 @@ def ingest_folder(catalog, folder: Path, bucket: str, batch: int = 16, quiet: bo
         chunk = images[start:start + batch]
         sources = [ImageSource(bucket, img.key, img.path.read_bytes(), img.metadata,
                                content_type=img.content_type) for img in chunk]
-        for result in catalog.index(sources):
+        for result in catalog.index(sources).results:
             if result.ok:
                 counts["indexed"] += 1
             else:

@@ -1,0 +1,105 @@
+"""Ingest function: S3 uploads, replacements and deletions keep the Qdrant catalogue in sync.
+
+Triggered by SQS (bucket notifications -> queue -> this function, partial batch failures
+reported) or directly by an S3 notification event. The model session, the Qdrant client and the
+S3 client are created at import time, in Lambda's init phase.
+"""
+from __future__ import annotations
+
+import boto3
+from aws_lambda_powertools.utilities.batch import (BatchProcessor, EventType,
+                                                   process_partial_response)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from visual_search.catalog import get_catalog
+from visual_search.config import get_settings
+from visual_search.events import (EventError, S3Change, changes_in_message, event_kind,
+                                  parse_sqs_body)
+from visual_search.ingest import Ingestor, Outcome
+from visual_search.observability import MetricUnit, logger, metrics, tracer
+
+settings = get_settings()
+ingestor = Ingestor(get_catalog(), boto3.client("s3"), settings.ingest, settings.images)
+
+METRIC_NAMES = {"indexed": "ImagesIndexed", "deleted": "ImagesDeleted", "skipped": "ImagesSkipped",
+                "failed": "ImagesFailed", "retry": "TransientFailures",
+                "stale": "StaleEvents", "superseded": "StaleEvents"}
+
+
+def record_outcomes(outcomes: list[Outcome]) -> None:
+    """One log line per change, and counters per outcome."""
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        change = outcome.change
+        log = logger.warning if outcome.status in ("failed", "retry") else logger.info
+        log(f"{outcome.status} {change.key}", extra={
+            "bucket": change.bucket, "key": change.key, "event": change.event_name,
+            "status": outcome.status, "reason": outcome.reason, "sequencer": change.sequencer})
+        name = METRIC_NAMES[outcome.status]
+        counts[name] = counts.get(name, 0) + 1
+    for name, value in counts.items():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    for timing, name in (("embed_ms", "EmbedLatency"), ("upsert_ms", "UpsertLatency")):
+        if timing in ingestor.timings:
+            metrics.add_metric(name=name, unit=MetricUnit.Milliseconds,
+                               value=ingestor.timings.pop(timing))
+
+
+def handle_sqs(event: dict) -> dict:
+    changes: list[S3Change] = []
+    owners: list[str] = []  # message id of each change
+    unreadable: dict[str, str] = {}
+    for raw in event["Records"]:
+        record = SQSRecord(raw)
+        try:
+            found = parse_sqs_body(record.body)
+        except EventError as exc:
+            unreadable[record.message_id] = str(exc)
+            continue
+        changes += found
+        owners += [record.message_id] * len(found)
+    outcomes = ingestor.apply(changes) if changes else []
+    record_outcomes(outcomes)
+    transient = {owner: o.reason for owner, o in zip(owners, outcomes) if o.transient}
+    if unreadable:
+        logger.error("unreadable SQS messages (left to go to the DLQ)", extra={"messages": unreadable})
+        metrics.add_metric(name="UnreadableMessages", unit=MetricUnit.Count, value=len(unreadable))
+
+    def record_handler(record: SQSRecord) -> None:
+        reason = transient.get(record.message_id) or unreadable.get(record.message_id)
+        if reason:
+            raise RuntimeError(reason)
+
+    # All records failing is reported like any partial failure (not raised), so SQS retries
+    # exactly the failed messages and the DLQ gets them after maxReceiveCount.
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    return process_partial_response(event=event, record_handler=record_handler,
+                                    processor=processor)
+
+
+def handle_s3(event: dict) -> dict:
+    outcomes = ingestor.apply(list(changes_in_message(event)))
+    record_outcomes(outcomes)
+    transient = [o for o in outcomes if o.transient]
+    if transient:
+        # Lambda's asynchronous retries, then the on-failure destination, take over.
+        raise RuntimeError("transient failures: " + "; ".join(
+            f"{o.change.key}: {o.reason}" for o in transient))
+    return {"outcomes": [{"key": o.change.key, "status": o.status, "reason": o.reason}
+                         for o in outcomes]}
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def handler(event: dict, context) -> dict:
+    try:
+        kind = event_kind(event)
+    except EventError as exc:
+        logger.error(f"unsupported event: {exc}")
+        raise
+    metrics.add_metric(name="EventsReceived", unit=MetricUnit.Count, value=1)
+    if kind == "test":
+        logger.info("s3:TestEvent acknowledged")
+        return {"outcomes": []}
+    return handle_sqs(event) if kind == "sqs" else handle_s3(event)

@@ -1,0 +1,199 @@
+"""Keeping the catalogue in step with the bucket: S3 changes in, points upserted or deleted.
+
+The bucket is the truth. A change is applied by looking at the object as it is now: a create
+whose object is gone deletes the point, a delete whose object exists again re-indexes it. With
+the event's ``sequencer`` kept in each point's payload, an event older than the one already
+applied for that key is ignored, and within a batch only the newest change of a key counts. So
+duplicate, late and reordered deliveries all end in the same catalogue.
+
+Each change ends in one outcome. ``retry`` outcomes (S3 throttling, Qdrant unreachable) are
+transient: the caller reports them to SQS as batch item failures, or raises for a direct S3
+event, so they are retried and finally parked in a dead-letter queue; nothing is lost.
+``failed`` outcomes (a corrupt or oversized image) are permanent: logged and counted, never
+retried.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any, Callable, Sequence
+
+from .catalog import Catalog, ImageSource, IMAGE_EXTENSIONS
+from .config import ImageLimits, IngestSettings
+from .errors import StoreUnavailableError
+from .events import S3Change, is_newer
+
+OK_STATUSES = ("indexed", "deleted", "skipped", "stale", "superseded")
+MISSING_CODES = ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
+
+
+@dataclass
+class Outcome:
+    change: S3Change
+    status: str  # indexed | deleted | skipped | stale | superseded | failed | retry
+    reason: str = ""
+
+    @property
+    def transient(self) -> bool:
+        return self.status == "retry"
+
+
+@dataclass
+class Fetched:
+    """What the bucket holds for a key right now."""
+
+    exists: bool
+    data: bytes = b""
+    head: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # transient S3 failure
+    too_large: str | None = None  # permanent: the object is over the byte limit
+
+
+def has_image_extension(key: str) -> bool:
+    return key.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+class Ingestor:
+    def __init__(self, catalog: Catalog, s3_client: Any, settings: IngestSettings,
+                 limits: ImageLimits, clock: Callable[[], float] = time.perf_counter):
+        self.catalog = catalog
+        self.s3 = s3_client
+        self.settings = settings
+        self.limits = limits
+        self.clock = clock
+        self.pool = ThreadPoolExecutor(max_workers=max(1, settings.download_workers),
+                                       thread_name_prefix="s3-fetch")
+        self.timings: dict[str, float] = {}
+
+    # -- filtering ---------------------------------------------------------------------------
+
+    def skip_reason(self, key: str) -> str | None:
+        """Why a key is not for the catalogue, or None when it may be an image."""
+        if self.settings.prefix and not key.startswith(self.settings.prefix):
+            return f"outside the prefix {self.settings.prefix!r}"
+        if self.settings.suffixes and not key.lower().endswith(self.settings.suffixes):
+            return "outside the suffix filter"
+        if key.endswith("/"):
+            return "a folder marker"
+        if not has_image_extension(key) and PurePosixPath(key).suffix:
+            return "not an image (by extension)"
+        return None  # an image extension, or none at all: the content type decides
+
+    # -- S3 ----------------------------------------------------------------------------------
+
+    def fetch(self, bucket: str, key: str) -> Fetched:
+        try:
+            response = self.s3.get_object(Bucket=bucket, Key=key)
+        except Exception as exc:  # botocore ClientError, connection errors, throttling
+            if _error_code(exc) in MISSING_CODES:
+                return Fetched(exists=False)
+            return Fetched(exists=True, error=f"S3 GetObject failed: {exc}")
+        head = {"content_type": response.get("ContentType"), "etag": response.get("ETag"),
+                "version_id": response.get("VersionId"), "metadata": response.get("Metadata") or {},
+                "size": response.get("ContentLength")}
+        body = response["Body"]
+        try:
+            if (head["size"] or 0) > self.limits.max_bytes:
+                return Fetched(exists=True, head=head, too_large=(
+                    f"the object is {head['size']:,} bytes; the limit is {self.limits.max_bytes:,}"))
+            data = body.read()
+        except Exception as exc:
+            return Fetched(exists=True, error=f"S3 read failed: {exc}")
+        finally:
+            body.close()
+        return Fetched(exists=True, data=data, head=head)
+
+    # -- applying changes ----------------------------------------------------------------------
+
+    def apply(self, changes: Sequence[S3Change]) -> list[Outcome]:
+        """Apply a batch of changes; the outcomes come back in the same order."""
+        outcomes: list[Outcome | None] = [None] * len(changes)
+        latest: dict[tuple[str, str], int] = {}
+        for i, change in enumerate(changes):
+            reason = self.skip_reason(change.key)
+            if reason:
+                outcomes[i] = Outcome(change, "skipped", reason)
+                continue
+            j = latest.get(change.ref)
+            if j is None or is_newer(change.sequencer, changes[j].sequencer):
+                if j is not None:
+                    outcomes[j] = Outcome(changes[j], "superseded", "a newer change of the key")
+                latest[change.ref] = i
+            else:
+                outcomes[i] = Outcome(change, "superseded", "a newer change of the key")
+        pending = [i for i in latest.values()]
+        if pending:
+            self._apply_latest(changes, pending, outcomes)
+        return [o for o in outcomes if o is not None]
+
+    def _apply_latest(self, changes: Sequence[S3Change], pending: list[int],
+                      outcomes: list[Outcome | None]) -> None:
+        try:
+            applied = self.catalog.store.get_images([changes[i].ref for i in pending])
+        except StoreUnavailableError as exc:
+            for i in pending:
+                outcomes[i] = Outcome(changes[i], "retry", str(exc))
+            return
+        fresh = []
+        for i in pending:
+            stored = applied.get(changes[i].ref)
+            if stored and not is_newer(changes[i].sequencer, stored.get("sequencer")):
+                outcomes[i] = Outcome(changes[i], "stale", "an equal or newer change was applied")
+            else:
+                fresh.append(i)
+        started = self.clock()
+        fetched = list(self.pool.map(lambda i: self.fetch(*changes[i].ref), fresh))
+        self.timings["fetch_ms"] = round((self.clock() - started) * 1000, 3)
+        to_index: list[tuple[int, ImageSource]] = []
+        to_delete: list[int] = []
+        for i, got in zip(fresh, fetched):
+            change = changes[i]
+            if got.error:
+                outcomes[i] = Outcome(change, "retry", got.error)
+            elif not got.exists:
+                to_delete.append(i)
+            elif got.too_large:
+                outcomes[i] = Outcome(change, "failed", got.too_large)
+            elif not has_image_extension(change.key) and not str(
+                    got.head.get("content_type") or "").lower().startswith("image/"):
+                outcomes[i] = Outcome(change, "skipped", "not an image (by content type)")
+            else:
+                to_index.append((i, ImageSource(
+                    change.bucket, change.key, got.data, got.head["metadata"],
+                    content_type=got.head["content_type"], etag=got.head["etag"],
+                    version_id=got.head["version_id"], sequencer=change.sequencer)))
+        self._index(changes, to_index, outcomes)
+        self._delete(changes, to_delete, outcomes)
+
+    def _index(self, changes, to_index, outcomes) -> None:
+        if not to_index:
+            return
+        try:
+            batch = self.catalog.index([source for _, source in to_index])
+        except StoreUnavailableError as exc:
+            for i, _ in to_index:
+                outcomes[i] = Outcome(changes[i], "retry", str(exc))
+            return
+        self.timings.update(embed_ms=batch.embed_ms, upsert_ms=batch.upsert_ms)
+        for (i, _), result in zip(to_index, batch.results):
+            outcomes[i] = (Outcome(changes[i], "indexed") if result.ok
+                           else Outcome(changes[i], "failed", str(result.error)))
+
+    def _delete(self, changes, to_delete, outcomes) -> None:
+        if not to_delete:
+            return
+        try:
+            self.catalog.remove([changes[i].ref for i in to_delete])
+        except StoreUnavailableError as exc:
+            for i in to_delete:
+                outcomes[i] = Outcome(changes[i], "retry", str(exc))
+            return
+        for i in to_delete:
+            outcomes[i] = Outcome(changes[i], "deleted")

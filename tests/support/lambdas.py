@@ -1,0 +1,39 @@
+"""Load a Lambda function's module (functions/<name>/app.py) fresh, as a new container would."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
+
+
+def load_function(name: str) -> ModuleType:
+    from visual_search.catalog import get_catalog
+    from visual_search.config import get_settings
+
+    get_settings.cache_clear()
+    get_catalog.cache_clear()
+    module_name = f"lambda_{name}_app"
+    spec = importlib.util.spec_from_file_location(module_name, FUNCTIONS / name / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class LambdaContext:
+    """The attributes of Lambda's context object that Powertools reads."""
+
+    function_name = "visual-search-test"
+    function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:visual-search-test"
+    memory_limit_in_mb = 2048
+    aws_request_id = "00000000-0000-0000-0000-000000000000"
+    log_group_name = "/aws/lambda/visual-search-test"
+    log_stream_name = "test"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 300_000
