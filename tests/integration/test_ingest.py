@@ -316,7 +316,8 @@ def test_older_events_are_recognised_as_stale(world, photos):
     old = parse_s3_record(world.put(key, photos[0]))
     new = parse_s3_record(world.put(key, photos[1]))
     assert [o.status for o in world.app.ingestor.apply([new])] == ["indexed"]
-    assert [o.status for o in world.app.ingestor.apply([old, new])] == ["stale", "stale"]
+    assert [o.status for o in world.app.ingestor.apply([old])] == ["stale"]
+    assert [o.status for o in world.app.ingestor.apply([old, new])] == ["superseded", "stale"]
     assert world.payload(key)["sequencer"] == new.sequencer
 
 
