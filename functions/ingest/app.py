@@ -6,11 +6,11 @@ S3 client are created at import time, in Lambda's init phase.
 """
 from __future__ import annotations
 
-import boto3
 from aws_lambda_powertools.utilities.batch import (BatchProcessor, EventType,
                                                    process_partial_response)
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
+from visual_search.aws import s3_client
 from visual_search.catalog import get_catalog
 from visual_search.config import get_settings
 from visual_search.events import (EventError, S3Change, changes_in_message, event_kind,
@@ -19,7 +19,7 @@ from visual_search.ingest import Ingestor, Outcome
 from visual_search.observability import MetricUnit, logger, metrics, tracer
 
 settings = get_settings()
-ingestor = Ingestor(get_catalog(), boto3.client("s3"), settings.ingest, settings.images)
+ingestor = Ingestor(get_catalog(), s3_client(), settings.ingest, settings.images)
 
 METRIC_NAMES = {"indexed": "ImagesIndexed", "deleted": "ImagesDeleted", "skipped": "ImagesSkipped",
                 "failed": "ImagesFailed", "retry": "TransientFailures",

@@ -111,6 +111,8 @@ class ApiSettings:
     upload_url_ttl_s: int = 300
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 6 * 1024 * 1024
+    result_image_urls: bool = True
+    image_url_ttl_s: int = 3600
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,8 @@ def load_settings() -> Settings:
         upload_url_ttl_s=_env_int("UPLOAD_URL_TTL", 300),
         cors_origins=_env_list("CORS_ORIGINS"),
         max_body_bytes=_env_int("MAX_BODY_BYTES", 6 * 1024 * 1024),
+        result_image_urls=_env_bool("RESULT_IMAGE_URLS", True),
+        image_url_ttl_s=_env_int("IMAGE_URL_TTL", 3600),
     )
     return Settings(
         model_dir=Path(_env("MODEL_DIR", str(_default_model_dir()))),

@@ -63,3 +63,27 @@ class StoreUnavailableError(VisualSearchError):
 class NotFoundError(VisualSearchError):
     status = 404
     code = "not_found"
+
+
+class RequestError(VisualSearchError):
+    """The HTTP request itself is wrong (shape, size, media type)."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None,
+                 details: list | None = None):
+        super().__init__(message)
+        if status:
+            self.status = status
+        if code:
+            self.code = code
+        self.details = details
+
+
+class InvalidOptions(RequestError):
+    status = 422
+    code = "invalid_options"
+
+    def __init__(self, message: str, details: list | None = None):
+        super().__init__(message, details=details)

@@ -1,0 +1,259 @@
+"""Request and response models of the search API (pydantic), and how options are read from
+JSON bodies, query strings and form fields into one ``SearchOptions``."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Mapping, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import InvalidOptions
+
+from .store import Query
+
+Scalar = Union[str, float, int, bool]
+FilterValue = Union[Scalar, list[Scalar]]
+METADATA_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+MAX_STRING = 256
+MAX_ANY_OF = 50
+RESERVED = {"bucket", "key", "model_id", "sequencer", "etag", "version_id", "indexed_at",
+            "size", "content_type", "metadata", "title"}
+
+
+class PriceRange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gte: float | None = None
+    lte: float | None = None
+    gt: float | None = None
+    lt: float | None = None
+
+    @model_validator(mode="after")
+    def finite_and_ordered(self) -> "PriceRange":
+        values = [v for v in (self.gte, self.lte, self.gt, self.lt) if v is not None]
+        if not values:
+            raise ValueError("give at least one of gte, lte, gt, lt")
+        if any(not math.isfinite(v) for v in values):
+            raise ValueError("price bounds must be finite numbers")
+        low = self.gte if self.gte is not None else self.gt
+        high = self.lte if self.lte is not None else self.lt
+        if low is not None and high is not None and low > high:
+            raise ValueError("the lower price bound is above the upper one")
+        return self
+
+
+def _check_scalar(value: Any, field: str) -> Any:
+    if isinstance(value, str):
+        if len(value) > MAX_STRING:
+            raise ValueError(f"{field}: values are at most {MAX_STRING} characters")
+        return value
+    if isinstance(value, bool) or isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise ValueError(f"{field}: expected a string or number or a list of them")
+
+
+class Filters(BaseModel):
+    """``category``, ``brand`` and ``product_id``: a value or a list (any of); ``price``: a range;
+    any other metadata key: an exact value or a list."""
+
+    model_config = ConfigDict(extra="allow")
+    category: Union[str, list[str], None] = None
+    brand: Union[str, list[str], None] = None
+    product_id: Union[str, list[str], None] = None
+    price: PriceRange | None = None
+
+    @field_validator("category", "brand", "product_id")
+    @classmethod
+    def short_lists(cls, value):
+        if isinstance(value, list):
+            if not value or len(value) > MAX_ANY_OF:
+                raise ValueError(f"give 1 to {MAX_ANY_OF} values")
+            for item in value:
+                _check_scalar(item, "value")
+        elif value is not None:
+            _check_scalar(value, "value")
+        return value
+
+    @model_validator(mode="after")
+    def metadata_keys(self) -> "Filters":
+        for key, value in (self.model_extra or {}).items():
+            if key in RESERVED:
+                raise ValueError(f"cannot filter on {key!r}")
+            if not METADATA_KEY.match(key):
+                raise ValueError(f"filter key {key[:70]!r} is not a metadata name "
+                                 f"(letters, digits, _ . : -, at most 64 characters)")
+            items = value if isinstance(value, list) else [value]
+            if not items or len(items) > MAX_ANY_OF:
+                raise ValueError(f"{key}: give 1 to {MAX_ANY_OF} values")
+            for item in items:
+                _check_scalar(item, key)
+        return self
+
+    def to_store(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in ("category", "brand", "product_id"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.price is not None:
+            out["price"] = self.price.model_dump(exclude_none=True)
+        for key, value in (self.model_extra or {}).items():
+            out[f"metadata.{key}"] = [str(v) for v in value] if isinstance(value, list) else str(value)
+        return out
+
+
+class SearchOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    top_k: int = Field(10, ge=1, le=100, description="results per page")
+    offset: int = Field(0, ge=0, le=1000, description="results to skip (pagination)")
+    score_threshold: float | None = Field(None, ge=-1.0, le=1.0,
+                                          description="only results scoring at least this")
+    group_by_product: bool = Field(True, description="one result per product (its best image)")
+    filters: Filters = Field(default_factory=Filters)
+
+    @field_validator("top_k", "offset", mode="before")
+    @classmethod
+    def no_floats_or_bools(cls, value):
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("must be a whole number")
+        return value
+
+    def to_query(self, exclude_products: tuple[str, ...] = ()) -> Query:
+        return Query(top_k=self.top_k, offset=self.offset, score_threshold=self.score_threshold,
+                     group_by_product=self.group_by_product, filters=self.filters.to_store(),
+                     exclude_products=exclude_products)
+
+
+class SearchRequest(SearchOptions):
+    """The JSON body of ``POST /search``: the image as base64, or the key of an uploaded one."""
+
+    image: str | None = Field(None, description="the query image, base64 (a data: URL is fine)")
+    s3_key: str | None = Field(None, max_length=1024,
+                               description="key of a query image uploaded through POST /uploads")
+
+    @model_validator(mode="after")
+    def one_image(self) -> "SearchRequest":
+        if (self.image is None) == (self.s3_key is None):
+            raise ValueError("give exactly one of image (base64) or s3_key")
+        return self
+
+
+class UploadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    content_type: str = Field("image/jpeg", description="image/jpeg, image/png or image/webp")
+
+
+class ImageRef(BaseModel):
+    bucket: str
+    key: str
+    url: str | None = Field(None, description="short-lived URL to fetch the image")
+
+
+class SearchHit(BaseModel):
+    product_id: str
+    score: float
+    image: ImageRef
+    metadata: dict[str, Any]
+
+
+class Timings(BaseModel):
+    decode: float
+    embed: float
+    search: float
+    total: float
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    model: str
+    timings_ms: Timings
+    offset: int
+    next_offset: int | None = Field(None, description="offset of the next page, if there may be one")
+
+
+class UploadResponse(BaseModel):
+    upload_url: str
+    s3_key: str
+    method: str = "PUT"
+    headers: dict[str, str]
+    expires_in: int
+    max_bytes: int
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model: str
+    collection: str
+    store: str
+    store_reachable: bool
+    points: int | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# -- options from query strings and form fields ---------------------------------------------
+
+FLAT_FILTERS = ("category", "brand", "product_id")
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors as field-level messages, without echoing the (maybe huge) input."""
+    return [{"loc": [str(part) for part in err["loc"]] or ["body"], "msg": err["msg"],
+             "type": err["type"]}
+            for err in exc.errors(include_url=False, include_input=False)][:20]
+
+
+def parse_options(model: type[BaseModel], raw: Any) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        details = validation_details(exc)
+        first = details[0] if details else {"loc": [], "msg": "invalid"}
+        where = ".".join(first["loc"]) or "request"
+        raise InvalidOptions(f"{where}: {first['msg']}", details) from None
+
+
+def options_from_fields(fields: Mapping[str, list[str]]) -> dict[str, Any]:
+    """Query-string or form fields -> the dict SearchOptions validates.
+
+    ``category``/``brand``/``product_id`` may repeat or hold comma-separated values (any of);
+    ``price_min``/``price_max`` form a range; ``filters`` may carry the JSON filter object.
+    """
+    raw: dict[str, Any] = {}
+    filters: dict[str, Any] = {}
+    for name, values in fields.items():
+        if name in ("top_k", "offset", "score_threshold"):
+            raw[name] = values[-1]
+        elif name == "group_by_product":
+            raw[name] = values[-1].strip().lower() not in ("false", "0", "no", "off")
+        elif name in FLAT_FILTERS:
+            items = [v.strip() for value in values for v in value.split(",") if v.strip()]
+            filters[name] = items[0] if len(items) == 1 else items
+        elif name in ("price_min", "price_max"):
+            filters.setdefault("price", {})["gte" if name == "price_min" else "lte"] = values[-1]
+        elif name == "filters":
+            try:
+                parsed = json.loads(values[-1])
+            except json.JSONDecodeError:
+                raise InvalidOptions("filters is not valid JSON",
+                                     [{"loc": ["filters"], "msg": "not valid JSON"}]) from None
+            if not isinstance(parsed, dict):
+                raise InvalidOptions("filters must be a JSON object",
+                                     [{"loc": ["filters"], "msg": "must be a JSON object"}])
+            filters.update(parsed)
+        else:
+            raw[name] = values[-1]  # unknown option: SearchOptions forbids it (422)
+    if filters:
+        raw["filters"] = filters
+    return raw
