@@ -77,8 +77,9 @@ def make_store(store_settings, embedder):
 
     yield factory
     for store in opened:
-        if store.client.collection_exists(store.collection):
-            store.client.delete_collection(store.collection)
+        physical = store.physical_collection()
+        if physical:
+            store.client.delete_collection(physical)
     client.close()
 
 

@@ -10,25 +10,37 @@ from typing import Sequence
 from .errors import VisualSearchError
 
 
-def _progress(iterable, total: int, desc: str, quiet: bool = False):
+def _progress(iterable, total: int | None, desc: str, quiet: bool = False):
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit="img", disable=quiet, file=sys.stderr)
 
 
 def ingest_folder(catalog, folder: Path, bucket: str, batch: int = 16, quiet: bool = False) -> dict:
-    """Index every image of a local catalogue folder through the normal indexing path."""
+    """Index every image of a local catalogue folder through the normal indexing path.
+
+    Resumable and idempotent: an image whose content hash matches its stored ETag is skipped.
+    """
     from .catalog import ImageSource
     from .folders import scan
+    from .sync import bare_etag, md5_etag
 
     images = scan(folder)
-    counts = {"indexed": 0, "failed": 0}
+    counts = {"indexed": 0, "unchanged": 0, "failed": 0}
     bar = _progress(None, len(images), f"indexing {folder.name}", quiet)
     for start in range(0, len(images), batch):
         chunk = images[start:start + batch]
-        sources = [ImageSource(bucket, img.key, img.path.read_bytes(), img.metadata,
-                               content_type=img.content_type) for img in chunk]
-        for result in catalog.index(sources).results:
+        stored = catalog.store.get_images([(bucket, img.key) for img in chunk])
+        sources = []
+        for img in chunk:
+            data = img.path.read_bytes()
+            etag = md5_etag(data)
+            if bare_etag(stored.get((bucket, img.key), {}).get("etag")) == etag:
+                counts["unchanged"] += 1
+                continue
+            sources.append(ImageSource(bucket, img.key, data, img.metadata,
+                                       content_type=img.content_type, etag=etag))
+        for result in catalog.index(sources).results if sources else []:
             if result.ok:
                 counts["indexed"] += 1
             else:
@@ -83,17 +95,62 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _syncer(quiet: bool, desc: str):
+    from .aws import s3_client
+    from .catalog import get_catalog
+    from .config import get_settings
+    from .ingest import Ingestor
+    from .sync import Syncer
+
+    settings = get_settings()
+    ingestor = Ingestor(get_catalog(), s3_client(), settings.ingest, settings.images)
+    bar = _progress(None, None, desc, quiet)
+    return Syncer(ingestor, progress=bar.update), bar
+
+
 def cmd_ingest(args) -> int:
     from .catalog import get_catalog
+    from .sync import parse_s3_url
 
     source = args.source
     if source.startswith("s3://"):
-        print("ingest from s3:// is part of the ingest function's backfill and not built yet",
-              file=sys.stderr)
-        return 2
+        bucket, prefix = parse_s3_url(source)
+        syncer, bar = _syncer(args.quiet, f"backfilling {source}")
+        report = syncer.backfill(bucket, prefix, batch=args.batch).as_dict()
+        bar.close()
+        print(json.dumps(report, indent=2))
+        return 0 if not report["failed"] and not report["retry"] else 1
     counts = ingest_folder(get_catalog(), Path(source), args.bucket, quiet=args.quiet)
     print(json.dumps(counts))
     return 0 if counts["failed"] == 0 else 1
+
+
+def cmd_reconcile(args) -> int:
+    from .sync import parse_s3_url
+
+    bucket, prefix = parse_s3_url(args.source)
+    syncer, bar = _syncer(args.quiet, f"reconciling {args.source}")
+    report = syncer.reconcile(bucket, prefix, dry_run=args.dry_run).as_dict()
+    bar.close()
+    print(json.dumps(report, indent=2))
+    drift = report["missing"] + report["changed"] + report["orphaned"]
+    if args.dry_run:
+        return 0 if drift == 0 else 3
+    return 0 if not report["failed"] and not report["retry"] else 1
+
+
+def cmd_reindex(args) -> int:
+    from .aws import s3_client
+    from .catalog import get_catalog
+    from .sync import parse_s3_url, reindex
+
+    sources = [parse_s3_url(s) for s in args.source] or None
+    bar = _progress(None, None, "re-indexing", args.quiet)
+    result = reindex(get_catalog(), s3_client(), sources, keep_old=args.keep_old,
+                     progress=bar.update, log=lambda m: print(m, file=sys.stderr))
+    bar.close()
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def cmd_search(args) -> int:
@@ -149,11 +206,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_query_options(demo)
     demo.set_defaults(func=cmd_demo)
 
-    ingest = sub.add_parser("ingest", help="index every image of a folder (one subfolder per product)")
-    ingest.add_argument("source", help="a local folder")
-    ingest.add_argument("--bucket", default="local", help="bucket name recorded per image")
+    ingest = sub.add_parser(
+        "ingest", help="index existing images in bulk: s3://bucket/prefix or a local folder",
+        description="Backfill: index every image under s3://bucket/prefix (through the ingest "
+                    "function's code path; objects already indexed with their ETag are skipped, "
+                    "so an interrupted run resumes) or of a local folder (one subfolder per "
+                    "product, products.csv as metadata).")
+    ingest.add_argument("source", help="s3://bucket/prefix or a local folder")
+    ingest.add_argument("--bucket", default="local",
+                        help="for a folder: the bucket name recorded per image (default: local)")
+    ingest.add_argument("--batch", type=int, default=32, help="images per batch (default 32)")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest.set_defaults(func=cmd_ingest)
+
+    reconcile = sub.add_parser(
+        "reconcile", help="compare a bucket with the collection and repair any drift",
+        description="Index images missing from (or stale in) the collection and delete points "
+                    "whose object is gone. Exit code 3 with --dry-run when there is drift.")
+    reconcile.add_argument("source", help="s3://bucket/prefix")
+    reconcile.add_argument("--dry-run", action="store_true", help="only report the drift")
+    reconcile.add_argument("--quiet", action="store_true", help="no progress bar")
+    reconcile.set_defaults(func=cmd_reconcile)
+
+    reindex = sub.add_parser(
+        "reindex", help="rebuild the collection with the current model and switch the alias",
+        description="Build a new collection with the current model from the bucket(s), switch "
+                    "the COLLECTION alias to it atomically, catch up and drop the old one.")
+    reindex.add_argument("--source", action="append", default=[],
+                         help="s3://bucket/prefix to index (repeatable; default: the buckets "
+                              "recorded in the current collection)")
+    reindex.add_argument("--keep-old", action="store_true", help="keep the previous collection")
+    reindex.add_argument("--quiet", action="store_true", help="no progress bar")
+    reindex.set_defaults(func=cmd_reindex)
 
     search = sub.add_parser("search", help="find the products nearest to a photo")
     search.add_argument("image", help="path of the query image")

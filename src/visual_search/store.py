@@ -31,6 +31,11 @@ _DISTANCE = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT,
 MAX_GROUP_FETCH = 4096
 
 
+def slug(text: str) -> str:
+    """A collection-name-safe form of a model id."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text.lower())[:48]
+
+
 def point_id(bucket: str, key: str) -> str:
     """Deterministic point id of an image: the same object always maps to the same point."""
     return str(uuid.uuid5(POINT_NAMESPACE, f"{bucket}/{key}"))
@@ -169,15 +174,58 @@ class CatalogStore:
     # -- collection -------------------------------------------------------------------------
 
     def ensure_collection(self) -> None:
-        """Create the collection on first use; refuse one built by another model."""
+        """Create the collection on first use; refuse one built by another model.
+
+        ``COLLECTION`` names an alias over a physical collection (``<name>-<model id>`` at first),
+        so ``visual-search reindex`` can build a new one and switch the alias atomically.
+        """
         if self._ready:
             return
         with self._call():
-            if self.client.collection_exists(self.collection):
+            if self._exists(self.collection):
                 self._check_model(self.client.get_collection(self.collection))
             else:
-                self._create()
+                physical = f"{self.collection}-{slug(self.model_id)}"
+                if not self.client.collection_exists(physical):
+                    self.create_physical(physical)
+                else:
+                    self._check_model(self.client.get_collection(physical))
+                self.point_alias(physical)
         self._ready = True
+
+    def _exists(self, name: str) -> bool:
+        return name in self.aliases() or self.client.collection_exists(name)
+
+    def aliases(self) -> dict[str, str]:
+        """alias name -> collection name."""
+        return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
+
+    def physical_collection(self) -> str | None:
+        """The collection behind COLLECTION (itself if it is not an alias), or None."""
+        with self._call():
+            target = self.aliases().get(self.collection)
+            if target:
+                return target
+            return self.collection if self.client.collection_exists(self.collection) else None
+
+    def point_alias(self, target: str) -> None:
+        """Make COLLECTION an alias of ``target`` in one atomic step."""
+        ops: list = []
+        if self.collection in self.aliases():
+            ops.append(models.DeleteAliasOperation(
+                delete_alias=models.DeleteAlias(alias_name=self.collection)))
+        ops.append(models.CreateAliasOperation(create_alias=models.CreateAlias(
+            collection_name=target, alias_name=self.collection)))
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+
+    def for_collection(self, name: str) -> "CatalogStore":
+        """The same store over another (physical) collection, sharing the client."""
+        from dataclasses import replace
+
+        other = CatalogStore(self.client, replace(self.settings, collection=name), self.model_id,
+                             self.dim, self.distance)
+        other._lock = self._lock
+        return other
 
     def _check_model(self, info: models.CollectionInfo) -> None:
         metadata = info.config.metadata or {}
@@ -189,14 +237,15 @@ class CatalogStore:
         if built_by != self.model_id:
             raise ModelMismatchError(self.collection, str(built_by), self.model_id)
 
-    def _create(self) -> None:
+    def create_physical(self, name: str) -> None:
+        """Create a collection for this model with the configured scale settings."""
         s = self.settings
         quantization = None
         if s.quantization == "int8":
             quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
                 type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
         self.client.create_collection(
-            self.collection,
+            name,
             vectors_config={VECTOR: models.VectorParams(
                 size=self.dim, distance=_DISTANCE[self.distance], on_disk=s.vectors_on_disk)},
             hnsw_config=models.HnswConfigDiff(m=s.hnsw_m, ef_construct=s.hnsw_ef_construct,
@@ -208,12 +257,14 @@ class CatalogStore:
                       "distance": self.distance},
         )
         if self.is_server:  # embedded mode scans everything and ignores payload indexes
-            for name in KEYWORD_FIELDS:
-                self.client.create_payload_index(self.collection, name,
-                                                 models.PayloadSchemaType.KEYWORD)
-            for name in FLOAT_FIELDS:
-                self.client.create_payload_index(self.collection, name,
-                                                 models.PayloadSchemaType.FLOAT)
+            for field_name in KEYWORD_FIELDS:
+                self.client.create_payload_index(name, field_name, models.PayloadSchemaType.KEYWORD)
+            for field_name in FLOAT_FIELDS:
+                self.client.create_payload_index(name, field_name, models.PayloadSchemaType.FLOAT)
+
+    def drop_collection(self, name: str) -> None:
+        with self._call():
+            self.client.delete_collection(name)
 
     def count(self, filters: Mapping[str, Any] | None = None) -> int:
         self.ensure_collection()

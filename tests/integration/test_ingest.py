@@ -290,7 +290,7 @@ def test_qdrant_down_then_recovered(monkeypatch, embedder, photos, qdrant_shim):
         assert sorted(f["itemIdentifier"] for f in result["batchItemFailures"]) == ["m0", "m1", "m2"]
         assert w.invoke(event) == {"batchItemFailures": []}
         w.assert_in_sync()
-        w.store.client.delete_collection("ingest-outage")
+        w.store.drop_collection(w.store.physical_collection())
 
 
 @pytest.mark.parametrize("name", ["s3-put.json", "s3-put-unicode-key.json", "sqs-s3-put.json",

@@ -1,0 +1,228 @@
+"""Bulk work on the catalogue: backfill from S3, reconcile with the bucket, re-index.
+
+All of it goes through the ingest function's code path (``Ingestor.apply``), so an image is
+decoded, embedded and stored exactly as when its upload event arrives. Backfills are
+resumable and idempotent: an object whose ETag matches its stored point is not fetched again.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
+
+from .catalog import Catalog
+from .events import S3Change
+from .ingest import Ingestor, Outcome
+from .store import CatalogStore, slug
+
+RETRIES = 3
+
+
+@dataclass
+class SourceObject:
+    bucket: str
+    key: str
+    etag: str
+    size: int
+
+
+@dataclass
+class SyncReport:
+    listed: int = 0
+    unchanged: int = 0
+    indexed: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    retry: int = 0
+    missing: int = 0
+    changed: int = 0
+    orphaned: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            status = outcome.status
+            if status in ("indexed", "deleted", "skipped", "failed", "retry"):
+                setattr(self, status, getattr(self, status) + 1)
+            if status in ("failed", "retry"):
+                self.problems.append(f"{outcome.change.key}: {outcome.reason}")
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "problems"}
+        out["problems"] = self.problems[:50]
+        return out
+
+
+def bare_etag(etag: str | None) -> str:
+    return (etag or "").strip('"')
+
+
+def md5_etag(data: bytes) -> str:
+    """The ETag S3 gives a single-part upload, for files that never were in S3."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    if not url.startswith("s3://") or len(url) <= 5:
+        raise ValueError(f"expected s3://bucket/prefix, got {url!r}")
+    bucket, _, prefix = url[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {url!r}")
+    return bucket, prefix
+
+
+def list_objects(s3: Any, bucket: str, prefix: str = "") -> Iterator[SourceObject]:
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            yield SourceObject(bucket, obj["Key"], bare_etag(obj.get("ETag")), int(obj.get("Size", 0)))
+
+
+def _chunks(items: Iterator[SourceObject], size: int) -> Iterator[list[SourceObject]]:
+    chunk: list[SourceObject] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class Syncer:
+    """Backfill / reconcile / re-index, for one ingestor (and so one collection)."""
+
+    def __init__(self, ingestor: Ingestor, progress: Callable[[int], None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.ingestor = ingestor
+        self.progress = progress or (lambda n: None)
+        self.sleep = sleep
+
+    @property
+    def store(self) -> CatalogStore:
+        return self.ingestor.catalog.store
+
+    def apply_with_retries(self, changes: list[S3Change]) -> list[Outcome]:
+        """Apply; retry transient failures with backoff; return the final outcome of each."""
+        final: dict[tuple[str, str], Outcome] = {}
+        pending = changes
+        for attempt in range(RETRIES + 1):
+            outcomes = self.ingestor.apply(pending)
+            for outcome in outcomes:
+                final[outcome.change.ref] = outcome
+            pending = [o.change for o in outcomes if o.transient]
+            if not pending or attempt == RETRIES:
+                break
+            self.sleep(min(8.0, 0.5 * 2 ** attempt))
+        return [final[c.ref] for c in changes if c.ref in final]
+
+    def backfill(self, bucket: str, prefix: str = "", batch: int = 32) -> SyncReport:
+        """Index every image under the prefix that is not already indexed with its ETag."""
+        report = SyncReport()
+        for chunk in _chunks(list_objects(self.ingestor.s3, bucket, prefix), batch):
+            report.listed += len(chunk)
+            wanted = [o for o in chunk if not self.ingestor.skip_reason(o.key)]
+            report.skipped += len(chunk) - len(wanted)
+            stored = self.store.get_images([(o.bucket, o.key) for o in wanted])
+            todo = [o for o in wanted
+                    if bare_etag(stored.get((o.bucket, o.key), {}).get("etag")) != o.etag]
+            report.unchanged += len(wanted) - len(todo)
+            if todo:
+                report.add(self.apply_with_retries([
+                    S3Change(o.bucket, o.key, "created", "Backfill") for o in todo]))
+            self.progress(len(chunk))
+        return report
+
+    def reconcile(self, bucket: str, prefix: str = "", dry_run: bool = False,
+                  batch: int = 32) -> SyncReport:
+        """Repair both kinds of drift: images missing or stale in the collection, and points
+        whose object is gone. With ``dry_run`` only count them."""
+        report = SyncReport()
+        objects = {}
+        for obj in list_objects(self.ingestor.s3, bucket, prefix):
+            report.listed += 1
+            if self.ingestor.skip_reason(obj.key):
+                report.skipped += 1
+            else:
+                objects[obj.key] = obj
+        points = {hit.payload.get("key"): bare_etag(hit.payload.get("etag"))
+                  for hit in self.store.scroll({"bucket": bucket})
+                  if str(hit.payload.get("key", "")).startswith(prefix)}
+        missing = [k for k in objects if k not in points]
+        changed = [k for k in objects if k in points and points[k] != objects[k].etag]
+        orphaned = [k for k in points if k not in objects]
+        report.missing, report.changed, report.orphaned = len(missing), len(changed), len(orphaned)
+        report.unchanged = len(objects) - len(missing) - len(changed)
+        if dry_run:
+            return report
+        changes = ([S3Change(bucket, k, "created", "Reconcile") for k in missing + changed]
+                   + [S3Change(bucket, k, "removed", "Reconcile") for k in orphaned])
+        for start in range(0, len(changes), batch):
+            part = changes[start:start + batch]
+            report.add(self.apply_with_retries(part))
+            self.progress(len(part))
+        return report
+
+
+def buckets_in(store: CatalogStore, collection: str) -> dict[str, int]:
+    """Buckets recorded in a collection's payloads (with counts), read without its vectors."""
+    counts: dict[str, int] = {}
+    offset = None
+    while True:
+        records, offset = store.client.scroll(collection, limit=512, offset=offset,
+                                              with_payload=["bucket"], with_vectors=False)
+        for record in records:
+            bucket = (record.payload or {}).get("bucket")
+            if bucket:
+                counts[bucket] = counts.get(bucket, 0) + 1
+        if offset is None:
+            return counts
+
+
+def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = None,
+            keep_old: bool = False, progress: Callable[[int], None] | None = None,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build a new collection with the current model from the bucket(s), switch the alias to it,
+    catch up with what changed meanwhile, and drop the old collection.
+
+    Searches keep answering from the old collection until the alias switches (atomically).
+    """
+    store = catalog.store
+    old = store.physical_collection()
+    if sources is None:
+        sources = [(bucket, "") for bucket in buckets_in(store, old)] if old else []
+    if not sources:
+        raise ValueError("nothing to re-index from: give --source s3://bucket/prefix")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    new = f"{store.collection}-{slug(catalog.model_id)}-{stamp}"
+    new_store = store.for_collection(new)
+    new_store.create_physical(new)
+    new_store._ready = True
+    ingestor = Ingestor(Catalog(catalog.embedder, new_store), s3, _ingest_settings(catalog),
+                        catalog.embedder.limits)
+    syncer = Syncer(ingestor, progress)
+    reports = {}
+    for bucket, prefix in sources:
+        log(f"indexing s3://{bucket}/{prefix} into {new}")
+        reports[f"s3://{bucket}/{prefix}"] = syncer.backfill(bucket, prefix).as_dict()
+    if old == store.collection:  # a plain collection, not yet an alias: replace it
+        store.drop_collection(old)
+    store.point_alias(new)
+    store._ready = False
+    log(f"alias {store.collection!r} now points at {new}")
+    catch_up = Syncer(Ingestor(catalog, s3, _ingest_settings(catalog), catalog.embedder.limits))
+    for bucket, prefix in sources:
+        catch_up.reconcile(bucket, prefix)
+    if old and old != store.collection and not keep_old:
+        store.drop_collection(old)
+        log(f"dropped the old collection {old}")
+    return {"collection": new, "previous": old, "sources": reports}
+
+
+def _ingest_settings(catalog: Catalog):
+    from .config import get_settings
+
+    return get_settings().ingest

@@ -1,0 +1,129 @@
+"""Backfill, reconcile and re-index against moto S3 and embedded Qdrant."""
+from __future__ import annotations
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from visual_search.catalog import Catalog
+from visual_search.config import IngestSettings, ImageLimits, StoreSettings
+from visual_search.ingest import Ingestor
+from visual_search.store import CatalogStore, Query, connect
+from visual_search.sync import Syncer, reindex
+
+BUCKET = "product-images"
+
+
+class CountingS3:
+    """The boto3 S3 client, counting GETs and failing chosen keys a number of times."""
+
+    def __init__(self, client, failures: dict[str, int] | None = None):
+        self.client, self.failures, self.gets = client, dict(failures or {}), []
+
+    def get_object(self, **kwargs):
+        self.gets.append(kwargs["Key"])
+        if self.failures.get(kwargs["Key"], 0) > 0:
+            self.failures[kwargs["Key"]] -= 1
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "slow down"}}, "GetObject")
+        return self.client.get_object(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+@pytest.fixture
+def s3():
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+@pytest.fixture
+def upload(s3, demo_images):
+    def put(count: int = 12, prefix: str = "catalog/"):
+        for img in demo_images[:count]:
+            s3.put_object(Bucket=BUCKET, Key=prefix + img.key, Body=img.path.read_bytes(),
+                          Metadata=img.metadata, ContentType="image/jpeg")
+        s3.put_object(Bucket=BUCKET, Key=prefix + "README.txt", Body=b"not an image")
+    return put
+
+
+def make_syncer(embedder, s3_client, collection="sync", client=None, model_id=None):
+    settings = StoreSettings(path=":memory:", collection=collection)
+    store = CatalogStore(client or connect(settings), settings, model_id or embedder.model_id,
+                         embedder.dim)
+    ingestor = Ingestor(Catalog(embedder, store), s3_client, IngestSettings(), ImageLimits())
+    return Syncer(ingestor, sleep=lambda s: None)
+
+
+def keys(store) -> set[str]:
+    return {h.payload["key"] for h in store.scroll()}
+
+
+def test_backfill_is_idempotent_and_resumable(s3, upload, embedder):
+    upload(12)
+    # fails all 1 + RETRIES attempts of the first run, then recovers
+    flaky = CountingS3(s3, {"catalog/Alpro-Blueberry-Soyghurt/Alpro-Blueberry-Soyghurt_001.jpg": 4})
+    syncer = make_syncer(embedder, flaky)
+    first = syncer.backfill(BUCKET, "catalog/", batch=5)
+    assert first.listed == 13 and first.skipped == 1 and first.indexed == 11
+    assert first.retry == 1 and "SlowDown" in first.problems[0]
+    flaky.gets.clear()
+    second = syncer.backfill(BUCKET, "catalog/", batch=5)  # resume: only the failed one is fetched
+    assert second.indexed == 1 and second.unchanged == 11 and len(flaky.gets) == 1
+    third = syncer.backfill(BUCKET, "catalog/")
+    assert third.indexed == 0 and third.unchanged == 12
+    assert len(keys(syncer.store)) == 12
+
+
+def test_transient_failures_are_retried_within_a_run(s3, upload, embedder):
+    upload(4)
+    flaky = CountingS3(s3, {"catalog/" + img: 2 for img in
+                            ["Alpro-Blueberry-Soyghurt/Alpro-Blueberry-Soyghurt_001.jpg"]})
+    report = make_syncer(embedder, flaky).backfill(BUCKET, "catalog/")
+    assert report.indexed == 4 and report.retry == 0
+
+
+def test_reconcile_repairs_both_kinds_of_drift(s3, upload, embedder, demo_images):
+    upload(10)
+    syncer = make_syncer(embedder, s3)
+    syncer.backfill(BUCKET, "catalog/")
+    # drift: one object deleted behind our back, one replaced, two new ones never announced
+    s3.delete_object(Bucket=BUCKET, Key="catalog/" + demo_images[0].key)
+    s3.put_object(Bucket=BUCKET, Key="catalog/" + demo_images[1].key,
+                  Body=demo_images[20].path.read_bytes())
+    for img in demo_images[30:32]:
+        s3.put_object(Bucket=BUCKET, Key="catalog/" + img.key, Body=img.path.read_bytes())
+    dry = syncer.reconcile(BUCKET, "catalog/", dry_run=True)
+    assert (dry.missing, dry.changed, dry.orphaned) == (2, 1, 1)
+    assert len(keys(syncer.store)) == 10  # dry run changed nothing
+    fixed = syncer.reconcile(BUCKET, "catalog/")
+    assert fixed.indexed == 3 and fixed.deleted == 1
+    listed = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]
+              if o["Key"].endswith(".jpg")}
+    assert keys(syncer.store) == listed
+    again = syncer.reconcile(BUCKET, "catalog/", dry_run=True)
+    assert (again.missing, again.changed, again.orphaned) == (0, 0, 0)
+
+
+def test_reindex_switches_the_alias_to_a_collection_of_the_current_model(s3, upload, embedder):
+    upload(8)
+    client = connect(StoreSettings(path=":memory:"))
+    # A collection built by an older model (same size vectors, another id).
+    old = make_syncer(embedder, s3, "shop", client, model_id="efficientnet-lite0-imagenet-v0")
+    old.backfill(BUCKET, "catalog/")
+    old_physical = old.store.physical_collection()
+    current = make_syncer(embedder, s3, "shop", client)
+    with pytest.raises(Exception, match="efficientnet-lite0-imagenet-v0"):
+        current.store.count()
+    result = reindex(current.ingestor.catalog, s3, log=lambda m: None)
+    assert result["previous"] == old_physical and result["collection"].startswith("shop-")
+    assert current.store.physical_collection() == result["collection"]
+    assert current.store.count() == 8
+    assert not client.collection_exists(old_physical)
+    hits = current.store.search(embedder.embed(s3.get_object(
+        Bucket=BUCKET, Key=next(iter(keys(current.store))))["Body"].read()),
+                                Query(top_k=3, group_by_product=False))
+    assert len(hits) == 3
