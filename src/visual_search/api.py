@@ -190,8 +190,13 @@ class SearchApi:
     def _image_url(self, bucket: str, key: str) -> str | None:
         if not self.settings.api.result_image_urls or not bucket:
             return None
-        return self.s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
-                                              ExpiresIn=self.settings.api.image_url_ttl_s)
+        try:
+            return self.s3.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key},
+                ExpiresIn=self.settings.api.image_url_ttl_s)
+        except Exception as exc:  # no credentials to sign with: results without URLs
+            logger.debug(f"no image URL: {exc}")
+            return None
 
     def _shape(self, result: SearchResult, options: SearchOptions) -> dict:
         results = []

@@ -75,6 +75,142 @@ def embed_breakdown(repeat: int) -> dict:
             .get_session_options().intra_op_num_threads, "embed": rows}
 
 
+def sample_photos(count: int, side: int = 1000) -> list[bytes]:
+    """``count`` different demo photos as ~``side`` px JPEGs (quality 90)."""
+    photos = []
+    images = scan(DEMO_CATALOG)
+    for n in range(count):
+        photo = Image.open(images[n % len(images)].path).convert("RGB")
+        photo = photo.resize((side, side * 3 // 4), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        photo.save(buffer, "JPEG", quality=90)
+        photos.append(buffer.getvalue())
+    return photos
+
+
+def bare_throughput(embedder, batch: int, repeat: int) -> float:
+    """Images per second of session.run alone on a prepared batch."""
+    card = embedder.card
+    tensor = np.stack([embedder.preprocess(sample_image(224, "PNG"))] * batch)
+    median = timed(lambda: embedder.session.run([card.embedding_output],
+                                                {card.input_name: tensor}), repeat)["median_ms"]
+    return batch / (median / 1000.0)
+
+
+def ingest_throughput(repeat: int) -> dict:
+    """One ingest invocation (S3 GETs from moto, decode, batched embed, upsert) per batch size."""
+    import os
+
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    from moto import mock_aws
+
+    from .aws import s3_client
+    from .catalog import Catalog
+    from .config import IngestSettings, StoreSettings
+    from .events import S3Change
+    from .ingest import Ingestor
+    from .store import CatalogStore
+
+    embedder = load_embedder()
+    photos = sample_photos(32)
+    rows = []
+    with mock_aws():
+        s3 = s3_client()
+        s3.create_bucket(Bucket="bench")
+        for n, photo in enumerate(photos):
+            s3.put_object(Bucket="bench", Key=f"p{n}/img.jpg", Body=photo, ContentType="image/jpeg")
+        store = CatalogStore.open(StoreSettings(path=":memory:", collection="bench"),
+                                  embedder.model_id, embedder.dim)
+        ingestor = Ingestor(Catalog(embedder, store), s3, IngestSettings(), embedder.limits)
+        for batch in (1, 10, 32):
+            changes = [S3Change("bench", f"p{n}/img.jpg", "created", "ObjectCreated:Put")
+                       for n in range(batch)]
+            median = timed(lambda: ingestor.apply(changes), max(3, repeat // 3))["median_ms"]
+            bare = bare_throughput(embedder, batch, max(3, repeat // 3))
+            got = batch / (median / 1000.0)
+            rows.append({"batch": batch, "images_per_s": round(got, 1),
+                         "bare_model_images_per_s": round(bare, 1),
+                         "ratio_to_bare": round(got / bare, 2)})
+    return {"ingest": rows}
+
+
+def synthetic_catalog(embedder, count: int, seed: int = 7):
+    """``count`` points near the real demo embeddings (small noise), with product metadata:
+    a stand-in for a catalogue of that size without embedding that many photos."""
+    from .catalog import ImageSource, build_payload
+    from .store import ImagePoint
+
+    rng = np.random.default_rng(seed)
+    images = scan(DEMO_CATALOG)
+    base = np.stack(embedder.embed_many([img.path.read_bytes() for img in images]))
+    categories = sorted({img.metadata.get("category", "") for img in images})
+    points = []
+    for n in range(count):
+        vector = base[n % len(base)] + rng.normal(0, 0.02, base.shape[1]).astype(np.float32)
+        vector /= np.linalg.norm(vector)
+        metadata = {"product-id": f"sku-{n // 4}", "category": categories[(n // 4) % len(categories)],
+                    "brand": f"brand-{(n // 4) % 25}", "price": f"{1 + (n // 4) % 50:.2f}"}
+        source = ImageSource("bench", f"sku-{n // 4}/{n}.jpg", b"", metadata)
+        points.append(ImagePoint("bench", source.key, vector, build_payload(source, embedder.model_id)))
+    return points
+
+
+def search_latency(repeat: int, sizes=(1000, 10000)) -> dict:
+    """Warm search-function latency through the API handler (REST proxy event, JSON base64)."""
+    import base64
+    import os
+
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    from .api import SearchApi
+    from .aws import s3_client
+    from .catalog import Catalog
+    from .config import StoreSettings, load_settings
+    from .store import CatalogStore
+
+    embedder = load_embedder()
+    card = embedder.card
+    tensor = embedder.preprocess(sample_image(224, "PNG"))[None]
+    bare = timed(lambda: embedder.session.run([card.embedding_output], {card.input_name: tensor}),
+                 repeat)["median_ms"]
+    query = base64.b64encode(sample_photos(1)[0]).decode()
+    settings = load_settings()
+    rows = []
+    for size in sizes:
+        store = CatalogStore.open(StoreSettings(path=":memory:", collection=f"bench{size}"),
+                                  embedder.model_id, embedder.dim)
+        points = synthetic_catalog(embedder, size)
+        for start in range(0, len(points), 1000):
+            store.upsert(points[start:start + 1000])
+        api = SearchApi(Catalog(embedder, store), s3_client(), settings)
+        for label, filters in (("none", {}), ("category+price", {
+                "category": "Milk", "price": {"gte": 5, "lte": 30}})):
+            event = {"httpMethod": "POST", "path": "/search", "resource": "/search",
+                     "headers": {"Content-Type": "application/json"},
+                     "body": json.dumps({"image": query, "top_k": 10, "filters": filters}),
+                     "isBase64Encoded": False, "requestContext": {"stage": "bench"}}
+            totals, parts = [], {"decode": [], "embed": [], "search": []}
+            api.resolve(event, None)
+            for _ in range(repeat):
+                started = time.perf_counter()
+                response = api.resolve(event, None)
+                body = json.loads(response["body"])
+                if response["statusCode"] != 200:
+                    raise RuntimeError(f"search failed: {body}")
+                totals.append((time.perf_counter() - started) * 1000)
+                for part in parts:
+                    parts[part].append(body["timings_ms"][part])
+            totals.sort()
+            median = statistics.median(totals)
+            rows.append({"points": size, "filter": label, "median_ms": round(median, 2),
+                         "p99_ms": round(totals[min(len(totals) - 1, int(0.99 * len(totals)))], 2),
+                         **{f"{k}_ms": round(statistics.median(v), 2) for k, v in parts.items()},
+                         "median_vs_bare_run": round(median / bare, 2)})
+        store.close()
+    return {"search": rows, "search_bare_session_run_ms": bare}
+
+
 def machine() -> dict:
     import onnxruntime
 
@@ -96,10 +232,41 @@ def print_table(report: dict) -> None:
               f"{row['total_vs_bare_run']} |")
 
 
+def print_ingest(report: dict) -> None:
+    print("\n| batch | ingest images/s | bare model images/s | ratio |")
+    print("|---|---|---|---|")
+    for row in report["ingest"]:
+        print(f"| {row['batch']} | {row['images_per_s']} | {row['bare_model_images_per_s']} | "
+              f"{row['ratio_to_bare']} |")
+
+
+def print_search(report: dict) -> None:
+    print(f"\nbare session.run {report['search_bare_session_run_ms']} ms")
+    print("| points | filter | median ms | p99 ms | decode | embed | search | median/bare run |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in report["search"]:
+        print(f"| {r['points']:,} | {r['filter']} | {r['median_ms']} | {r['p99_ms']} | "
+              f"{r['decode_ms']} | {r['embed_ms']} | {r['search_ms']} | {r['median_vs_bare_run']} |")
+
+
+SECTIONS = ("embed", "ingest", "search")
+
+
 def run_bench(args) -> int:
     get_settings()
-    report = {"machine": machine(), **embed_breakdown(args.repeat)}
-    if not args.json:
-        print_table(report)
+    wanted = set(args.only.split(",")) if args.only else set(SECTIONS)
+    report: dict = {"machine": machine()}
+    if "embed" in wanted:
+        report.update(embed_breakdown(args.repeat))
+        if not args.json:
+            print_table(report)
+    if "ingest" in wanted:
+        report.update(ingest_throughput(args.repeat))
+        if not args.json:
+            print_ingest(report)
+    if "search" in wanted:
+        report.update(search_latency(args.repeat))
+        if not args.json:
+            print_search(report)
     print(json.dumps(report))
     return 0

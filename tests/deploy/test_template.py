@@ -1,0 +1,299 @@
+"""template.yaml, read as data: handlers exist, the environment names only what the code reads,
+and the security and reliability settings the issue asks for are there. No tools needed."""
+from __future__ import annotations
+
+import ast
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.deploy._support import (REPO, env_names_in_source, function_environment,
+                                   function_setting, powertools_env_names, resolve_defaults,
+                                   resources_of_type)
+
+FUNCTIONS = ("IngestFunction", "SearchFunction")
+BINARY_TYPES = {"image~1jpeg", "image~1png", "image~1webp", "multipart~1form-data"}
+ROUTES = {("POST", "/search"), ("GET", "/products/{product_id}/similar"),
+          ("POST", "/uploads"), ("GET", "/health"), ("GET", "/openapi.json")}
+
+
+def ref(name: str) -> dict:
+    return {"Ref": name}
+
+
+def getatt(resource: str, attribute: str) -> dict:
+    return {"Fn::GetAtt": [resource, attribute]}
+
+
+@pytest.fixture(scope="module")
+def env_read_by_code() -> set[str]:
+    return env_names_in_source([REPO / "src", REPO / "functions"]) | set(powertools_env_names())
+
+
+def test_the_env_scan_sees_the_configuration(env_read_by_code):
+    # Guards the scanner itself: names read through os.environ.get and through _env*().
+    assert {"QDRANT_URL", "QDRANT_API_KEY_PARAMETER", "MODEL_DIR", "COLLECTION",
+            "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_LOG_LEVEL"} <= env_read_by_code
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_handler_file_defines_the_handler(template, function):
+    props = template["Resources"][function]["Properties"]
+    module, _, name = props["Handler"].rpartition(".")
+    path = REPO / props["CodeUri"] / (module.replace(".", "/") + ".py")
+    assert path.is_file(), f"{function}: handler file {path.relative_to(REPO)} is missing"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    defs = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert name in defs, f"{path.relative_to(REPO)} defines no top-level {name}()"
+    assert len(defs[name].args.args) == 2, f"{name}(event, context) takes two arguments"
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_environment_names_only_variables_the_code_reads(template, function, env_read_by_code):
+    names = set(function_environment(template, function))
+    unread = sorted(names - env_read_by_code)
+    assert not unread, f"{function} sets variables no code reads: {unread}"
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_no_secret_in_the_environment(template, function):
+    env = function_environment(template, function)
+    assert "QDRANT_API_KEY" not in env, "the key comes from SSM, never a plain environment value"
+    assert env["QDRANT_API_KEY_PARAMETER"] == ref("QdrantApiKeyParameter")
+    assert env["MODEL_DIR"] == "/opt/efficientnet-lite0"
+
+
+def test_parameters(template):
+    params = template["Parameters"]
+    assert {"QdrantUrl", "QdrantApiKeyParameter", "Collection", "MemorySize", "LogLevel",
+            "NotificationPrefix"} <= set(params)
+    assert "Default" not in params["QdrantUrl"], "the Qdrant URL must be given explicitly"
+    for name, param in params.items():
+        assert not re.search(r"api.?key$", name, re.I) or name == "QdrantApiKeyParameter", (
+            f"{name}: secrets are not template parameters")
+
+
+def test_model_dir_matches_the_model_layer(template):
+    layer = template["Resources"]["ModelLayer"]
+    assert "Metadata" not in layer, "the model layer is packaged as is, without a build"
+    model_dir = REPO / layer["Properties"]["ContentUri"] / "efficientnet-lite0"
+    assert (model_dir / "model.onnx").is_file() and (model_dir / "model.json").is_file()
+
+
+def test_layers_and_runtime(template):
+    glob = template["Globals"]["Function"]
+    assert glob["Runtime"] == "python3.12"
+    assert glob["Architectures"] == ["x86_64"]
+    assert glob["Layers"] == [ref("DependenciesLayer"), ref("AppLayer"), ref("ModelLayer")]
+    for name, layer in resources_of_type(template, "AWS::Serverless::LayerVersion").items():
+        assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"], name
+        assert layer["Properties"]["CompatibleArchitectures"] == ["x86_64"], name
+    deps = template["Resources"]["DependenciesLayer"]
+    assert deps["Metadata"]["BuildMethod"] == "makefile"
+    assert (REPO / deps["Properties"]["ContentUri"] / "Makefile").is_file()
+    app = template["Resources"]["AppLayer"]
+    assert (REPO / app["Properties"]["ContentUri"] / "visual_search" / "__init__.py").is_file()
+
+
+def _requirement_names(lines) -> dict[str, str]:
+    out = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            match = re.match(r"^([A-Za-z0-9_.\-]+)(\[[^\]]*\])?\s*(==\s*(\S+))?", line)
+            out[match.group(1).lower().replace("_", "-")] = match.group(4)
+    return out
+
+
+def test_dependency_layer_pins_the_runtime_dependencies():
+    layer = _requirement_names((REPO / "layers/dependencies/requirements.txt").read_text().splitlines())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = set(_requirement_names(project)) - {"boto3", "botocore"}  # in the Lambda runtime
+    assert set(layer) == wanted
+    lock_file = REPO / "requirements.lock"
+    if lock_file.exists():
+        lock = _requirement_names(lock_file.read_text().splitlines())
+        for name, version in layer.items():
+            assert version, f"{name} is not pinned"
+            assert lock.get(name) in (None, version), f"{name}: {version} here, {lock[name]} locked"
+
+
+def test_ingest_queue_outlives_the_function(template):
+    resources = template["Resources"]
+    timeout = function_setting(template, "IngestFunction", "Timeout")
+    event = resources["IngestFunction"]["Properties"]["Events"]["BucketChanges"]["Properties"]
+    window = event.get("MaximumBatchingWindowInSeconds", 0)
+    visibility = resources["IngestQueue"]["Properties"]["VisibilityTimeout"]
+    assert visibility >= 6 * timeout + window, (visibility, timeout, window)
+
+
+def test_ingest_event_source(template):
+    event = template["Resources"]["IngestFunction"]["Properties"]["Events"]["BucketChanges"]
+    assert event["Type"] == "SQS"
+    props = event["Properties"]
+    assert props["Queue"] == getatt("IngestQueue", "Arn")
+    assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert 1 <= props["BatchSize"] <= 100
+    assert props["MaximumBatchingWindowInSeconds"] >= 1
+    assert props["ScalingConfig"]["MaximumConcurrency"] == ref("IngestMaxConcurrency")
+
+
+def test_dead_letter_queue_and_alarm(template):
+    resources = template["Resources"]
+    redrive = resources["IngestQueue"]["Properties"]["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == getatt("IngestDeadLetterQueue", "Arn")
+    assert 1 <= redrive["maxReceiveCount"] <= 10
+    alarms = resources_of_type(template, "AWS::CloudWatch::Alarm").values()
+    assert any(alarm["Properties"]["Dimensions"] == [
+        {"Name": "QueueName", "Value": getatt("IngestDeadLetterQueue", "QueueName")}]
+        and alarm["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+        for alarm in alarms)
+
+
+def test_bucket_is_private_encrypted_and_tls_only(template):
+    resources = template["Resources"]
+    bucket = resources["ImagesBucket"]["Properties"]
+    block = bucket["PublicAccessBlockConfiguration"]
+    assert all(block[key] is True for key in ("BlockPublicAcls", "BlockPublicPolicy",
+                                              "IgnorePublicAcls", "RestrictPublicBuckets"))
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    (policy,) = [r["Properties"] for r in resources_of_type(template, "AWS::S3::BucketPolicy").values()]
+    assert policy["Bucket"] == ref("ImagesBucket")
+    tls = [s for s in policy["PolicyDocument"]["Statement"]
+           if s["Effect"] == "Deny" and s.get("Condition", {}).get("Bool", {}).get(
+               "aws:SecureTransport") in ("false", False)]
+    assert tls, "no statement denies requests without TLS"
+    assert tls[0]["Principal"] == "*" and tls[0]["Action"] in ("s3:*", ["s3:*"])
+    assert getatt("ImagesBucket", "Arn") in tls[0]["Resource"]
+    assert {"Fn::Sub": "${ImagesBucket.Arn}/*"} in tls[0]["Resource"]
+
+
+def test_bucket_notifications_reach_only_the_queue_from_that_bucket(template):
+    resources = template["Resources"]
+    bucket = resources["ImagesBucket"]
+    configs = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    assert {c["Event"] for c in configs} == {"s3:ObjectCreated:*", "s3:ObjectRemoved:*"}
+    for config in configs:
+        assert config["Queue"] == getatt("IngestQueue", "Arn")
+        assert config["Filter"]["S3Key"]["Rules"] == [
+            {"Name": "prefix", "Value": ref("NotificationPrefix")}]
+    # No cycle: the bucket waits for the queue policy, which names the bucket by its ARN.
+    assert bucket["DependsOn"] in ("IngestQueuePolicy", ["IngestQueuePolicy"])
+    (statement,) = resources["IngestQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    name_sub = bucket["Properties"]["BucketName"]["Fn::Sub"]
+    arn_sub = statement["Condition"]["ArnEquals"]["aws:SourceArn"]["Fn::Sub"]
+    assert arn_sub[0] == "arn:${AWS::Partition}:s3:::" + name_sub[0]
+    assert arn_sub[1] == name_sub[1]
+    assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == ref("AWS::AccountId")
+
+
+def test_query_uploads_expire_and_are_not_indexed(template):
+    bucket = template["Resources"]["ImagesBucket"]["Properties"]
+    rules = bucket["LifecycleConfiguration"]["Rules"]
+    assert any(r.get("Prefix") == ref("UploadPrefix") and r["ExpirationInDays"] == 1
+               and r["Status"] == "Enabled" for r in rules)
+    env = function_environment(template, "SearchFunction")
+    assert env["UPLOAD_PREFIX"] == ref("UploadPrefix")
+    assert env["UPLOAD_BUCKET"] == env["BUCKET"] == ref("ImagesBucket")
+    assert function_environment(template, "IngestFunction")["INGEST_PREFIX"] == ref("NotificationPrefix")
+    defaults = {name: template["Parameters"][name]["Default"]
+                for name in ("NotificationPrefix", "UploadPrefix")}
+    assert not defaults["UploadPrefix"].startswith(defaults["NotificationPrefix"])
+    assert not defaults["NotificationPrefix"].startswith(defaults["UploadPrefix"])
+    (rule,) = template["Rules"].values()
+    assert rule["Assertions"][0]["Assert"] == {
+        "Fn::Not": [{"Fn::Equals": [ref("NotificationPrefix"), ref("UploadPrefix")]}]}
+
+
+def test_api_routes_binary_types_key_and_cors(template):
+    api = template["Resources"]["SearchApi"]
+    assert api["Type"] == "AWS::Serverless::Api"
+    props = api["Properties"]
+    assert BINARY_TYPES <= set(props["BinaryMediaTypes"])
+    assert props["Auth"]["ApiKeyRequired"] is True
+    plan = props["Auth"]["UsagePlan"]
+    assert plan["CreateUsagePlan"] == "PER_API" and {"RateLimit", "BurstLimit"} <= set(plan["Throttle"])
+    assert "AllowOrigin" in props["Cors"]
+    events = template["Resources"]["SearchFunction"]["Properties"]["Events"].values()
+    routes = {(e["Properties"]["Method"].upper(), e["Properties"]["Path"]) for e in events
+              if e["Type"] == "Api" and e["Properties"]["RestApiId"] == ref("SearchApi")}
+    assert routes == ROUTES
+
+
+def test_request_models_reference_defined_models(template):
+    models = template["Resources"]["SearchApi"]["Properties"]["Models"]
+    for event in template["Resources"]["SearchFunction"]["Properties"]["Events"].values():
+        model = event["Properties"].get("RequestModel")
+        if model:
+            assert model["Model"] in models
+
+
+def test_max_body_fits_a_synchronous_lambda_event(template):
+    env = function_environment(template, "SearchFunction")
+    body = int(resolve_defaults(env["MAX_BODY_BYTES"], template))
+    assert body * 4 / 3 < 6 * 1000 * 1000 - 64 * 1024  # base64 plus the event's envelope
+
+
+def _statements(template: dict, role: str) -> list[dict]:
+    policies = template["Resources"][role]["Properties"]["Policies"]
+    return [s for policy in policies for s in policy["PolicyDocument"]["Statement"]]
+
+
+def _as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_least_privilege(template, function):
+    role = template["Resources"][function]["Properties"]["Role"]
+    assert role == getatt(f"{function}Role", "Arn"), "explicit roles, no SAM managed policies"
+    statements = _statements(template, f"{function}Role")
+    for statement in statements:
+        assert statement["Effect"] == "Allow"
+        for action in _as_list(statement["Action"]):
+            assert "*" not in action, f"{function}: wildcard action {action}"
+        resources = _as_list(statement["Resource"])
+        if resources == ["*"]:
+            assert all(a.startswith("xray:") for a in _as_list(statement["Action"])), statement
+    actions = {a for s in statements for a in _as_list(s["Action"])}
+    ssm = [s for s in statements if "ssm:GetParameter" in _as_list(s["Action"])]
+    assert len(ssm) == 1 and "${QdrantApiKeyParameter}" in ssm[0]["Resource"]["Fn::Sub"]
+    kms = [s for s in statements if "kms:Decrypt" in _as_list(s["Action"])]
+    assert kms and all("kms:ViaService" in s["Condition"]["StringEquals"] for s in kms)
+    s3_resources = [r for s in statements if any(a.startswith("s3:") for a in _as_list(s["Action"]))
+                    for r in _as_list(s["Resource"])]
+    for resource in s3_resources:
+        text = resource["Fn::Sub"] if isinstance(resource, dict) and "Fn::Sub" in resource else None
+        assert text is None or text.startswith("${ImagesBucket.Arn}"), resource
+    if function == "IngestFunction":
+        assert actions >= {"sqs:ReceiveMessage", "sqs:DeleteMessage", "s3:GetObject"}
+        assert "s3:PutObject" not in actions
+        get = [s for s in statements if "s3:GetObject" in _as_list(s["Action"])]
+        assert get[0]["Resource"] == {"Fn::Sub": "${ImagesBucket.Arn}/${NotificationPrefix}*"}
+    else:
+        assert not any(a.startswith("sqs:") for a in actions)
+        put = [s for s in statements if "s3:PutObject" in _as_list(s["Action"])]
+        assert put[0]["Resource"] == {"Fn::Sub": "${ImagesBucket.Arn}/${UploadPrefix}*"}
+
+
+def test_outputs(template):
+    assert {"ApiUrl", "BucketName", "IngestQueueName", "DeadLetterQueueName"} <= set(template["Outputs"])
+
+
+def test_samconfig_defaults():
+    config = tomllib.loads((REPO / "samconfig.toml").read_text())
+    deploy = config["default"]["deploy"]["parameters"]
+    assert deploy["capabilities"] == "CAPABILITY_IAM"
+    assert "QdrantUrl" not in deploy.get("parameter_overrides", ""), "asked by --guided"
+    assert config["default"]["global"]["parameters"]["stack_name"]
+
+
+def test_sample_events_are_json():
+    import json
+
+    for path in sorted(Path(REPO / "events").glob("*.json")):
+        json.loads(path.read_text())
