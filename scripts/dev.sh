@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
 # The README's first command: set up .venv if needed, then run the system locally on embedded
-# defaults (an embedded Qdrant under .data/). Extra arguments go to `visual-search demo`.
+# defaults: S3 emulator, ingest, REST API and search page (see `visual-search dev --help`).
 source "$(dirname "$0")/_venv.sh"
-exec .venv/bin/visual-search demo "$@"
+exec .venv/bin/visual-search dev "$@"

@@ -7,7 +7,7 @@
 # The Runtime Interface Emulator binary comes inside the aws-sam-cli wheel
 # (samcli/local/rapid/aws-lambda-rie-x86_64). tests/deploy finds everything here.
 #
-# python3.12: $SAM_PYTHON if set, else pyenv's 3.12.x, else python3.12 on PATH. Without one the
+# python3.12: $SAM_PYTHON if set, else pyenv's newest 3.12.x, else python3.12 on PATH. Without one the
 # tools are still installed (from the default python3) and the build tests skip with a reason.
 # Idempotent: re-installs only when the pinned versions below change.
 set -euo pipefail
@@ -20,13 +20,14 @@ RUNTIME_PINS="awslambdaric==4.2.2 boto3==1.44.8"
 is_py312() { [ -n "$1" ] && "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1; }
 
 find_py312() {
-    local candidates=("${SAM_PYTHON:-}")
-    if command -v pyenv >/dev/null 2>&1; then
-        local root
-        root="$(pyenv root)"
-        candidates+=("$(ls -d "$root"/versions/3.12.*/bin/python3.12 2>/dev/null | sort -V | tail -1)")
-    fi
-    candidates+=("$(PYENV_VERSION=3.12.1 command -v python3.12 2>/dev/null || true)" /usr/bin/python3.12 /usr/local/bin/python3.12)
+    local pyenv_root="${PYENV_ROOT:-$HOME/.pyenv}"
+    command -v pyenv >/dev/null 2>&1 && pyenv_root="$(pyenv root)"
+    local candidates=(
+        "${SAM_PYTHON:-}"
+        "$(ls -d "$pyenv_root"/versions/3.12.*/bin/python3.12 2>/dev/null | sort -V | tail -1 || true)"
+        "$(command -v python3.12 2>/dev/null || true)"
+        /usr/bin/python3.12 /usr/local/bin/python3.12
+    )
     for candidate in "${candidates[@]}"; do
         if is_py312 "$candidate"; then
             # Resolve pyenv shims to the real interpreter, so the venv does not depend on PYENV_VERSION.

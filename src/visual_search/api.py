@@ -288,6 +288,10 @@ class SearchApi:
                                   store=store.settings.mode, store_reachable=reachable,
                                   points=points).model_dump()
 
+        @app.get("/facets", summary="Categories and brands in the catalogue, with image counts")
+        def facets():
+            return self.catalog.store.facets()
+
         @app.get("/openapi.json", summary="This API's OpenAPI document", include_in_schema=False)
         def openapi():
             return Response(status_code=200, content_type=content_types.APPLICATION_JSON,

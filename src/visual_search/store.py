@@ -272,6 +272,16 @@ class CatalogStore:
             return self.client.count(self.collection, count_filter=build_filter(filters or {}),
                                      exact=True).count
 
+    def facets(self, fields: Sequence[str] = ("category", "brand"), limit: int = 100) -> dict:
+        """Distinct values of keyword fields with their image counts (for filter pickers)."""
+        self.ensure_collection()
+        out = {}
+        with self._call():
+            for name in fields:
+                hits = self.client.facet(self.collection, key=name, limit=limit, exact=True).hits
+                out[name] = [{"value": h.value, "count": h.count} for h in hits]
+        return out
+
     def ping(self) -> bool:
         """True when Qdrant answers (health checks)."""
         try:

@@ -278,6 +278,13 @@ def test_least_privilege(template, function):
         assert not any(a.startswith("sqs:") for a in actions)
         put = [s for s in statements if "s3:PutObject" in _as_list(s["Action"])]
         assert put[0]["Resource"] == {"Fn::Sub": "${ImagesBucket.Arn}/${UploadPrefix}*"}
+        get = [s for s in statements if "s3:GetObject" in _as_list(s["Action"])]
+        assert get[0]["Resource"] == [{"Fn::Sub": "${ImagesBucket.Arn}/${NotificationPrefix}*"},
+                                      {"Fn::Sub": "${ImagesBucket.Arn}/${UploadPrefix}*"}]
+    lists = [s for s in statements if "s3:ListBucket" in _as_list(s["Action"])]
+    for statement in lists:  # only with a prefix condition, so a missing key is a 404
+        assert statement["Resource"] == getatt("ImagesBucket", "Arn")
+        assert "s3:prefix" in statement["Condition"]["StringLike"]
 
 
 def test_outputs(template):

@@ -15,7 +15,7 @@ from moto import mock_aws
 from PIL import Image, ImageOps
 
 from tests.conftest import jpeg_bytes
-from tests.support.lambdas import LambdaContext, load_function
+from visual_search.lambdas import LambdaContext, load_function
 from visual_search.store import point_id
 
 BUCKET = "product-images"

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from tests.conftest import jpeg_bytes
 from tests.support.apigw import json_event, multipart_body, rest_event
-from tests.support.lambdas import LambdaContext, load_function
+from visual_search.lambdas import LambdaContext, load_function
 from visual_search.api import SearchApi
 from visual_search.catalog import ImageSource
 from visual_search.config import StoreSettings, load_settings

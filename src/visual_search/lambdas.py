@@ -1,4 +1,5 @@
-"""Load a Lambda function's module (functions/<name>/app.py) fresh, as a new container would."""
+"""Run the Lambda functions in this process: load ``functions/<name>/app.py`` fresh, as a new
+container would, and give them a context object. Used by the local stack and the tests."""
 from __future__ import annotations
 
 import importlib.util
@@ -6,17 +7,21 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
+FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"  # in a source checkout
 
 
-def load_function(name: str) -> ModuleType:
+def load_function(name: str, fresh_catalog: bool = True) -> ModuleType:
     from visual_search.catalog import get_catalog
     from visual_search.config import get_settings
 
-    get_settings.cache_clear()
-    get_catalog.cache_clear()
+    path = FUNCTIONS / name / "app.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run from a checkout of the repository")
+    if fresh_catalog:
+        get_settings.cache_clear()
+        get_catalog.cache_clear()
     module_name = f"lambda_{name}_app"
-    spec = importlib.util.spec_from_file_location(module_name, FUNCTIONS / name / "app.py")
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)

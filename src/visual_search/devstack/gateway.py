@@ -1,0 +1,125 @@
+"""A local API Gateway: HTTP requests in, REST proxy events to the search function, responses out.
+
+Binary media types (images, multipart forms) are base64-encoded exactly as a REST API with
+BinaryMediaTypes does. Requests are handled one at a time, as one Lambda container does. ``/``
+serves the search page, which in AWS would be hosted apart from the API.
+"""
+from __future__ import annotations
+
+import base64
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+from ..lambdas import LambdaContext
+
+BINARY_TYPES = ("image/jpeg", "image/png", "image/webp", "multipart/form-data")
+MAX_BODY = 10 * 1024 * 1024  # API Gateway's payload limit
+
+
+def page() -> bytes:
+    return resources.files("visual_search.devstack").joinpath("static/index.html").read_bytes()
+
+
+def to_event(method: str, target: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    split = urlsplit(target)
+    query = parse_qs(split.query, keep_blank_values=True)
+    content_type = headers.get("Content-Type", headers.get("content-type", ""))
+    binary = content_type.split(";")[0].strip().lower() in BINARY_TYPES
+    text = None
+    if body:
+        text = base64.b64encode(body).decode() if binary else body.decode("utf-8", "replace")
+    path_params = None
+    parts = split.path.strip("/").split("/")
+    resource = split.path
+    if len(parts) == 3 and parts[0] == "products" and parts[2] == "similar":
+        path_params, resource = {"product_id": parts[1]}, "/products/{product_id}/similar"
+    return {
+        "resource": resource, "path": split.path, "httpMethod": method,
+        "headers": dict(headers), "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
+        "multiValueQueryStringParameters": query or None,
+        "pathParameters": path_params, "stageVariables": None,
+        "requestContext": {"resourcePath": resource, "httpMethod": method, "path": split.path,
+                           "stage": "local", "requestId": str(uuid.uuid4()),
+                           "identity": {"sourceIp": "127.0.0.1"},
+                           "requestTimeEpoch": int(time.time() * 1000)},
+        "body": text, "isBase64Encoded": binary and bool(body),
+    }
+
+
+class Gateway:
+    def __init__(self, handler: Callable[[dict, Any], dict], host: str, port: int,
+                 log: Callable[[str], None] = print):
+        self.handler = handler
+        self.log = log
+        self._invoke = threading.Lock()  # one request at a time, like one Lambda container
+        gateway = self
+
+        class RequestHandler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            server_version = "visual-search-local"
+
+            def log_message(self, fmt, *args):  # quiet: the stack prints its own lines
+                pass
+
+            def _serve(self):
+                gateway.serve(self)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _serve
+
+        self.server = ThreadingHTTPServer((host, port), RequestHandler)
+        self.server.daemon_threads = True
+        self.thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def serve(self, request: BaseHTTPRequestHandler) -> None:
+        length = int(request.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            request.rfile.read(length)
+            self._reply(request, 413, {"Content-Type": "application/json"},
+                        b'{"error": {"code": "body_too_large", "message": "over API Gateway\'s '
+                        b'10 MB payload limit"}}')
+            return
+        body = request.rfile.read(length) if length else b""
+        path = urlsplit(request.path).path
+        if request.command == "GET" and path in ("/", "/index.html"):
+            self._reply(request, 200, {"Content-Type": "text/html; charset=utf-8"}, page())
+            return
+        event = to_event(request.command, request.path, dict(request.headers.items()), body)
+        with self._invoke:
+            response = self.handler(event, LambdaContext())
+        headers = dict(response.get("headers") or {})
+        headers.update({k: v[-1] for k, v in (response.get("multiValueHeaders") or {}).items()})
+        data = response.get("body") or ""
+        payload = base64.b64decode(data) if response.get("isBase64Encoded") else data.encode()
+        self._reply(request, int(response.get("statusCode", 500)), headers, payload)
+
+    @staticmethod
+    def _reply(request: BaseHTTPRequestHandler, status: int, headers: dict, payload: bytes) -> None:
+        request.send_response(status)
+        for name, value in headers.items():
+            if name.lower() not in ("content-length", "connection"):
+                request.send_header(name, str(value))
+        request.send_header("Content-Length", str(len(payload)))
+        request.end_headers()
+        request.wfile.write(payload)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.server.serve_forever, name="api-gateway",
+                                       kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        if self.thread:
+            self.thread.join(5)

@@ -1,0 +1,122 @@
+"""End to end on the local stack: boto3 uploads to its S3 endpoint become searchable through
+its REST API, deletions disappear, and the stack stops cleanly, releasing its data folder."""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import boto3
+import pytest
+from qdrant_client import QdrantClient
+
+from tests.e2e.conftest import RunningStack
+
+
+def s3_for(stack):
+    return boto3.client("s3", endpoint_url=stack.s3_url, region_name="us-east-1",
+                        aws_access_key_id="local", aws_secret_access_key="local")
+
+
+def post_image(stack, data: bytes, query: str = "") -> tuple[int, dict]:
+    request = urllib.request.Request(f"{stack.api}/search?{query}", data=data, method="POST",
+                                     headers={"Content-Type": "image/jpeg"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def wait_for(condition, timeout=30.0, every=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not met in time")
+
+
+def test_start_banner_and_demo_catalogue(stack):
+    out = stack.output()
+    assert stack.api in out and stack.s3_url in out and "curl" in out and "aws --endpoint-url" in out
+    health = stack.get("/health")
+    assert health["store_reachable"] and health["points"] == 60 and health["store"] == "embedded"
+    with urllib.request.urlopen(stack.api + "/", timeout=10) as page:
+        assert b"Visual product search" in page.read()
+
+
+def test_upload_search_filter_delete(stack, demo_images):
+    s3 = s3_for(stack)
+    photo = demo_images[33].path.read_bytes()
+    key = "catalog/e2e-sku/front photo é.jpg"
+    s3.put_object(Bucket="product-images", Key=key, Body=photo, ContentType="image/jpeg",
+                  Metadata={"category": "E2E", "brand": "Acme", "price": "9.99"})
+
+    def found():
+        status, body = post_image(stack, photo, "top_k=3&category=E2E")
+        assert status == 200, body
+        return body["results"]
+
+    results = wait_for(found)
+    assert results[0]["product_id"] == "e2e-sku" and results[0]["image"]["key"] == key
+    assert results[0]["metadata"] == {"category": "E2E", "brand": "Acme", "price": 9.99}
+    # the filter keeps everything else out
+    assert all(r["metadata"]["category"] == "E2E" for r in results)
+    s3.delete_object(Bucket="product-images", Key=key)
+    wait_for(lambda: found() == [])
+    assert stack.get("/health")["points"] == 60
+
+
+def test_query_uploads_are_not_indexed(stack, demo_images):
+    s3 = s3_for(stack)
+    s3.put_object(Bucket="product-images", Key="query-uploads/q.jpg",
+                  Body=demo_images[0].path.read_bytes())
+    time.sleep(1.0)
+    assert stack.get("/health")["points"] == 60
+    request = urllib.request.Request(f"{stack.api}/search", method="POST",
+                                     data=json.dumps({"s3_key": "q.jpg", "top_k": 1}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = json.loads(response.read())
+    assert body["results"][0]["product_id"] == demo_images[0].metadata["product-id"]
+
+
+def test_errors_come_back_as_json(stack):
+    status, body = post_image(stack, b"not an image")
+    assert status == 400 and body["error"]["code"] == "unsupported_image"
+
+
+def test_port_taken_is_a_clear_error(stack, tmp_path):
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "visual_search", "dev", "--api-port",
+                             str(stack.api_port), "--data-dir", str(tmp_path / "d")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"port {stack.api_port}" in result.stderr and "--api-port" in result.stderr
+
+
+def test_restart_keeps_bucket_and_catalogue_and_releases_the_lock(tmp_path, demo_images):
+    data = tmp_path / "data"
+    first = RunningStack(data, demo=False)
+    try:
+        first.wait_ready()
+        s3_for(first).put_object(Bucket="product-images", Key="catalog/kept/a.jpg",
+                                 Body=demo_images[5].path.read_bytes())
+        wait_for(lambda: first.get("/health")["points"] == 1)
+    finally:
+        assert first.stop() == 0
+    assert "stopped" in first.output()
+    client = QdrantClient(path=str(data / "qdrant"))  # the lock is free again
+    client.close()
+    second = RunningStack(data, demo=False)
+    try:
+        second.wait_ready()
+        assert second.get("/health")["points"] == 1
+        keys = [o["Key"] for o in s3_for(second).list_objects_v2(Bucket="product-images")["Contents"]]
+        assert keys == ["catalog/kept/a.jpg"]
+    finally:
+        assert second.stop() == 0
