@@ -148,8 +148,11 @@ def find_python312() -> str | None:
 
 
 def find_tool(name: str) -> str | None:
-    local = SAM_VENV / "bin" / name
-    return str(local) if local.exists() else shutil.which(name)
+    """.venv-sam's, else the test venv's (cfn-lint is pinned there too), else PATH's."""
+    for folder in (SAM_VENV / "bin", Path(sys.executable).parent):
+        if (folder / name).exists():
+            return str(folder / name)
+    return shutil.which(name)
 
 
 def tool_env(python312: str | None = None) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The built search function boots and answers like in Lambda, without Docker.
+"""The built functions boot and answer like in Lambda, without Docker.
 
 After `sam build`, the AWS Lambda Runtime Interface Emulator shipped in the aws-sam-cli wheel
 (samcli/local/rapid/aws-lambda-rie-x86_64) runs `python -m awslambdaric app.handler` in the
@@ -9,7 +9,8 @@ python3.12 holding only awslambdaric and boto3, what the Lambda runtime adds to 
 a dependency missing from the layers fails here. Bytecode is not written (PYTHONDONTWRITEBYTECODE),
 as /opt is read-only in Lambda, so the init time includes what the layers ship.
 
-The store is embedded in memory (QDRANT_PATH=:memory:), so no AWS and no Qdrant server are used.
+The store is embedded in memory (QDRANT_PATH=:memory:), so no AWS and no Qdrant server are used:
+the search function answers the API events of events/, the ingest function an S3 test event.
 """
 from __future__ import annotations
 
