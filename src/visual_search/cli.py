@@ -188,6 +188,35 @@ def cmd_dev(args) -> int:
         return 2
 
 
+def cmd_eval(args) -> int:
+    from .config import get_settings
+    from .evaluate import PixelEmbedder, evaluate
+    from .model import Embedder
+
+    settings = get_settings()
+    if args.baseline == "pixels":
+        embedder = PixelEmbedder()
+    else:
+        embedder = Embedder(Path(args.model_dir) if args.model_dir else settings.model_dir,
+                            threads=settings.ort_threads, max_batch=settings.max_batch,
+                            limits=settings.images, flip_tta=args.flip or settings.flip_tta,
+                            crop=args.crop)
+    bar = _progress(None, None, f"evaluating {embedder.model_id}", args.json or args.quiet)
+    result = evaluate(Path(args.folder), embedder, limit=args.limit, progress=bar.update)
+    bar.close()
+    if args.json:
+        print(json.dumps(result.as_json()))
+        return 0
+    out = result.as_json()
+    print(f"{out['model']} on {args.folder}: {out['images']} images of {out['products']} products")
+    for key in ("recall@1", "recall@5", "recall@10", "mAP@R"):
+        print(f"  {key:<10} {out[key]:.4f}")
+    print(f"  indexing   {out['index_images_per_s']} images/s")
+    print(f"  query      {out['query_latency_ms']['median']} ms median, "
+          f"{out['query_latency_ms']['p99']} ms p99")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -275,6 +304,23 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--no-demo", action="store_true", help="do not upload the demo catalogue")
     dev.add_argument("--verbose", action="store_true", help="show the functions' JSON logs")
     dev.set_defaults(func=cmd_dev)
+
+    ev = sub.add_parser(
+        "eval", help="measure retrieval quality on an image folder (leave-one-out)",
+        description="Index every image of DIR (one subfolder per product) into a temporary "
+                    "collection and query with each image against all the others: recall@1, "
+                    "recall@5, recall@10, mAP@R, indexing images/s and query latency.")
+    ev.add_argument("folder", metavar="DIR", help="one subfolder per product")
+    ev.add_argument("--json", action="store_true",
+                    help="print one JSON object (metric keys, model id, timings)")
+    ev.add_argument("--limit", type=int, help="evaluate an even subset of this many images")
+    ev.add_argument("--model-dir", help="another model folder (model.onnx + model.json)")
+    ev.add_argument("--baseline", choices=["pixels"], help="evaluate the raw-pixel baseline")
+    ev.add_argument("--flip", action="store_true",
+                    help="average each embedding with its mirror image's")
+    ev.add_argument("--crop", choices=["center", "full"], help="override the card's crop")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_eval)
 
     info = sub.add_parser("info", help="show the model and the store in use")
     info.set_defaults(func=cmd_info)

@@ -120,6 +120,7 @@ class Settings:
     model_dir: Path
     ort_threads: int
     max_batch: int
+    flip_tta: bool = False
     images: ImageLimits = field(default_factory=ImageLimits)
     store: StoreSettings = field(default_factory=StoreSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
@@ -176,6 +177,7 @@ def load_settings() -> Settings:
         model_dir=Path(_env("MODEL_DIR", str(_default_model_dir()))),
         ort_threads=_env_int("ORT_THREADS", available_cpus()),
         max_batch=_env_int("EMBED_BATCH_SIZE", 16),
+        flip_tta=_env_bool("EMBED_FLIP_TTA", False),
         images=images,
         store=store,
         ingest=ingest,

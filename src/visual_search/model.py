@@ -86,11 +86,18 @@ class Embedder:
     """Owns the ONNX session and turns image bytes into unit-length embedding vectors."""
 
     def __init__(self, model_dir: Path, threads: int = 1, max_batch: int = 16,
-                 limits: ImageLimits | None = None, verify: bool = True):
+                 limits: ImageLimits | None = None, verify: bool = True, flip_tta: bool = False,
+                 crop: str | None = None):
         import onnxruntime as ort  # heavy: imported only where a model is really loaded
 
         self.model_dir = Path(model_dir)
         self.card = ModelCard.load(self.model_dir)
+        if crop:  # evaluation override of the card's crop ("center" or "full")
+            from dataclasses import replace
+
+            self.card = replace(self.card, preprocess=replace(self.card.preprocess, crop=crop))
+        # Test-time augmentation: average the embeddings of the image and its mirror image.
+        self.flip_tta = flip_tta
         onnx_path = self.model_dir / "model.onnx"
         if not onnx_path.is_file():
             raise ModelError(f"no model.onnx in {self.model_dir}")
@@ -110,7 +117,9 @@ class Embedder:
 
     @property
     def model_id(self) -> str:
-        return self.card.id
+        """The embedding space's id: the model, plus any change to how it embeds."""
+        suffix = "+flip" if self.flip_tta else ""
+        return self.card.id + suffix
 
     @property
     def dim(self) -> int:
@@ -137,13 +146,20 @@ class Embedder:
         outputs = []
         for start in range(0, len(batch), self.max_batch):
             chunk = np.ascontiguousarray(batch[start:start + self.max_batch], dtype=np.float32)
-            outputs.append(self.session.run([self.card.embedding_output],
-                                            {self.card.input_name: chunk})[0])
+            outputs.append(self._run(chunk))
         vectors = np.concatenate(outputs) if outputs else np.zeros((0, self.dim), np.float32)
-        if not self.card.normalized:
+        if self.flip_tta or not self.card.normalized:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
         return vectors.astype(np.float32, copy=False)
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        run = lambda x: self.session.run([self.card.embedding_output],  # noqa: E731
+                                         {self.card.input_name: x})[0]
+        if not self.flip_tta:
+            return run(chunk)
+        both = run(np.concatenate([chunk, np.ascontiguousarray(chunk[..., ::-1])]))
+        return both[: len(chunk)] + both[len(chunk):]
 
     def embed(self, data: bytes) -> np.ndarray:
         """One image's bytes -> its embedding; raises ImageError for bad input."""
@@ -164,7 +180,8 @@ class Embedder:
 def load_embedder(settings: Settings | None = None) -> Embedder:
     settings = settings or get_settings()
     return Embedder(settings.model_dir, threads=settings.ort_threads,
-                    max_batch=settings.max_batch, limits=settings.images)
+                    max_batch=settings.max_batch, limits=settings.images,
+                    flip_tta=settings.flip_tta)
 
 
 @lru_cache(maxsize=1)

@@ -1,6 +1,7 @@
 """Fixtures of the deploy tests: the parsed template and one `sam build` per session."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class Build:
 
 
 @pytest.fixture(scope="session")
-def sam_build(tmp_path_factory) -> Build:
+def sam_build(tmp_path_factory):
     """`sam build` of template.yaml into a temporary folder, once per session (~15-60 s: pip
     fetches the Lambda wheels, then tools/trim_layer.py trims and compiles them)."""
     sam = find_tool("sam")
@@ -50,4 +51,5 @@ def sam_build(tmp_path_factory) -> Build:
         pytest.fail(f"sam build failed ({proc.returncode}):\n{log[-6000:]}", pytrace=False)
     record(sam_build_seconds=round(seconds, 1))
     print(f"\nsam build: {seconds:.1f} s")
-    return Build(dir=build_dir, seconds=seconds, log=log)
+    yield Build(dir=build_dir, seconds=seconds, log=log)
+    shutil.rmtree(build_dir, ignore_errors=True)  # ~200 MB; pytest keeps its last 3 tmp dirs

@@ -1,0 +1,45 @@
+"""`visual-search eval` as a user runs it, on a subset of the demo catalogue."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from visual_search.evaluate import average_precision_at_r
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "datasets" / "demo-catalog"
+DEMO = SHARED if SHARED.is_dir() else REPO / "data" / "demo-catalog"
+KEYS = {"recall@1", "recall@5", "recall@10", "mAP@R"}
+
+
+def run_eval(*extra: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "visual_search", "eval", str(DEMO), "--json",
+                             "--limit", "30", *extra], capture_output=True, text=True, timeout=300,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_eval_reports_the_metrics_and_beats_raw_pixels():
+    model = run_eval()
+    pixels = run_eval("--baseline", "pixels")
+    assert KEYS <= set(model) and model["model"] == "efficientnet-lite0-imagenet"
+    assert model["images"] == 30 and model["products"] == 10
+    for key in KEYS:
+        assert 0.0 <= model[key] <= 1.0
+    assert model["recall@1"] <= model["recall@5"] <= model["recall@10"]
+    assert model["recall@1"] > pixels["recall@1"]
+
+
+@pytest.mark.parametrize("relevant,r,expected", [
+    ([True, True, False], 2, 1.0),
+    ([False, True, True], 2, 0.25),
+    ([False, False, True], 2, 0.0),
+    ([True, False, True, False], 3, (1 + 2 / 3) / 3),
+])
+def test_average_precision_at_r(relevant, r, expected):
+    assert average_precision_at_r(relevant, r) == pytest.approx(expected)
