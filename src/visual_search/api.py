@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import re
+import time
 import uuid
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -31,6 +32,7 @@ from .observability import MetricUnit, logger, metrics
 IMAGE_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 JSON_TYPES = ("application/json", "text/json")
 RETRY_AFTER_S = "5"
+URL_CACHE_SIZE = 10_000
 DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.I)
 INTERNAL_PAYLOAD = {"bucket", "key", "product_id", "metadata", "model_id", "sequencer", "etag",
                     "version_id", "indexed_at", "size", "content_type"}
@@ -72,6 +74,7 @@ class SearchApi:
             cors = CORSConfig(allow_origin=origins[0], extra_origins=origins[1:] or None,
                               allow_headers=["Content-Type", "X-Api-Key"], max_age=600)
         self.app = APIGatewayRestResolver(cors=cors, enable_validation=True)
+        self._urls: dict[tuple[str, str], tuple[str, float]] = {}
         self._routes()
         self._error_handlers()
 
@@ -188,15 +191,25 @@ class SearchApi:
     # -- responses ---------------------------------------------------------------------------
 
     def _image_url(self, bucket: str, key: str) -> str | None:
+        """A presigned GET URL for a result image, reused while it has over half its life left
+        (signing costs ~0.3 ms a URL, a third of a warm search's overhead)."""
         if not self.settings.api.result_image_urls or not bucket:
             return None
+        now = time.monotonic()
+        cached = self._urls.get((bucket, key))
+        if cached and cached[1] > now:
+            return cached[0]
+        ttl = self.settings.api.image_url_ttl_s
         try:
-            return self.s3.generate_presigned_url(
-                "get_object", Params={"Bucket": bucket, "Key": key},
-                ExpiresIn=self.settings.api.image_url_ttl_s)
+            url = self.s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                                 ExpiresIn=ttl)
         except Exception as exc:  # no credentials to sign with: results without URLs
             logger.debug(f"no image URL: {exc}")
             return None
+        if len(self._urls) >= URL_CACHE_SIZE:
+            self._urls.clear()
+        self._urls[(bucket, key)] = (url, now + ttl / 2)
+        return url
 
     def _shape(self, result: SearchResult, options: SearchOptions) -> dict:
         results = []

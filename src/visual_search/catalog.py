@@ -38,6 +38,8 @@ class ImageSource:
     etag: str | None = None
     version_id: str | None = None
     sequencer: str | None = None
+    # The model input, when it was decoded ahead (e.g. right after the download).
+    pixels: Any = None
 
 
 @dataclass
@@ -133,7 +135,11 @@ class Catalog:
     def index(self, sources: Sequence[ImageSource]) -> IndexBatch:
         """Embed all images in one batch and upsert the good ones; bad images carry their error."""
         started = time.perf_counter()
-        embedded = self.embedder.embed_many([s.data for s in sources])
+        todo = [i for i, s in enumerate(sources) if s.pixels is None]
+        decoded = [s.pixels for s in sources]
+        for i, item in zip(todo, self.embedder.preprocess_many([sources[i].data for i in todo])):
+            decoded[i] = item
+        embedded = self.embedder.embed_prepared(decoded)
         embedded_at = time.perf_counter()
         results, points = [], []
         for source, item in zip(sources, embedded):

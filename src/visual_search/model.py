@@ -107,6 +107,10 @@ class Embedder:
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between runs: on Lambda's few vCPUs the spinning threads would take
+        # the CPU from the decoding threads that run between inferences (measured: a single
+        # embed is ~20% faster without spinning, docs/benchmarks.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), options,
                                             providers=["CPUExecutionProvider"])
         self.max_batch = max(1, max_batch)
@@ -167,7 +171,10 @@ class Embedder:
 
     def embed_many(self, images: Sequence[bytes]) -> list[np.ndarray | ImageError]:
         """Many images in one batched inference; each slot holds a vector or the image's error."""
-        decoded = self.preprocess_many(images)
+        return self.embed_prepared(self.preprocess_many(images))
+
+    def embed_prepared(self, decoded: Sequence[np.ndarray | ImageError]) -> list[np.ndarray | ImageError]:
+        """Already decoded images (or their errors) -> vectors (or the same errors)."""
         good = [i for i, item in enumerate(decoded) if isinstance(item, np.ndarray)]
         results: list[np.ndarray | ImageError] = list(decoded)
         if good:
