@@ -139,6 +139,27 @@ def cmd_reconcile(args) -> int:
     return 0 if not report["failed"] and not report["retry"] else 1
 
 
+def cmd_redrive(args) -> int:
+    import boto3
+
+    from .queues import peek, queue_url, redrive, source_queue
+
+    sqs = boto3.client("sqs")
+    dlq = queue_url(sqs, args.dlq)
+    if args.dry_run:
+        parked = peek(sqs, dlq, args.max or 100)
+        for p in parked:
+            print(f"{p.message_id}  received {p.receives}x  {', '.join(p.keys) or p.body[:80]}")
+        print(f"{len(parked)} messages in the dead-letter queue")
+        return 0
+    target = queue_url(sqs, args.to) if args.to else source_queue(sqs, dlq)
+    bar = _progress(None, None, "redriving", args.quiet)
+    moved = redrive(sqs, dlq, target, args.max, progress=bar.update)
+    bar.close()
+    print(json.dumps({"moved": moved, "from": dlq, "to": target}))
+    return 0
+
+
 def cmd_reindex(args) -> int:
     from .aws import s3_client
     from .catalog import get_catalog
@@ -269,6 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--dry-run", action="store_true", help="only report the drift")
     reconcile.add_argument("--quiet", action="store_true", help="no progress bar")
     reconcile.set_defaults(func=cmd_reconcile)
+
+    redrive = sub.add_parser(
+        "redrive", help="send the ingest DLQ's messages back to the ingest queue",
+        description="Move every message from the dead-letter queue back to the queue it came "
+                    "from (or --to), once the cause of the failures is fixed. Messages are sent "
+                    "before they are deleted: nothing is lost. --dry-run lists them instead.")
+    redrive.add_argument("--dlq", required=True, help="dead-letter queue name or URL")
+    redrive.add_argument("--to", help="target queue name or URL (default: the DLQ's source queue)")
+    redrive.add_argument("--max", type=int, help="move at most this many messages")
+    redrive.add_argument("--dry-run", action="store_true", help="list the parked messages only")
+    redrive.add_argument("--quiet", action="store_true", help="no progress bar")
+    redrive.set_defaults(func=cmd_redrive)
 
     reindex = sub.add_parser(
         "reindex", help="rebuild the collection with the current model and switch the alias",

@@ -1,0 +1,81 @@
+"""Poison messages: they end in the DLQ after maxReceiveCount, are visible there, and
+`visual-search redrive` sends them back once the cause is fixed; then the catalogue is right."""
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from tests.integration.test_ingest import BUCKET, World
+from visual_search.cli import main
+from visual_search.lambdas import load_function
+
+
+def poll_once(sqs, queue_url: str, handler) -> int:
+    """What Lambda's SQS poller does: receive a batch, invoke, delete what succeeded."""
+    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
+                                   AttributeNames=["All"]).get("Messages", [])
+    if not messages:
+        return 0
+    event = {"Records": [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"],
+                          "body": m["Body"], "attributes": m.get("Attributes", {}),
+                          "messageAttributes": {}, "eventSource": "aws:sqs",
+                          "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ingest"}
+                         for m in messages]}
+    failed = {f["itemIdentifier"] for f in handler(event, None)["batchItemFailures"]}
+    for m in messages:
+        if m["MessageId"] not in failed:
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+    return len(messages)
+
+
+@pytest.fixture
+def queues(monkeypatch, embedder, qdrant_shim):
+    monkeypatch.setenv("QDRANT_URL", qdrant_shim.url)
+    monkeypatch.setenv("COLLECTION", "dead-letters")
+    monkeypatch.setenv("QDRANT_TIMEOUT", "2")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        dlq = sqs.create_queue(QueueName="ingest-dlq")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
+            "Attributes"]["QueueArn"]
+        queue = sqs.create_queue(QueueName="ingest", Attributes={
+            "VisibilityTimeout": "0",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"})})[
+            "QueueUrl"]
+        world = World(load_function("ingest"), s3)
+        yield world, sqs, queue, dlq
+        world.store.drop_collection(world.store.physical_collection())
+
+
+def test_poison_messages_park_in_the_dlq_and_redrive_fixes_them(queues, demo_images, qdrant_shim,
+                                                               capsys):
+    world, sqs, queue, dlq = queues
+    records = [world.put(f"catalog/p{n}/a.jpg", demo_images[n * 7].path.read_bytes())
+               for n in range(3)]
+    for record in records:
+        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"Records": [record]}))
+    qdrant_shim.fail_with = 503  # Qdrant is down for longer than the retries last
+    try:
+        for _ in range(6):
+            poll_once(sqs, queue, lambda e, c: world.invoke(e))
+    finally:
+        qdrant_shim.fail_with = None
+    assert world.store.count() == 0
+    # visible in the DLQ
+    assert main(["redrive", "--dlq", "ingest-dlq", "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert "3 messages in the dead-letter queue" in listing and "catalog/p1/a.jpg" in listing
+    # the cause is fixed: send them back and let the function run
+    assert main(["redrive", "--dlq", "ingest-dlq", "--to", "ingest", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["moved"] == 3
+    while poll_once(sqs, queue, lambda e, c: world.invoke(e)):
+        pass
+    world.assert_in_sync()
+    assert world.store.count() == 3
+    left = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"])
+    assert left["Attributes"]["ApproximateNumberOfMessages"] == "0"
