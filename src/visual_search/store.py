@@ -161,6 +161,11 @@ class CatalogStore:
         except ResponseHandlingException as exc:
             raise StoreUnavailableError(f"Qdrant is unreachable: {exc.source}") from None
         except UnexpectedResponse as exc:
+            if exc.status_code == 404 and b"ollection" in (exc.content or b""):
+                # Deleted under us (by an operator, or a re-index elsewhere): look again next time.
+                self._ready = False
+                raise StoreUnavailableError("the collection is missing; it will be re-created "
+                                            "on the next request") from None
             if exc.status_code in (429, 502, 503, 504) or exc.status_code >= 500:
                 raise StoreUnavailableError(
                     f"Qdrant answered {exc.status_code}: {exc.reason_phrase}") from None

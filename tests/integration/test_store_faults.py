@@ -51,3 +51,14 @@ def test_slow_server_times_out(qdrant_shim):
     finally:
         qdrant_shim.delay_seconds = 0
     assert time.perf_counter() - started < 2.9
+
+
+def test_a_collection_deleted_underneath_is_recreated(qdrant_shim):
+    store = CatalogStore.open(StoreSettings(url=qdrant_shim.url, collection="vanishing",
+                                            timeout_s=2), "m", 4)
+    assert store.count() == 0
+    store.drop_collection(store.physical_collection())
+    with pytest.raises(StoreUnavailableError, match="re-created"):
+        store.count()
+    assert store.count() == 0  # the next request finds it missing and creates it again
+    store.drop_collection(store.physical_collection())
