@@ -81,7 +81,11 @@ def cmd_demo(args) -> int:
     from .catalog import get_catalog
     from .folders import DEMO_CATALOG, scan
 
+    import os
+
     folder = Path(args.folder or DEMO_CATALOG)
+    if not os.environ.get("QDRANT_URL") and not args.persist:
+        os.environ["QDRANT_PATH"] = ":memory:"  # a throwaway catalogue, apart from the dev stack's
     catalog = get_catalog()
     print(f"model {catalog.model_id}; store {catalog.store.settings.mode} "
           f"collection {catalog.store.collection!r}")
@@ -262,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "The store is chosen by QDRANT_URL / QDRANT_PATH / COLLECTION (see README).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="index the demo catalogue and answer a sample query")
+    demo = sub.add_parser("demo", help="index the demo catalogue in memory and answer a sample query")
+    demo.add_argument("--persist", action="store_true",
+                      help="index into the configured store (QDRANT_PATH) instead of memory")
     demo.add_argument("--folder", help="catalogue folder (default: data/demo-catalog)")
     demo.add_argument("--bucket", default="demo-catalog", help="bucket name recorded per image")
     demo.add_argument("--query", help="query image (default: the folder's first image)")
