@@ -357,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--baseline", choices=["pixels"], help="evaluate the raw-pixel baseline")
     ev.add_argument("--flip", action="store_true",
                     help="average each embedding with its mirror image's")
-    ev.add_argument("--crop", choices=["center", "full"], help="override the card's crop")
+    ev.add_argument("--crop", choices=["center", "full"],
+                    help="override the card's crop: center = ImageNet's 87.5%% centre crop, "
+                         "full = the whole image")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
 

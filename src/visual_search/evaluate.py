@@ -47,11 +47,17 @@ class PixelEmbedder:
         array -= array.mean()
         return array / max(float(np.linalg.norm(array)), 1e-6)
 
+    def preprocess_many(self, images: Sequence[bytes]) -> list:
+        return [self.preprocess(d) for d in images]
+
     def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
         return batch.reshape(len(batch), -1)
 
+    def embed_prepared(self, decoded: Sequence[np.ndarray]) -> list:
+        return list(decoded)
+
     def embed_many(self, images: Sequence[bytes]) -> list:
-        return [self.preprocess(d) for d in images]
+        return self.embed_prepared(self.preprocess_many(images))
 
 
 @dataclass

@@ -92,10 +92,12 @@ class Embedder:
 
         self.model_dir = Path(model_dir)
         self.card = ModelCard.load(self.model_dir)
-        if crop:  # evaluation override of the card's crop ("center" or "full")
+        if crop:  # evaluation override: "center" (ImageNet's 87.5% centre crop) or "full"
             from dataclasses import replace
 
-            self.card = replace(self.card, preprocess=replace(self.card.preprocess, crop=crop))
+            fraction = 0.875 if crop == "center" else 1.0
+            self.card = replace(self.card, preprocess=replace(
+                self.card.preprocess, crop=crop, crop_fraction=fraction))
         # Test-time augmentation: average the embeddings of the image and its mirror image.
         self.flip_tta = flip_tta
         onnx_path = self.model_dir / "model.onnx"
