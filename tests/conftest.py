@@ -69,9 +69,11 @@ def make_store(store_settings, embedder):
     client = connect(store_settings)
     opened = []
 
-    def factory(model_id: str | None = None, dim: int | None = None, **overrides) -> CatalogStore:
+    def factory(model_id: str | None = None, dim: int | None = None, rerank_model_id=None,
+                rerank_dim=None, **overrides) -> CatalogStore:
         settings = StoreSettings(**{**store_settings.__dict__, **overrides})
-        store = CatalogStore(client, settings, model_id or embedder.model_id, dim or embedder.dim)
+        store = CatalogStore(client, settings, model_id or embedder.model_id, dim or embedder.dim,
+                             rerank_model_id=rerank_model_id, rerank_dim=rerank_dim)
         opened.append(store)
         return store
 

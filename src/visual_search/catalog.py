@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import atexit
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import PurePosixPath
@@ -116,17 +116,23 @@ def is_image_key(key: str, content_type: str | None = None) -> bool:
 
 
 class Catalog:
-    def __init__(self, embedder: Embedder, store: CatalogStore):
+    def __init__(self, embedder: Embedder, store: CatalogStore, reranker: Embedder | None = None):
         self.embedder = embedder
         self.store = store
+        self.reranker = reranker
 
     @classmethod
     def open(cls, settings: Settings | None = None, embedder: Embedder | None = None) -> "Catalog":
+        from .model import load_reranker
+
         settings = settings or get_settings()
         embedder = embedder or get_embedder()
-        card = embedder.card
-        store = CatalogStore.open(settings.store, card.id, card.embedding_dim, card.distance)
-        return cls(embedder, store)
+        reranker = load_reranker(settings)
+        store = CatalogStore.open(settings.store, embedder.model_id, embedder.dim,
+                                  embedder.card.distance,
+                                  reranker.model_id if reranker else None,
+                                  reranker.dim if reranker else None)
+        return cls(embedder, store, reranker)
 
     @property
     def model_id(self) -> str:
@@ -140,14 +146,17 @@ class Catalog:
         for i, item in zip(todo, self.embedder.preprocess_many([sources[i].data for i in todo])):
             decoded[i] = item
         embedded = self.embedder.embed_prepared(decoded)
+        reranked = (self.reranker.embed_many([s.data for s in sources]) if self.reranker
+                    else [None] * len(sources))
         embedded_at = time.perf_counter()
         results, points = [], []
-        for source, item in zip(sources, embedded):
-            if isinstance(item, ImageError):
-                results.append(IndexResult(source, item))
+        for source, item, second in zip(sources, embedded, reranked):
+            error = item if isinstance(item, ImageError) else second
+            if isinstance(error, ImageError):
+                results.append(IndexResult(source, error))
                 continue
             points.append(ImagePoint(source.bucket, source.key, item,
-                                     build_payload(source, self.model_id)))
+                                     build_payload(source, self.model_id), rerank_vector=second))
             results.append(IndexResult(source))
         self.store.upsert(points)
         return IndexBatch(results, _ms(embedded_at - started), _ms(time.perf_counter() - embedded_at))
@@ -158,8 +167,11 @@ class Catalog:
     def search_image(self, data: bytes, query: Query) -> SearchResult:
         started = time.perf_counter()
         pixels = self.embedder.preprocess(data)
+        second = self.reranker.preprocess(data) if self.reranker else None
         decoded = time.perf_counter()
         vector = self.embedder.embed_pixels(pixels[None])[0]
+        if second is not None:
+            query = replace(query, rerank=self.reranker.embed_pixels(second[None])[0])
         embedded = time.perf_counter()
         hits = self.store.search(vector, query)
         done = time.perf_counter()

@@ -226,8 +226,13 @@ def cmd_eval(args) -> int:
                             threads=settings.ort_threads, max_batch=settings.max_batch,
                             limits=settings.images, flip_tta=args.flip or settings.flip_tta,
                             crop=args.crop)
+    reranker = None
+    if args.rerank_model_dir:
+        reranker = Embedder(Path(args.rerank_model_dir), threads=settings.ort_threads,
+                            max_batch=settings.max_batch, limits=settings.images, crop=args.crop)
     bar = _progress(None, None, f"evaluating {embedder.model_id}", args.json or args.quiet)
-    result = evaluate(Path(args.folder), embedder, limit=args.limit, progress=bar.update)
+    result = evaluate(Path(args.folder), embedder, limit=args.limit, progress=bar.update,
+                      reranker=reranker)
     bar.close()
     if args.json:
         print(json.dumps(result.as_json()))
@@ -355,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="evaluate an even subset of this many images")
     ev.add_argument("--model-dir", help="another model folder (model.onnx + model.json)")
     ev.add_argument("--baseline", choices=["pixels"], help="evaluate the raw-pixel baseline")
+    ev.add_argument("--rerank-model-dir",
+                    help="rerank the candidates with this second model (RERANK_MODEL_DIR)")
     ev.add_argument("--flip", action="store_true",
                     help="average each embedding with its mirror image's")
     ev.add_argument("--crop", choices=["center", "full"],

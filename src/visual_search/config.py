@@ -88,6 +88,7 @@ class StoreSettings:
     vectors_on_disk: bool = True
     shards: int = 1
     replicas: int = 1
+    rerank_candidates: int = 64
 
     @property
     def mode(self) -> str:
@@ -121,6 +122,7 @@ class Settings:
     ort_threads: int
     max_batch: int
     flip_tta: bool = False
+    rerank_model_dir: Path | None = None
     images: ImageLimits = field(default_factory=ImageLimits)
     store: StoreSettings = field(default_factory=StoreSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
@@ -153,6 +155,7 @@ def load_settings() -> Settings:
         vectors_on_disk=_env_bool("QDRANT_VECTORS_ON_DISK", True),
         shards=_env_int("QDRANT_SHARDS", 1),
         replicas=_env_int("QDRANT_REPLICAS", 1),
+        rerank_candidates=_env_int("RERANK_CANDIDATES", 64),
     )
     images = ImageLimits(
         max_bytes=_env_int("MAX_IMAGE_BYTES", ImageLimits.max_bytes),
@@ -178,6 +181,7 @@ def load_settings() -> Settings:
         ort_threads=_env_int("ORT_THREADS", available_cpus()),
         max_batch=_env_int("EMBED_BATCH_SIZE", 16),
         flip_tta=_env_bool("EMBED_FLIP_TTA", False),
+        rerank_model_dir=Path(os.environ["RERANK_MODEL_DIR"]) if os.environ.get("RERANK_MODEL_DIR") else None,
         images=images,
         store=store,
         ingest=ingest,

@@ -90,7 +90,8 @@ def average_precision_at_r(relevant: list[bool], r: int) -> float:
 
 
 def evaluate(folder: Path, embedder: Embedder | PixelEmbedder, limit: int | None = None,
-             progress: Callable[[int], None] | None = None, batch: int = 32) -> EvalResult:
+             progress: Callable[[int], None] | None = None, batch: int = 32,
+             reranker: Embedder | None = None) -> EvalResult:
     images = scan(folder)
     if limit:
         images = _subset(images, limit)
@@ -98,8 +99,10 @@ def evaluate(folder: Path, embedder: Embedder | PixelEmbedder, limit: int | None
     if len(images) < 2 or len(products) < 2:
         raise ValueError(f"{folder} needs at least two products with images to evaluate")
     store = CatalogStore.open(StoreSettings(path=":memory:", collection="eval"),
-                              embedder.model_id, embedder.dim)
-    catalog = Catalog(embedder, store)  # type: ignore[arg-type]
+                              embedder.model_id, embedder.dim,
+                              rerank_model_id=reranker.model_id if reranker else None,
+                              rerank_dim=reranker.dim if reranker else None)
+    catalog = Catalog(embedder, store, reranker)  # type: ignore[arg-type]
     progress = progress or (lambda n: None)
     started = time.perf_counter()
     vectors: dict[str, np.ndarray] = {}
@@ -132,14 +135,13 @@ def evaluate(folder: Path, embedder: Embedder | PixelEmbedder, limit: int | None
     latencies.sort()
     metrics = {f"recall@{k}": round(float(np.mean(v)), 4) for k, v in recalls.items()}
     metrics["mAP@R"] = round(float(np.mean(aps)), 4) if aps else 0.0
-    return EvalResult(embedder.model_id, len(images), len(products), metrics,
+    return EvalResult(store.space, len(images), len(products), metrics,
                       round(index_rate, 1), round(statistics.median(latencies), 2),
                       round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2))
 
 
 def _query(catalog: Catalog, data: bytes, top: int):
-    vector = catalog.embedder.embed_pixels(catalog.embedder.preprocess(data)[None])[0]
-    return catalog.store.search(vector, Query(top_k=top, group_by_product=False))
+    return catalog.search_image(data, Query(top_k=top, group_by_product=False)).hits
 
 
 def _subset(images: list[LocalImage], limit: int) -> list[LocalImage]:

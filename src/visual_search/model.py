@@ -193,6 +193,15 @@ def load_embedder(settings: Settings | None = None) -> Embedder:
                     flip_tta=settings.flip_tta)
 
 
+def load_reranker(settings: Settings | None = None) -> Embedder | None:
+    """The optional second, more precise model (RERANK_MODEL_DIR), or None."""
+    settings = settings or get_settings()
+    if not settings.rerank_model_dir:
+        return None
+    return Embedder(settings.rerank_model_dir, threads=settings.ort_threads,
+                    max_batch=settings.max_batch, limits=settings.images)
+
+
 @lru_cache(maxsize=1)
 def get_embedder() -> Embedder:
     """The process-wide embedder (one ONNX session per process)."""

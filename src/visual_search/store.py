@@ -22,6 +22,7 @@ from .config import StoreSettings
 from .errors import ModelMismatchError, NotFoundError, StoreUnavailableError
 
 VECTOR = "image"
+RERANK = "rerank"  # optional second named vector, from a more precise model
 POINT_NAMESPACE = uuid.UUID("5f0c3a52-3c1e-4a8e-9a43-0e3b7f1d2c61")
 KEYWORD_FIELDS = ("product_id", "category", "brand", "bucket", "key")
 FLOAT_FIELDS = ("price",)
@@ -47,6 +48,7 @@ class ImagePoint:
     key: str
     vector: np.ndarray
     payload: dict[str, Any]
+    rerank_vector: np.ndarray | None = None
 
     @property
     def id(self) -> str:
@@ -71,6 +73,9 @@ class Query:
     group_by_product: bool = True
     filters: Mapping[str, Any] = field(default_factory=dict)
     exclude_products: Sequence[str] = ()
+    # With a reranking model: the query's second vector; candidates found with the first
+    # vector are re-scored with it (Qdrant prefetch + query).
+    rerank: np.ndarray | None = None
 
 
 def build_filter(filters: Mapping[str, Any], exclude_products: Sequence[str] = ()) -> models.Filter | None:
@@ -130,8 +135,11 @@ class CatalogStore:
     """The product-image collection of one model."""
 
     def __init__(self, client: QdrantClient, settings: StoreSettings, model_id: str, dim: int,
-                 distance: str = "cosine"):
+                 distance: str = "cosine", rerank_model_id: str | None = None,
+                 rerank_dim: int | None = None):
         self.client = client
+        self.rerank_model_id = rerank_model_id
+        self.rerank_dim = rerank_dim
         self.settings = settings
         self.collection = settings.collection
         self.model_id = model_id
@@ -143,9 +151,15 @@ class CatalogStore:
         self._ready = False
 
     @classmethod
-    def open(cls, settings: StoreSettings, model_id: str, dim: int,
-             distance: str = "cosine") -> "CatalogStore":
-        return cls(connect(settings), settings, model_id, dim, distance)
+    def open(cls, settings: StoreSettings, model_id: str, dim: int, distance: str = "cosine",
+             rerank_model_id: str | None = None, rerank_dim: int | None = None) -> "CatalogStore":
+        return cls(connect(settings), settings, model_id, dim, distance, rerank_model_id,
+                   rerank_dim)
+
+    @property
+    def space(self) -> str:
+        """The embedding space(s) this store reads and writes: the model, and the reranker."""
+        return self.model_id + (f" (rerank: {self.rerank_model_id})" if self.rerank_model_id else "")
 
     def close(self) -> None:
         self.client.close()
@@ -228,7 +242,7 @@ class CatalogStore:
         from dataclasses import replace
 
         other = CatalogStore(self.client, replace(self.settings, collection=name), self.model_id,
-                             self.dim, self.distance)
+                             self.dim, self.distance, self.rerank_model_id, self.rerank_dim)
         other._lock = self._lock
         return other
 
@@ -239,8 +253,10 @@ class CatalogStore:
             vectors = info.config.params.vectors
             params = vectors.get(VECTOR) if isinstance(vectors, dict) else None
             built_by = f"unknown model ({params.size}-d)" if params else "unknown model"
-        if built_by != self.model_id:
-            raise ModelMismatchError(self.collection, str(built_by), self.model_id)
+        reranker = metadata.get("rerank_model_id")
+        if built_by != self.model_id or reranker != self.rerank_model_id:
+            space = str(built_by) + (f" (rerank: {reranker})" if reranker else "")
+            raise ModelMismatchError(self.collection, space, self.space)
 
     def create_physical(self, name: str) -> None:
         """Create a collection for this model with the configured scale settings."""
@@ -249,17 +265,21 @@ class CatalogStore:
         if s.quantization == "int8":
             quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
                 type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
+        vectors = {VECTOR: models.VectorParams(
+            size=self.dim, distance=_DISTANCE[self.distance], on_disk=s.vectors_on_disk)}
+        if self.rerank_dim:
+            vectors[RERANK] = models.VectorParams(size=self.rerank_dim, distance=models.Distance.COSINE,
+                                                  on_disk=True)
         self.client.create_collection(
             name,
-            vectors_config={VECTOR: models.VectorParams(
-                size=self.dim, distance=_DISTANCE[self.distance], on_disk=s.vectors_on_disk)},
+            vectors_config=vectors,
             hnsw_config=models.HnswConfigDiff(m=s.hnsw_m, ef_construct=s.hnsw_ef_construct,
                                               payload_m=s.hnsw_m),
             quantization_config=quantization,
             shard_number=s.shards if self.is_server else None,
             replication_factor=s.replicas if self.is_server else None,
             metadata={"model_id": self.model_id, "embedding_dim": self.dim,
-                      "distance": self.distance},
+                      "distance": self.distance, "rerank_model_id": self.rerank_model_id},
         )
         if self.is_server:  # embedded mode scans everything and ignores payload indexes
             for field_name in KEYWORD_FIELDS:
@@ -306,10 +326,18 @@ class CatalogStore:
             if point.vector.shape != (self.dim,):
                 raise ValueError(f"vector of {point.key} has shape {point.vector.shape}, "
                                  f"the collection expects ({self.dim},)")
-        structs = [models.PointStruct(id=p.id, vector={VECTOR: p.vector.tolist()},
-                                      payload=p.payload) for p in points]
+        if self.rerank_dim and any(p.rerank_vector is None for p in points):
+            raise ValueError("this collection reranks: every point needs its rerank vector")
+        structs = [models.PointStruct(id=p.id, vector=self._vectors(p), payload=p.payload)
+                   for p in points]
         with self._call():
             self.client.upsert(self.collection, structs, wait=True)
+
+    def _vectors(self, point: ImagePoint) -> dict[str, list[float]]:
+        vectors = {VECTOR: point.vector.tolist()}
+        if self.rerank_dim and point.rerank_vector is not None:
+            vectors[RERANK] = point.rerank_vector.tolist()
+        return vectors
 
     def delete_images(self, refs: Iterable[tuple[str, str]]) -> None:
         ids = [point_id(bucket, key) for bucket, key in refs]
@@ -368,12 +396,21 @@ class CatalogStore:
         return models.SearchParams(hnsw_ef=self.settings.search_hnsw_ef, quantization=quantization)
 
     def _nearest(self, vector: np.ndarray, query: Query, limit: int, offset: int) -> list[Hit]:
+        query_filter = build_filter(query.filters, query.exclude_products)
+        params = self._search_params() if self.is_server else None
+        first = np.asarray(vector, np.float32).tolist()
+        if query.rerank is not None and self.rerank_dim:
+            # candidates by the fast vector, then ordered by the precise one
+            stage = dict(prefetch=models.Prefetch(
+                query=first, using=VECTOR, filter=query_filter, params=params,
+                limit=max(self.settings.rerank_candidates, limit + offset)),
+                query=np.asarray(query.rerank, np.float32).tolist(), using=RERANK)
+        else:
+            stage = dict(query=first, using=VECTOR, search_params=params)
         with self._call():
             response = self.client.query_points(
-                self.collection, query=np.asarray(vector, np.float32).tolist(), using=VECTOR,
-                query_filter=build_filter(query.filters, query.exclude_products),
-                search_params=self._search_params() if self.is_server else None, limit=limit, offset=offset or None,
-                score_threshold=query.score_threshold, with_payload=True)
+                self.collection, query_filter=query_filter, limit=limit, offset=offset or None,
+                score_threshold=query.score_threshold, with_payload=True, **stage)
         return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {})
                 for p in response.points]
 

@@ -201,7 +201,7 @@ def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = N
     new_store = store.for_collection(new)
     new_store.create_physical(new)
     new_store._ready = True
-    ingestor = Ingestor(Catalog(catalog.embedder, new_store), s3, _ingest_settings(catalog),
+    ingestor = Ingestor(Catalog(catalog.embedder, new_store, catalog.reranker), s3, _ingest_settings(catalog),
                         catalog.embedder.limits)
     syncer = Syncer(ingestor, progress)
     reports = {}

@@ -1,0 +1,82 @@
+"""Fixtures and checks shared by the reliability tests.
+
+``stack`` is the e2e suite's session fixture (``visual-search dev`` in a subprocess on free
+127.0.0.1 ports), re-exported so the load test runs against the same local stack a user runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import resource
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import stack  # noqa: F401  (re-exported session fixture)
+from tests.reliability.samples import Samples
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+ERROR_STATUSES = {400, 404, 405, 413, 415, 422}
+# Text that would mean an exception leaked into a response.
+LEAK_MARKERS = ("Traceback", 'File "', "site-packages", ".py\", line", str(REPO))
+
+
+@pytest.fixture(scope="session")
+def samples() -> Samples:
+    return Samples()
+
+
+def assert_error(status: int, raw_body: str, headers: dict, expected_status: int | set[int],
+                 codes: str | set[str] | None = None) -> dict:
+    """The documented status and the one error shape ``{"error": {"code", "message"[,
+    "details"]}}``, as JSON, with no traceback or server path anywhere in the body."""
+    expected = {expected_status} if isinstance(expected_status, int) else expected_status
+    assert status in expected, f"status {status}, expected {sorted(expected)}: {raw_body[:500]}"
+    for marker in LEAK_MARKERS:
+        assert marker not in raw_body, f"{marker!r} leaked into the response: {raw_body[:500]}"
+    content_type = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+    assert content_type.startswith("application/json"), content_type
+    body = json.loads(raw_body)
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert {"code", "message"} <= set(error) <= {"code", "message", "details"}, error
+    assert isinstance(error["code"], str) and error["code"]
+    assert isinstance(error["message"], str) and error["message"]
+    if "details" in error:
+        assert isinstance(error["details"], list) and all(isinstance(d, dict) for d in error["details"])
+    if codes is not None:
+        allowed = {codes} if isinstance(codes, str) else codes
+        assert error["code"] in allowed, f"code {error['code']!r}, expected one of {sorted(allowed)}"
+    return error
+
+
+def max_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def write_artifact(name: str, figures: dict[str, Any]) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    path.write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def quiet_functions():
+    """Silence the functions' JSON logs and metric blobs (thousands of lines in a soak) while
+    keeping log records flowing to pytest's caplog: only the stdout handler is muted."""
+    from visual_search.observability import logger
+
+    handlers = [h for h in logger._logger.handlers if hasattr(h, "setStream")]
+    sink = io.StringIO()
+    previous = [h.setStream(sink) for h in handlers]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # Metrics print their EMF blobs
+            yield
+    finally:
+        for handler, stream in zip(handlers, previous):
+            handler.setStream(stream)
