@@ -90,7 +90,7 @@ def test_json_base64(env, catalog, demo_images):
         "image": base64.b64encode(photo).decode(), "top_k": 5}))
     assert status == 200
     assert products(body)[0] == product_of(demo_images, 13)
-    assert len(body["results"]) == 5 and body["model"] == "efficientnet-lite0-imagenet"
+    assert len(body["results"]) == 5 and body["model"] == "efficientnet-lite0-imagenet-gem"
     assert set(body["timings_ms"]) == {"decode", "embed", "search", "total"}
     first = body["results"][0]
     assert set(first) == {"product_id", "score", "image", "metadata"}
@@ -255,7 +255,7 @@ def test_similar_unknown_product_is_404(env, catalog):
 def test_health(env, catalog):
     status, body, _ = call(env, rest_event("GET", "/health"))
     assert status == 200
-    assert body == {"status": "ok", "model": "efficientnet-lite0-imagenet", "collection": "products",
+    assert body == {"status": "ok", "model": "efficientnet-lite0-imagenet-gem", "collection": "products",
                     "store": "memory", "store_reachable": True, "points": 60}
 
 

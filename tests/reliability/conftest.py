@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import sys
 import resource
 from pathlib import Path
 from typing import Any
@@ -65,18 +67,29 @@ def write_artifact(name: str, figures: dict[str, Any]) -> Path:
     return path
 
 
-@contextlib.contextmanager
+class _Discard(io.TextIOBase):
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def report(text: str) -> None:
+    """Print a figure line past the muted stdout (pytest still captures it without -s)."""
+    print(text, file=sys.__stdout__, flush=True)
+
+
+@pytest.fixture(autouse=True)
 def quiet_functions():
-    """Silence the functions' JSON logs and metric blobs (thousands of lines in a soak) while
-    keeping log records flowing to pytest's caplog: only the stdout handler is muted."""
+    """Mute the functions' JSON log lines and metric blobs on stdout (thousands of lines in the
+    fuzz and soak runs). Log records still reach pytest's caplog: only the stdout handler of the
+    service logger is pointed elsewhere. Figures are printed with ``report``."""
     from visual_search.observability import logger
 
-    handlers = [h for h in logger._logger.handlers if hasattr(h, "setStream")]
-    sink = io.StringIO()
-    previous = [h.setStream(sink) for h in handlers]
+    handlers = [h for h in logger._logger.handlers if isinstance(h, logging.StreamHandler)]
+    previous = [h.setStream(_Discard()) for h in handlers]
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # Metrics print their EMF blobs
+        with contextlib.redirect_stdout(_Discard()):  # Metrics print their EMF blobs
             yield
     finally:
         for handler, stream in zip(handlers, previous):
-            handler.setStream(stream)
+            if stream is not None:
+                handler.setStream(stream)

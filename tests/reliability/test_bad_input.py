@@ -30,7 +30,7 @@ import pytest
 
 from tests.integration.test_ingest import BUCKET, World, sqs
 from tests.integration.test_search_api import catalog, env, headers_of, query_photo  # noqa: F401 (fixtures)
-from tests.reliability.conftest import assert_error, max_rss_mb, write_artifact
+from tests.reliability.conftest import assert_error, max_rss_mb, report, write_artifact
 from tests.support.apigw import json_event, multipart_body, rest_event
 from visual_search.lambdas import LambdaContext, load_function
 
@@ -44,7 +44,7 @@ def figures():
     yield FIGURES
     if FIGURES["search_cases"] or FIGURES["ingest_cases"]:
         write_artifact("bad-input.json", FIGURES)
-        print(f"\nbad input figures: {FIGURES}")
+        report(f"\nbad input figures: {FIGURES}")
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ def test_search_memory_stays_bounded(env, catalog, samples, demo_images):
     assert_still_serving(env, demo_images)
     growth = max_rss_mb() - before
     FIGURES["search_memory_growth_mb"] = round(growth, 1)
-    print(f"\nsearch: peak RSS {before:.0f} MB before, growth {growth:.1f} MB over 20 bomb/oversized requests")
+    report(f"\nsearch: peak RSS {before:.0f} MB before, growth {growth:.1f} MB over 20 bomb/oversized requests")
     assert growth < MEMORY_BOUND_MB
 
 
@@ -429,7 +429,7 @@ def test_ingest_memory_stays_bounded(world, samples):
     for key in keys:
         world.s3.delete_object(Bucket=BUCKET, Key=key)
     FIGURES["ingest_memory_growth_mb"] = round(growth, 1)
-    print(f"\ningest: peak RSS growth {growth:.1f} MB over 20 bombs in 2 batches")
+    report(f"\ningest: peak RSS growth {growth:.1f} MB over 20 bombs in 2 batches")
     assert growth < MEMORY_BOUND_MB
 
 
@@ -512,3 +512,67 @@ def test_too_long_s3_key_is_4xx_not_503(env, monkeypatch, key):
     monkeypatch.setattr(app.api, "s3", KeyLimitS3(s3))
     code, raw, headers = raw_call(env, search_json({"s3_key": key}))
     assert_error(code, raw, headers, {404, 413, 422})
+
+
+def invoke_batch(world, event) -> dict:
+    """The ingest handler on an SQS event; a crash of the whole batch is an assertion failure."""
+    try:
+        return world.invoke(event)
+    except Exception as exc:
+        raise AssertionError(f"the whole batch crashed: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+def with_object_fields(record: dict, **fields) -> dict:
+    record = json.loads(json.dumps(record))
+    record["s3"]["object"].update(fields)
+    return record
+
+
+@bug("events.py parse_s3_record: int(size) raises ValueError/TypeError/OverflowError, which "
+     "handle_sqs does not catch (only EventError): the whole SQS batch fails, good messages too")
+@pytest.mark.parametrize("size", ["abc", [1], 1e400])
+def test_message_with_a_bad_size_fails_alone(world, demo_images, size):
+    good_key = "bad-input/size/good.jpg"
+    bad = with_object_fields(world.put("bad-input/size/bad.jpg", good_photo(demo_images, 8)), size=size)
+    event = sqs({"Records": [bad]}, {"Records": [world.put(good_key, good_photo(demo_images, 9))]})
+    result = invoke_batch(world, event)
+    assert result["batchItemFailures"] in ([], [{"itemIdentifier": "m0"}])
+    assert world.payload(good_key)
+
+
+@bug("events.py sequencer_key calls .upper() on the event's sequencer: a non-string one (5) is "
+     "stored in the payload, then every later event of that key crashes the whole batch "
+     "(AttributeError) until the point is removed by hand")
+def test_a_non_string_sequencer_does_not_poison_the_key(world, demo_images):
+    key = "bad-input/sequencer/a.jpg"
+    photo = good_photo(demo_images, 10)
+    world.invoke(sqs({"Records": [with_object_fields(world.put(key, photo), sequencer=5)]}))
+    try:
+        result = invoke_batch(world, sqs({"Records": [world.put(key, photo)]}))  # an ordinary upload
+    finally:
+        world.store.delete_images([(BUCKET, key)])
+        world.s3.delete_object(Bucket=BUCKET, Key=key)
+    assert result == {"batchItemFailures": []}
+
+
+@bug("events.py parse_sqs_body catches only TypeError/JSONDecodeError: a deeply nested body "
+     "raises RecursionError and the whole SQS batch fails instead of that one message")
+def test_deeply_nested_sqs_body_is_a_batch_item_failure(world, demo_images):
+    event = sqs({"Records": [world.put("bad-input/nested/good.jpg", good_photo(demo_images, 11))]}, {})
+    event["Records"][1]["body"] = "[" * 100_000
+    assert invoke_batch(world, event) == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+
+
+@bug("functions/ingest/app.py handle_sqs reads record.body / message_id outside any guard: an "
+     "SQS record without them (or not an object) is a KeyError/TypeError, not an EventError")
+@pytest.mark.parametrize("broken", [{"eventSource": "aws:sqs", "messageId": "x"},
+                                    {"eventSource": "aws:sqs", "body": "{}"}, "not a record"])
+def test_malformed_sqs_envelope_is_an_event_error(world, broken):
+    from visual_search.events import EventError
+
+    event = sqs({})
+    event["Records"].append(broken)
+    try:
+        world.invoke(event)
+    except Exception as exc:
+        assert isinstance(exc, EventError), f"{type(exc).__name__}: {exc}"
