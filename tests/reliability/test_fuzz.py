@@ -38,7 +38,7 @@ from tests.integration.test_ingest import BUCKET, World, sqs
 from tests.integration.test_search_api import catalog, env, headers_of  # noqa: F401 (fixtures)
 from tests.reliability.conftest import assert_error, report, write_artifact
 from tests.reliability.samples import encode, noise_photo
-from tests.support.apigw import rest_event
+from tests.support.apigw import json_event, rest_event
 from visual_search.api_models import METADATA_KEY
 from visual_search.events import EventError
 from visual_search.lambdas import LambdaContext, load_function
@@ -290,6 +290,44 @@ def test_random_json_bodies(env, catalog, payload, content_type):
     status = check_search(env, event, bug=known_search_bug(body=payload))
     COUNTS["search JSON bodies"] += 1
     COUNTS[f"search JSON bodies -> {status}"] += 1
+
+
+scalars = st.text(max_size=20) | st.integers() | st.floats(allow_nan=False) | st.booleans()
+filter_values = scalars | st.lists(scalars, max_size=4) | price_ranges
+CATALOGUE_VALUES = st.sampled_from(["Milk", "Juice", "Yoghurt", "Arla", "Alpro", "Oatly",
+                                    "Oatly-Oat-Milk", "Arla-Sour-Cream"])
+
+
+@settings(max_examples=300, **FUZZ)
+@given(filters=st.dictionaries(filter_keys, filter_values | CATALOGUE_VALUES
+                               | st.lists(CATALOGUE_VALUES, min_size=1, max_size=3), max_size=3),
+       group=st.booleans())
+def test_random_filters(env, catalog, filters, group):
+    """A valid image with any filter object: 200 or 422, never 5xx; and on 200 the results obey
+    the category/brand/product_id/price filters (nothing leaks through)."""
+    payload = {"image": TINY_B64, "top_k": 20, "group_by_product": group, "filters": filters}
+    status, raw, headers = call(env, json_event("POST", "/search", payload))
+    COUNTS["search filter objects"] += 1
+    COUNTS[f"search filter objects -> {status}"] += 1
+    if status >= 500 and tolerate(known_search_bug(body=payload)):
+        return
+    assert status in (200, 422), f"{status}: {raw[:300]}"
+    if status == 422:
+        assert_error(status, raw, headers, 422, "invalid_options")
+        return
+    for hit in json.loads(raw)["results"]:
+        for name in ("category", "brand", "product_id"):
+            if name in filters:
+                allowed = filters[name] if isinstance(filters[name], list) else [filters[name]]
+                got = hit["product_id"] if name == "product_id" else hit["metadata"].get(name)
+                assert got in allowed, f"{name} filter {allowed} leaked {got!r}"
+        bounds = filters.get("price")
+        if isinstance(bounds, dict):
+            price = hit["metadata"]["price"]
+            assert bounds.get("gte") is None or price >= bounds["gte"]
+            assert bounds.get("lte") is None or price <= bounds["lte"]
+            assert bounds.get("gt") is None or price > bounds["gt"]
+            assert bounds.get("lt") is None or price < bounds["lt"]
 
 
 @settings(max_examples=600, **FUZZ)
