@@ -213,6 +213,80 @@ def search_latency(repeat: int, sizes=(1000, 10000)) -> dict:
     return {"search": rows, "search_bare_session_run_ms": bare}
 
 
+def store_scaling(repeat: int, sizes=(1000, 10000, 100000)) -> dict:
+    """Vector search alone (top 10, grouped by product) in embedded Qdrant at growing sizes,
+    with and without a payload filter; synthetic vectors near the real ones."""
+    from .config import StoreSettings
+    from .store import CatalogStore, Query
+
+    embedder = load_embedder()
+    card = embedder.card
+    tensor = embedder.preprocess(sample_image(224, "PNG"))[None]
+    bare = timed(lambda: embedder.session.run([card.embedding_output], {card.input_name: tensor}),
+                 repeat)["median_ms"]
+    query = embedder.embed(sample_photos(1)[0])
+    rows = []
+    for size in sizes:
+        store = CatalogStore.open(StoreSettings(path=":memory:", collection=f"scale{size}"),
+                                  embedder.model_id, embedder.dim)
+        started = time.perf_counter()
+        points = synthetic_catalog(embedder, size)
+        for start in range(0, size, 2000):
+            store.upsert(points[start:start + 2000])
+        load_s = time.perf_counter() - started
+        del points
+        for label, filters in (("none", {}), ("category+price", {
+                "category": "Milk", "price": {"gte": 5, "lte": 30}})):
+            q = Query(top_k=10, filters=filters)
+            stats = timed(lambda: store.search(query, q), max(5, repeat // (size // 1000 or 1)))
+            rows.append({"points": size, "filter": label, **stats,
+                         "median_vs_bare_run": round(stats["median_ms"] / bare, 2),
+                         "load_s": round(load_s, 1)})
+        store.close()
+    return {"scale": rows, "scale_bare_session_run_ms": bare}
+
+
+def cold_start() -> dict:
+    """A fresh process: import the search function (model session + store client), answer one
+    search; wall times of each phase and the peak resident memory."""
+    import subprocess
+    import sys
+
+    code = r"""
+import json, os, resource, sys, time, base64
+t0 = time.perf_counter()
+os.environ.setdefault("QDRANT_PATH", ":memory:")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+os.environ["POWERTOOLS_TRACE_DISABLED"] = "true"
+import onnxruntime, numpy, qdrant_client, boto3, aws_lambda_powertools
+t1 = time.perf_counter()
+from visual_search.lambdas import load_function
+app = load_function("search")
+t2 = time.perf_counter()
+body = json.dumps({"image": base64.b64encode(open(sys.argv[1], "rb").read()).decode()})
+event = {"httpMethod": "POST", "path": "/search", "resource": "/search", "body": body,
+         "headers": {"Content-Type": "application/json"}, "isBase64Encoded": False,
+         "requestContext": {"stage": "bench"}}
+response = app.api.resolve(event, None)
+t3 = time.perf_counter()
+assert response["statusCode"] == 200, response
+print(json.dumps({"imports_ms": round((t1 - t0) * 1000, 1),
+                  "init_ms": round((t2 - t1) * 1000, 1),
+                  "first_answer_ms": round((t3 - t2) * 1000, 1),
+                  "total_ms": round((t3 - t0) * 1000, 1),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+"""
+    photo = scan(DEMO_CATALOG)[0].path
+    runs = []
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", code, str(photo)], capture_output=True,
+                             text=True, timeout=120, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    best = min(runs, key=lambda r: r["total_ms"])
+    return {"cold_start": best, "cold_start_runs": len(runs)}
+
+
 def machine() -> dict:
     import onnxruntime
 
@@ -251,7 +325,23 @@ def print_search(report: dict) -> None:
               f"{r['decode_ms']} | {r['embed_ms']} | {r['search_ms']} | {r['median_vs_bare_run']} |")
 
 
-SECTIONS = ("embed", "ingest", "search")
+def print_scale(report: dict) -> None:
+    print(f"\nembedded Qdrant, vector search only (bare session.run {report['scale_bare_session_run_ms']} ms)")
+    print("| points | filter | median ms | p90 ms | median/bare run | load s |")
+    print("|---|---|---|---|---|---|")
+    for r in report["scale"]:
+        print(f"| {r['points']:,} | {r['filter']} | {r['median_ms']} | {r['p90_ms']} | "
+              f"{r['median_vs_bare_run']} | {r['load_s']} |")
+
+
+def print_cold(report: dict) -> None:
+    c = report["cold_start"]
+    print(f"\ncold start (best of {report['cold_start_runs']}): imports {c['imports_ms']} ms, "
+          f"model + store init {c['init_ms']} ms, first answer {c['first_answer_ms']} ms, "
+          f"total {c['total_ms']} ms; peak RSS {c['peak_rss_mb']} MB")
+
+
+SECTIONS = ("embed", "ingest", "search", "scale", "cold")
 
 
 def run_bench(args) -> int:
@@ -273,5 +363,13 @@ def run_bench(args) -> int:
         report.update(search_latency(args.repeat))
         if not args.json:
             print_search(report)
+    if "scale" in wanted:
+        report.update(store_scaling(args.repeat))
+        if not args.json:
+            print_scale(report)
+    if "cold" in wanted:
+        report.update(cold_start())
+        if not args.json:
+            print_cold(report)
     print(json.dumps(report))
     return 0

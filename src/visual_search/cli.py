@@ -376,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure decoding, inference and search speed")
     bench.add_argument("--repeat", type=int, default=30, help="timed runs per case (default 30)")
     bench.add_argument("--json", action="store_true", help="print only JSON")
-    bench.add_argument("--only", help="comma-separated sections: embed, ingest, search")
+    bench.add_argument("--only", help="comma-separated sections: embed, ingest, search, scale "
+                                      "(embedded Qdrant at 1k/10k/100k points), cold")
     bench.set_defaults(func=cmd_bench)
     return parser
 
