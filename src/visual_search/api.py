@@ -93,7 +93,11 @@ class SearchApi:
             except (binascii.Error, ValueError):
                 raise RequestError("the request body is not valid base64") from None
         else:
-            data = raw.encode("utf-8", "surrogateescape")
+            try:
+                data = raw.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raise RequestError("the request body is not valid UTF-8 text", 400,
+                                   "invalid_body") from None
         if len(data) > limit:
             raise RequestError(f"the request body is {len(data):,} bytes; the limit is {limit:,}",
                                413, "body_too_large")
@@ -125,14 +129,20 @@ class SearchApi:
             f"unsupported media type {media or '(none)'!r}; send application/json, "
             f"{', '.join(IMAGE_TYPES)} or multipart/form-data", 415, "unsupported_media_type")
 
-    def _parse_json(self, body: bytes) -> tuple[bytes, SearchOptions]:
+    @staticmethod
+    def _json_object(body: bytes) -> dict:
         try:
             raw = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RequestError(f"the body is not valid JSON: {exc}", 400, "invalid_json") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise RequestError(f"the body is not valid JSON: {reason}", 400,
+                               "invalid_json") from None
         if not isinstance(raw, dict):
             raise RequestError("the JSON body must be an object", 400, "invalid_json")
-        request = parse_options(SearchRequest, raw)
+        return raw
+
+    def _parse_json(self, body: bytes) -> tuple[bytes, SearchOptions]:
+        request = parse_options(SearchRequest, self._json_object(body))
         options = SearchOptions(**request.model_dump(exclude={"image", "s3_key"}))
         if request.s3_key is not None:
             return self._uploaded_image(request.s3_key), options
@@ -174,14 +184,21 @@ class SearchApi:
             raise RequestError("search by s3_key is not configured (UPLOAD_BUCKET)", 400,
                                "uploads_disabled")
         key = s3_key if s3_key.startswith(api.upload_prefix) else api.upload_prefix + s3_key
-        if ".." in key.split("/") or key.endswith("/"):
-            raise RequestError("s3_key is not a valid upload key", 422, "invalid_options")
+        if (".." in key.split("/") or key.endswith("/") or not s3_key.strip()
+                or len(key.encode("utf-8", "surrogatepass")) > 1024):
+            raise RequestError("s3_key is not a valid upload key", 422, "invalid_options",
+                               [{"loc": ["s3_key"], "msg": "not a key returned by POST /uploads"}])
         try:
             head = self.s3.head_object(Bucket=api.upload_bucket, Key=key)
         except Exception as exc:
-            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchKey", "NotFound"):
+            response = getattr(exc, "response", None) or {}
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            if code in ("404", "NoSuchKey", "NotFound") or status == 404:
                 raise NotFoundError(f"no uploaded image at s3_key {s3_key!r}") from None
+            if 400 <= status < 500 and status != 429:  # S3 refuses the key itself
+                raise RequestError(f"S3 refused s3_key {s3_key[:80]!r} ({code or status})", 422,
+                                   "invalid_options") from None
             raise StoreUnavailableError(f"S3 is unavailable: {code or exc}") from None
         if head.get("ContentLength", 0) > self.settings.images.max_bytes:
             raise RequestError(f"the uploaded image is {head['ContentLength']:,} bytes; the limit "
@@ -269,8 +286,7 @@ class SearchApi:
                 raise RequestError("uploads are not configured (UPLOAD_BUCKET)", 400,
                                    "uploads_disabled")
             body = self._body()
-            raw = json.loads(body) if body.strip() else {}
-            request = parse_options(UploadRequest, raw)
+            request = parse_options(UploadRequest, self._json_object(body) if body.strip() else {})
             if request.content_type not in IMAGE_TYPES:
                 raise RequestError(f"content_type must be one of {', '.join(IMAGE_TYPES)}", 415,
                                    "unsupported_media_type")

@@ -15,7 +15,9 @@ from .store import Query
 
 Scalar = Union[str, float, int, bool]
 FilterValue = Union[Scalar, list[Scalar]]
-METADATA_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+# S3 user-metadata names as they arrive (lower case letters, digits, - and _); no dots or colons,
+# which Qdrant would read as a path into the payload.
+METADATA_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_STRING = 256
 MAX_ANY_OF = 50
 RESERVED = {"bucket", "key", "model_id", "sequencer", "etag", "version_id", "indexed_at",
@@ -84,7 +86,7 @@ class Filters(BaseModel):
                 raise ValueError(f"cannot filter on {key!r}")
             if not METADATA_KEY.match(key):
                 raise ValueError(f"filter key {key[:70]!r} is not a metadata name "
-                                 f"(letters, digits, _ . : -, at most 64 characters)")
+                                 f"(letters, digits, _ and -, at most 64 characters)")
             items = value if isinstance(value, list) else [value]
             if not items or len(items) > MAX_ANY_OF:
                 raise ValueError(f"{key}: give 1 to {MAX_ANY_OF} values")
@@ -241,16 +243,23 @@ def options_from_fields(fields: Mapping[str, list[str]]) -> dict[str, Any]:
             items = [v.strip() for value in values for v in value.split(",") if v.strip()]
             filters[name] = items[0] if len(items) == 1 else items
         elif name in ("price_min", "price_max"):
-            filters.setdefault("price", {})["gte" if name == "price_min" else "lte"] = values[-1]
+            price = filters.setdefault("price", {})
+            if not isinstance(price, dict):
+                raise InvalidOptions("give the price range either in filters or as price_min / "
+                                     "price_max", [{"loc": ["filters", "price"], "msg": "conflict"}])
+            price["gte" if name == "price_min" else "lte"] = values[-1]
         elif name == "filters":
             try:
                 parsed = json.loads(values[-1])
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 raise InvalidOptions("filters is not valid JSON",
                                      [{"loc": ["filters"], "msg": "not valid JSON"}]) from None
             if not isinstance(parsed, dict):
                 raise InvalidOptions("filters must be a JSON object",
                                      [{"loc": ["filters"], "msg": "must be a JSON object"}])
+            if "price" in parsed and isinstance(filters.get("price"), dict):
+                raise InvalidOptions("give the price range either in filters or as price_min / "
+                                     "price_max", [{"loc": ["filters", "price"], "msg": "conflict"}])
             filters.update(parsed)
         else:
             raw[name] = values[-1]  # unknown option: SearchOptions forbids it (422)

@@ -35,7 +35,7 @@ class S3Change:
 def sequencer_key(sequencer: str | None) -> str:
     """A sortable form of S3's sequencer: hex strings of varying length, compared after padding
     the shorter one with zeros on the right (as S3's documentation prescribes)."""
-    return (sequencer or "").upper().ljust(32, "0")
+    return str(sequencer or "").upper().ljust(32, "0")
 
 
 def is_newer(candidate: str | None, applied: str | None) -> bool:
@@ -52,18 +52,28 @@ def parse_s3_record(record: Mapping[str, Any]) -> S3Change:
         bucket = str(s3["bucket"]["name"])
         obj = s3["object"]
         key = unquote_plus(str(obj["key"]))
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, IndexError) as exc:
         raise EventError(f"S3 record without {exc}") from None
+    if not isinstance(obj, Mapping) or not key or not bucket:
+        raise EventError("S3 record without an object key or bucket")
     if name.startswith("ObjectCreated:"):
         kind = "created"
     elif name.startswith("ObjectRemoved:"):
         kind = "removed"
     else:
         raise EventError(f"unsupported S3 event {name!r}")
-    size = obj.get("size")
-    return S3Change(bucket=bucket, key=key, kind=kind, event_name=name,
-                    sequencer=obj.get("sequencer"), size=int(size) if size is not None else None,
-                    etag=obj.get("eTag"), version_id=obj.get("versionId"))
+    try:
+        size = int(obj["size"]) if obj.get("size") is not None else None
+    except (TypeError, ValueError, OverflowError):
+        raise EventError(f"S3 record with a bad object size {obj.get('size')!r}") from None
+    sequencer = obj.get("sequencer")
+    if sequencer is not None and not (isinstance(sequencer, str) and
+                                      all(c in "0123456789abcdefABCDEF" for c in sequencer)):
+        raise EventError(f"S3 record with a bad sequencer {sequencer!r}")
+    etag, version = obj.get("eTag"), obj.get("versionId")
+    return S3Change(bucket=bucket, key=key, kind=kind, event_name=name, sequencer=sequencer,
+                    size=size, etag=etag if isinstance(etag, str) else None,
+                    version_id=version if isinstance(version, str) else None)
 
 
 def is_test_event(message: Mapping[str, Any]) -> bool:
@@ -86,8 +96,8 @@ def changes_in_message(message: Mapping[str, Any]) -> Iterator[S3Change]:
 def parse_sqs_body(body: str) -> list[S3Change]:
     try:
         message = json.loads(body)
-    except (TypeError, json.JSONDecodeError):
-        raise EventError("the SQS message body is not JSON") from None
+    except (TypeError, ValueError, RecursionError):
+        raise EventError("the SQS message body is not JSON (or is nested too deeply)") from None
     if not isinstance(message, Mapping):
         raise EventError("the SQS message body is not a JSON object")
     # S3 -> SNS -> SQS wraps the notification once more.
@@ -106,6 +116,10 @@ def event_kind(event: Mapping[str, Any]) -> str:
     if isinstance(records, list) and records:
         source = records[0].get("eventSource") if isinstance(records[0], Mapping) else None
         if source == "aws:sqs":
+            for record in records:
+                if not (isinstance(record, Mapping) and isinstance(record.get("messageId"), str)
+                        and isinstance(record.get("body"), str)):
+                    raise EventError("an SQS record without a messageId or body")
             return "sqs"
         if source == "aws:s3":
             return "s3"

@@ -26,6 +26,7 @@ from .errors import ImageError, StoreUnavailableError
 from .events import S3Change, is_newer
 
 OK_STATUSES = ("indexed", "deleted", "skipped", "stale", "superseded")
+SETTLE_ROUNDS = 2  # times a key is applied again when its object changed while being indexed
 MISSING_CODES = ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
 
 
@@ -50,6 +51,10 @@ class Fetched:
     error: str | None = None  # transient S3 failure
     too_large: str | None = None  # permanent: the object is over the byte limit
     pixels: Any = None  # decoded model input (or its ImageError), made in the download thread
+
+
+def bare_etag(etag: str | None) -> str:
+    return (etag or "").strip('"')
 
 
 def has_image_extension(key: str) -> bool:
@@ -150,20 +155,15 @@ class Ingestor:
         return [o for o in outcomes if o is not None]
 
     def _apply_latest(self, changes: Sequence[S3Change], pending: list[int],
-                      outcomes: list[Outcome | None]) -> None:
-        try:
-            applied = self.catalog.store.get_images([changes[i].ref for i in pending])
-        except StoreUnavailableError as exc:
+                      outcomes: list[Outcome | None], round_: int = 0) -> None:
+        if round_ == 0:
+            fresh = self._not_stale(changes, pending, outcomes)
+        elif round_ > SETTLE_ROUNDS:
             for i in pending:
-                outcomes[i] = Outcome(changes[i], "retry", str(exc))
+                outcomes[i] = Outcome(changes[i], "retry", "the object kept changing meanwhile")
             return
-        fresh = []
-        for i in pending:
-            stored = applied.get(changes[i].ref)
-            if stored and not is_newer(changes[i].sequencer, stored.get("sequencer")):
-                outcomes[i] = Outcome(changes[i], "stale", "an equal or newer change was applied")
-            else:
-                fresh.append(i)
+        else:
+            fresh = pending
         started = self.clock()
         fetched = list(self.pool.map(lambda i: self.fetch_and_decode(*changes[i].ref), fresh))
         self.timings["fetch_ms"] = round((self.clock() - started) * 1000, 3)
@@ -187,6 +187,48 @@ class Ingestor:
                     pixels=got.pixels)))
         self._index(changes, to_index, outcomes)
         self._delete(changes, to_delete, outcomes)
+        drifted = self._drifted(changes, [(i, src) for i, src in to_index
+                                          if outcomes[i] and outcomes[i].status == "indexed"])
+        if drifted:
+            self._apply_latest(changes, drifted, outcomes, round_ + 1)
+
+    def _not_stale(self, changes, pending: list[int], outcomes) -> list[int]:
+        """The changes newer than what is applied for their key (by the stored sequencer)."""
+        try:
+            applied = self.catalog.store.get_images([changes[i].ref for i in pending])
+        except StoreUnavailableError as exc:
+            for i in pending:
+                outcomes[i] = Outcome(changes[i], "retry", str(exc))
+            return []
+        fresh = []
+        for i in pending:
+            stored = applied.get(changes[i].ref)
+            if stored and not is_newer(changes[i].sequencer, stored.get("sequencer")):
+                outcomes[i] = Outcome(changes[i], "stale", "an equal or newer change was applied")
+            else:
+                fresh.append(i)
+        return fresh
+
+    def _drifted(self, changes, indexed: list[tuple[int, ImageSource]]) -> list[int]:
+        """Keys whose object changed (or went) while we indexed it.
+
+        The order check and the write are not atomic: two invocations handling two changes of
+        one key at once can finish in the wrong order, the older image written last. Looking at
+        the object again after writing closes that window: if its ETag is no longer the one we
+        stored, the key is applied again from what the bucket holds now.
+        """
+        if not indexed:
+            return []
+
+        def current_etag(ref: tuple[str, str]) -> str | None:
+            try:
+                return bare_etag(self.s3.head_object(Bucket=ref[0], Key=ref[1]).get("ETag"))
+            except Exception as exc:
+                return None if _error_code(exc) in MISSING_CODES else "?"  # "?": cannot tell
+
+        now = list(self.pool.map(lambda item: current_etag(changes[item[0]].ref), indexed))
+        return [i for (i, source), etag in zip(indexed, now)
+                if etag != "?" and etag != bare_etag(source.etag)]
 
     def _index(self, changes, to_index, outcomes) -> None:
         if not to_index:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 from .catalog import Catalog
 from .events import S3Change
-from .ingest import Ingestor, Outcome
+from .ingest import Ingestor, Outcome, bare_etag
 from .store import CatalogStore, slug
 
 RETRIES = 3
@@ -54,10 +54,6 @@ class SyncReport:
         out = {k: v for k, v in self.__dict__.items() if k != "problems"}
         out["problems"] = self.problems[:50]
         return out
-
-
-def bare_etag(etag: str | None) -> str:
-    return (etag or "").strip('"')
 
 
 def md5_etag(data: bytes) -> str:
