@@ -211,7 +211,7 @@ FLAT_FILTERS = ("category", "brand", "product_id")
 
 def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     """pydantic's errors as field-level messages, without echoing the (maybe huge) input."""
-    return [{"loc": [str(part) for part in err["loc"]] or ["body"], "msg": err["msg"],
+    return [{"loc": [str(part)[:100] for part in err["loc"]] or ["body"], "msg": err["msg"],
              "type": err["type"]}
             for err in exc.errors(include_url=False, include_input=False)][:20]
 

@@ -7,6 +7,7 @@ the API can report where the milliseconds went.
 from __future__ import annotations
 
 import atexit
+from email.header import decode_header, make_header
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -85,8 +86,19 @@ def parse_price(raw: str | None) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def decode_metadata_value(value: Any) -> str:
+    """S3 stores non-ASCII user metadata as RFC 2047 encoded-words (=?UTF-8?B?...?=): decode."""
+    text = str(value)
+    if "=?" not in text or "?=" not in text:
+        return text
+    try:
+        return str(make_header(decode_header(text)))
+    except (ValueError, LookupError, UnicodeDecodeError):
+        return text
+
+
 def build_payload(source: ImageSource, model_id: str) -> dict[str, Any]:
-    meta = {k.lower(): v for k, v in source.metadata.items()}
+    meta = {k.lower(): decode_metadata_value(v) for k, v in source.metadata.items()}
     payload: dict[str, Any] = {
         "product_id": product_id_for(source.key, meta),
         "bucket": source.bucket,

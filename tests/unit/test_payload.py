@@ -41,3 +41,10 @@ def test_payload_fields():
     ("a", "image/png", True), ("notes.csv", "text/csv", False)])
 def test_is_image_key(key, content_type, expected):
     assert is_image_key(key, content_type) is expected
+
+
+def test_rfc2047_metadata_is_decoded():
+    source = ImageSource("b", "k/a.jpg", b"x", {"title": "=?UTF-8?B?Q2Fmw6kgQ3LDqG1l?=",
+                                                 "brand": "=?utf-8?q?K=C3=A4se?="})
+    payload = build_payload(source, "m")
+    assert payload["title"] == "Café Crème" and payload["brand"] == "Käse"

@@ -166,6 +166,8 @@ class NotificationBridge:
                 self.queue.put(message)
                 time.sleep(0.05)
                 continue
+            with self._lock:  # in flight from the moment it leaves the queue
+                self._in_flight += 1
             batch.append(message)
             deadline = deadline or time.monotonic() + self.batch_window_s
         return batch
@@ -209,8 +211,6 @@ class NotificationBridge:
         while not self._stop.is_set():
             batch = self._next_batch()
             if batch:
-                with self._lock:
-                    self._in_flight += len(batch)
                 try:
                     self.deliver(batch)
                 finally:

@@ -154,11 +154,14 @@ class DevStack:
         self.log(f"demo catalogue: uploaded {len(todo)} images to s3://{self.options.bucket}/catalog/;"
                  f" indexing through the ingest function ...")
         started = time.monotonic()
-        time.sleep(self.bridge.interval_s * 2)
-        while self.bridge.pending() and time.monotonic() - started < 120:
+        store = self.ingest.ingestor.catalog.store
+        refs = [(self.options.bucket, f"catalog/{img.key}") for img in images]
+        while time.monotonic() - started < 120:  # until every demo image is in the catalogue
+            if len(store.get_images(refs)) == len(refs) or self.bridge.dead_letters:
+                break
             time.sleep(0.1)
         self.log(f"demo catalogue indexed in {time.monotonic() - started:.1f} s "
-                 f"({self.ingest.ingestor.catalog.store.count()} images in the catalogue)")
+                 f"({store.count()} images in the catalogue)")
 
     # -- banner, run, stop -------------------------------------------------------------------
 
