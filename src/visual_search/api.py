@@ -225,7 +225,9 @@ class SearchApi:
             return None
         if len(self._urls) >= URL_CACHE_SIZE:
             self._urls.clear()
-        self._urls[(bucket, key)] = (url, now + ttl / 2)
+        # Reused for at most 5 minutes: the URL is also bound to the function's temporary
+        # credentials, which Lambda renews.
+        self._urls[(bucket, key)] = (url, now + min(ttl / 2, 300))
         return url
 
     def _shape(self, result: SearchResult, options: SearchOptions) -> dict:
