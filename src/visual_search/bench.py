@@ -299,43 +299,45 @@ def machine() -> dict:
             "onnxruntime": onnxruntime.__version__}
 
 
+def markdown(headers: tuple[str, ...], rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(f"{v:,}" if isinstance(v, int) else str(v) for v in row) + " |"
+              for row in rows]
+    return "\n".join(lines)
+
+
 def print_table(report: dict) -> None:
     print(f"model {report['model']}, bare session.run {report['bare_session_run_ms']} ms "
           f"({report['threads']} threads)")
-    header = ("image", "bytes", "decode+prep ms", "naive decode+prep ms", "inference ms", "total ms", "decode/infer",
-              "total/bare run")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in report["embed"]:
-        print(f"| {row['image']} | {row['bytes']:,} | {row['decode_preprocess_ms']} | "
-              f"{row['naive_decode_preprocess_ms']} | {row['inference_ms']} | {row['total_ms']} | {row['decode_vs_inference']} | "
-              f"{row['total_vs_bare_run']} |")
+    print(markdown(("image", "bytes", "decode+prep ms", "naive decode+prep ms", "inference ms",
+                    "total ms", "decode/infer", "total/bare run"),
+                   [(r["image"], r["bytes"], r["decode_preprocess_ms"],
+                     r["naive_decode_preprocess_ms"], r["inference_ms"], r["total_ms"],
+                     r["decode_vs_inference"], r["total_vs_bare_run"]) for r in report["embed"]]))
 
 
 def print_ingest(report: dict) -> None:
-    print("\n| batch | ingest images/s | bare model images/s | ratio |")
-    print("|---|---|---|---|")
-    for row in report["ingest"]:
-        print(f"| {row['batch']} | {row['images_per_s']} | {row['bare_model_images_per_s']} | "
-              f"{row['ratio_to_bare']} |")
+    print()
+    print(markdown(("batch", "ingest images/s", "bare model images/s", "ratio"),
+                   [(r["batch"], r["images_per_s"], r["bare_model_images_per_s"],
+                     r["ratio_to_bare"]) for r in report["ingest"]]))
 
 
 def print_search(report: dict) -> None:
     print(f"\nbare session.run {report['search_bare_session_run_ms']} ms")
-    print("| points | filter | median ms | p99 ms | decode | embed | search | median/bare run |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in report["search"]:
-        print(f"| {r['points']:,} | {r['filter']} | {r['median_ms']} | {r['p99_ms']} | "
-              f"{r['decode_ms']} | {r['embed_ms']} | {r['search_ms']} | {r['median_vs_bare_run']} |")
+    print(markdown(("points", "filter", "median ms", "p99 ms", "decode", "embed", "search",
+                    "median/bare run"),
+                   [(r["points"], r["filter"], r["median_ms"], r["p99_ms"], r["decode_ms"],
+                     r["embed_ms"], r["search_ms"], r["median_vs_bare_run"])
+                    for r in report["search"]]))
 
 
 def print_scale(report: dict) -> None:
-    print(f"\nembedded Qdrant, vector search only (bare session.run {report['scale_bare_session_run_ms']} ms)")
-    print("| points | filter | median ms | p90 ms | median/bare run | load s |")
-    print("|---|---|---|---|---|---|")
-    for r in report["scale"]:
-        print(f"| {r['points']:,} | {r['filter']} | {r['median_ms']} | {r['p90_ms']} | "
-              f"{r['median_vs_bare_run']} | {r['load_s']} |")
+    print(f"\nembedded Qdrant, vector search only "
+          f"(bare session.run {report['scale_bare_session_run_ms']} ms)")
+    print(markdown(("points", "filter", "median ms", "p90 ms", "median/bare run", "load s"),
+                   [(r["points"], r["filter"], r["median_ms"], r["p90_ms"],
+                     r["median_vs_bare_run"], r["load_s"]) for r in report["scale"]]))
 
 
 def print_cold(report: dict) -> None:

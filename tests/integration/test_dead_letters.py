@@ -6,11 +6,9 @@ import json
 
 import boto3
 import pytest
-from moto import mock_aws
 
-from tests.integration.test_ingest import BUCKET, World
+from tests.integration.test_ingest import ingest_world
 from visual_search.cli import main
-from visual_search.lambdas import load_function
 
 
 def poll_once(sqs, queue_url: str, handler) -> int:
@@ -36,9 +34,7 @@ def queues(monkeypatch, embedder, qdrant_shim):
     monkeypatch.setenv("QDRANT_URL", qdrant_shim.url)
     monkeypatch.setenv("COLLECTION", "dead-letters")
     monkeypatch.setenv("QDRANT_TIMEOUT", "2")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=BUCKET)
+    with ingest_world() as world:
         sqs = boto3.client("sqs", region_name="us-east-1")
         dlq = sqs.create_queue(QueueName="ingest-dlq")["QueueUrl"]
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
@@ -47,7 +43,6 @@ def queues(monkeypatch, embedder, qdrant_shim):
             "VisibilityTimeout": "0",
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"})})[
             "QueueUrl"]
-        world = World(load_function("ingest"), s3)
         yield world, sqs, queue, dlq
         world.store.drop_collection(world.store.physical_collection())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote_plus
 
@@ -76,16 +77,26 @@ class World:
         assert indexed == images
 
 
-@pytest.fixture
-def world(monkeypatch, embedder):
-    monkeypatch.setenv("QDRANT_PATH", ":memory:")
-    monkeypatch.delenv("QDRANT_URL", raising=False)
+@contextmanager
+def ingest_world():
+    """moto S3 with the bucket, and the ingest function loaded as a fresh container (its store
+    configured by the environment at that moment)."""
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
         app = load_function("ingest")
-        yield World(app, s3)
-        app.ingestor.catalog.store.close()
+        try:
+            yield World(app, s3)
+        finally:
+            app.ingestor.catalog.store.close()
+
+
+@pytest.fixture
+def world(monkeypatch, embedder):
+    monkeypatch.setenv("QDRANT_PATH", ":memory:")
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    with ingest_world() as w:
+        yield w
 
 
 @pytest.fixture
@@ -194,10 +205,7 @@ def test_prefix_and_suffix_filter(monkeypatch, embedder, photos):
     monkeypatch.setenv("QDRANT_PATH", ":memory:")
     monkeypatch.setenv("INGEST_PREFIX", "catalog/")
     monkeypatch.setenv("INGEST_SUFFIXES", ".jpg")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=BUCKET)
-        w = World(load_function("ingest"), s3)
+    with ingest_world() as w:
         w.deliver(w.put("catalog/p/a.jpg", photos[0]), w.put("other/p/b.jpg", photos[1]),
                   w.put("catalog/p/c.png", photos[2]))
         assert {h.payload["key"] for h in w.store.scroll()} == {"catalog/p/a.jpg"}
@@ -274,10 +282,7 @@ def test_qdrant_down_then_recovered(monkeypatch, embedder, photos, qdrant_shim):
     monkeypatch.setenv("QDRANT_URL", qdrant_shim.url)
     monkeypatch.setenv("COLLECTION", "ingest-outage")
     monkeypatch.setenv("QDRANT_TIMEOUT", "2")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=BUCKET)
-        w = World(load_function("ingest"), s3)
+    with ingest_world() as w:
         w.deliver(w.put("catalog/p0/gone.jpg", photos[2]))
         event = sqs({"Records": [w.put("catalog/p1/a.jpg", photos[0])]},
                     {"Records": [w.put("catalog/p2/b.jpg", photos[1])]},
