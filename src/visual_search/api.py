@@ -23,7 +23,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 
 from .api_models import (ErrorResponse, HealthResponse, SearchOptions, SearchRequest,
                          SearchResponse, UploadRequest, UploadResponse, options_from_fields,
-                         parse_options, validation_details)
+                         parse_options)
 from .catalog import Catalog, SearchResult
 from .config import Settings
 from .errors import (NotFoundError, RequestError, StoreUnavailableError, VisualSearchError)

@@ -62,10 +62,10 @@ def embed_breakdown(repeat: int) -> dict:
     rows = []
     for name, (side, fmt) in SIZES.items():
         data = sample_image(side, fmt)
-        decode = timed(lambda: embedder.preprocess(data), repeat)["median_ms"]
-        naive = timed(lambda: naive_preprocess(data, card.preprocess), repeat)["median_ms"]
+        decode = timed(lambda d=data: embedder.preprocess(d), repeat)["median_ms"]
+        naive = timed(lambda d=data: naive_preprocess(d, card.preprocess), repeat)["median_ms"]
         infer = timed(lambda: embedder.embed_pixels(tensor), repeat)["median_ms"]
-        total = timed(lambda: embedder.embed(data), repeat)["median_ms"]
+        total = timed(lambda d=data: embedder.embed(d), repeat)["median_ms"]
         rows.append({"image": name, "bytes": len(data), "decode_preprocess_ms": decode,
                      "naive_decode_preprocess_ms": naive,
                      "inference_ms": infer, "total_ms": total,
@@ -127,7 +127,7 @@ def ingest_throughput(repeat: int) -> dict:
         for batch in (1, 10, 32):
             changes = [S3Change("bench", f"p{n}/img.jpg", "created", "ObjectCreated:Put")
                        for n in range(batch)]
-            median = timed(lambda: ingestor.apply(changes), max(3, repeat // 3))["median_ms"]
+            median = timed(lambda c=changes: ingestor.apply(c), max(3, repeat // 3))["median_ms"]
             bare = bare_throughput(embedder, batch, max(3, repeat // 3))
             got = batch / (median / 1000.0)
             rows.append({"batch": batch, "images_per_s": round(got, 1),
@@ -238,7 +238,8 @@ def store_scaling(repeat: int, sizes=(1000, 10000, 100000)) -> dict:
         for label, filters in (("none", {}), ("category+price", {
                 "category": "Milk", "price": {"gte": 5, "lte": 30}})):
             q = Query(top_k=10, filters=filters)
-            stats = timed(lambda: store.search(query, q), max(5, repeat // (size // 1000 or 1)))
+            stats = timed(lambda s=store, q=q: s.search(query, q),
+                          max(5, repeat // (size // 1000 or 1)))
             rows.append({"points": size, "filter": label, **stats,
                          "median_vs_bare_run": round(stats["median_ms"] / bare, 2),
                          "load_s": round(load_s, 1)})

@@ -51,7 +51,7 @@ def ingest_folder(catalog, folder: Path, bucket: str, batch: int = 16, quiet: bo
     return counts
 
 
-def _query_from_args(args) -> "Query":
+def _query_from_args(args):
     from .store import Query
 
     filters: dict = {}

@@ -105,7 +105,6 @@ def evaluate(folder: Path, embedder: Embedder | PixelEmbedder, limit: int | None
     catalog = Catalog(embedder, store, reranker)  # type: ignore[arg-type]
     progress = progress or (lambda n: None)
     started = time.perf_counter()
-    vectors: dict[str, np.ndarray] = {}
     for start in range(0, len(images), batch):
         chunk = images[start:start + batch]
         sources = [ImageSource("eval", img.key, img.path.read_bytes(),

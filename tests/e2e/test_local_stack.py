@@ -8,7 +8,6 @@ import urllib.error
 import urllib.request
 
 import boto3
-import pytest
 from qdrant_client import QdrantClient
 
 from tests.e2e.conftest import RunningStack

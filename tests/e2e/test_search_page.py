@@ -2,7 +2,6 @@
 photo, see its product first, save a screenshot as a test artefact."""
 from __future__ import annotations
 
-import io
 import shutil
 from pathlib import Path
 

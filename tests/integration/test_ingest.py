@@ -2,7 +2,6 @@
 for outages). Every case ends by checking the catalogue against the bucket."""
 from __future__ import annotations
 
-import io
 import itertools
 import json
 from contextlib import contextmanager
@@ -13,11 +12,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
-from PIL import Image, ImageOps
 
-from tests.conftest import jpeg_bytes
 from visual_search.lambdas import LambdaContext, load_function
-from visual_search.store import point_id
 
 BUCKET = "product-images"
 EVENTS = Path(__file__).resolve().parents[2] / "events"

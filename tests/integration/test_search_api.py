@@ -4,7 +4,6 @@ embedded Qdrant holding the demo catalogue embedded by the real model."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
