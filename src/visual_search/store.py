@@ -128,7 +128,15 @@ def connect(settings: StoreSettings) -> QdrantClient:
                             check_compatibility=False)
     if settings.path == ":memory:":
         return QdrantClient(location=":memory:")
-    return QdrantClient(path=settings.path)
+    try:
+        return QdrantClient(path=settings.path)
+    except RuntimeError as exc:
+        if "already accessed" not in str(exc):
+            raise
+        raise StoreUnavailableError(
+            f"the embedded Qdrant folder {settings.path} is in use by another process (a running "
+            f"`visual-search dev`?): embedded Qdrant allows one; stop it, use another QDRANT_PATH, "
+            f"or run a Qdrant server and set QDRANT_URL") from None
 
 
 class CatalogStore:

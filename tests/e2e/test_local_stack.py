@@ -119,3 +119,17 @@ def test_restart_keeps_bucket_and_catalogue_and_releases_the_lock(tmp_path, demo
         assert keys == ["catalog/kept/a.jpg"]
     finally:
         assert second.stop() == 0
+
+
+def test_a_second_stack_on_the_same_data_folder_is_refused(stack):
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import free_port
+    result = subprocess.run([sys.executable, "-m", "visual_search", "dev", "--no-demo",
+                             "--api-port", str(free_port()), "--s3-port", str(free_port()),
+                             "--data-dir", str(stack.data_dir)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "in use by another process" in result.stderr
+    assert stack.get("/health")["store_reachable"]  # the running stack is unharmed

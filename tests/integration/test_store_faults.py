@@ -62,3 +62,14 @@ def test_a_collection_deleted_underneath_is_recreated(qdrant_shim):
         store.count()
     assert store.count() == 0  # the next request finds it missing and creates it again
     store.drop_collection(store.physical_collection())
+
+
+def test_a_locked_embedded_folder_is_a_clear_error(tmp_path):
+    from visual_search.store import connect
+
+    holder = connect(StoreSettings(path=str(tmp_path / "qdrant")))
+    try:
+        with pytest.raises(StoreUnavailableError, match="in use by another process"):
+            connect(StoreSettings(path=str(tmp_path / "qdrant")))
+    finally:
+        holder.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import StoreUnavailableError
 from ..folders import DEMO_CATALOG, scan
 
 UPLOAD_PREFIX = "query-uploads/"
@@ -92,12 +93,8 @@ class DevStack:
 
         try:
             ingest = load_function("ingest")
-        except RuntimeError as exc:
-            if "already accessed" in str(exc):
-                raise StackError(f"the data folder {self.options.data_dir / 'qdrant'} is in use by "
-                                 f"another process (embedded Qdrant allows one); stop it or pass "
-                                 f"--data-dir") from None
-            raise
+        except StoreUnavailableError as exc:
+            raise StackError(f"{exc} (or pass --data-dir)") from None
         search = load_function("search", fresh_catalog=False)  # the same catalogue and client
         return ingest, search
 
