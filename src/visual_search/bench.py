@@ -35,13 +35,31 @@ def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
             "p90_ms": round(samples[int(0.9 * (len(samples) - 1))], 3)}
 
 
-def sample_image(side: int, fmt: str) -> bytes:
-    """A real demo photo scaled to ``side`` px on its long edge, saved as ``fmt``."""
-    photo = Image.open(scan(DEMO_CATALOG)[0].path).convert("RGB")
+def scaled_photo(path, side: int, fmt: str) -> bytes:
+    """A real photo scaled to ``side`` x 3/4 ``side`` px, saved as ``fmt`` (JPEG quality 90)."""
+    photo = Image.open(path).convert("RGB")
     photo = photo.resize((side, side * 3 // 4), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
     photo.save(buffer, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return buffer.getvalue()
+
+
+def sample_image(side: int, fmt: str) -> bytes:
+    """The first demo photo scaled to ``side`` px on its long edge, saved as ``fmt``."""
+    return scaled_photo(scan(DEMO_CATALOG)[0].path, side, fmt)
+
+
+def prepared_batch(embedder, batch: int) -> np.ndarray:
+    """A model-ready tensor of ``batch`` copies of a 224 px sample image."""
+    return np.stack([embedder.preprocess(sample_image(224, "PNG"))] * batch)
+
+
+def bare_run_ms(embedder, repeat: int, batch: int = 1) -> float:
+    """Median ms of session.run alone on a prepared batch: the yardstick of every ratio."""
+    card = embedder.card
+    tensor = prepared_batch(embedder, batch)
+    return timed(lambda: embedder.session.run([card.embedding_output], {card.input_name: tensor}),
+                 repeat)["median_ms"]
 
 
 def naive_preprocess(data: bytes, prep) -> np.ndarray:
@@ -56,9 +74,8 @@ def naive_preprocess(data: bytes, prep) -> np.ndarray:
 def embed_breakdown(repeat: int) -> dict:
     embedder = load_embedder()
     card = embedder.card
-    tensor = embedder.preprocess(sample_image(224, "PNG"))[None]
-    bare = timed(lambda: embedder.session.run([card.embedding_output], {card.input_name: tensor}),
-                 repeat)["median_ms"]
+    tensor = prepared_batch(embedder, 1)
+    bare = bare_run_ms(embedder, repeat)
     rows = []
     for name, (side, fmt) in SIZES.items():
         data = sample_image(side, fmt)
@@ -77,24 +94,13 @@ def embed_breakdown(repeat: int) -> dict:
 
 def sample_photos(count: int, side: int = 1000) -> list[bytes]:
     """``count`` different demo photos as ~``side`` px JPEGs (quality 90)."""
-    photos = []
     images = scan(DEMO_CATALOG)
-    for n in range(count):
-        photo = Image.open(images[n % len(images)].path).convert("RGB")
-        photo = photo.resize((side, side * 3 // 4), Image.Resampling.BICUBIC)
-        buffer = io.BytesIO()
-        photo.save(buffer, "JPEG", quality=90)
-        photos.append(buffer.getvalue())
-    return photos
+    return [scaled_photo(images[n % len(images)].path, side, "JPEG") for n in range(count)]
 
 
 def bare_throughput(embedder, batch: int, repeat: int) -> float:
     """Images per second of session.run alone on a prepared batch."""
-    card = embedder.card
-    tensor = np.stack([embedder.preprocess(sample_image(224, "PNG"))] * batch)
-    median = timed(lambda: embedder.session.run([card.embedding_output],
-                                                {card.input_name: tensor}), repeat)["median_ms"]
-    return batch / (median / 1000.0)
+    return batch / (bare_run_ms(embedder, repeat, batch) / 1000.0)
 
 
 def ingest_throughput(repeat: int) -> dict:
@@ -171,10 +177,7 @@ def search_latency(repeat: int, sizes=(1000, 10000)) -> dict:
     from .store import CatalogStore
 
     embedder = load_embedder()
-    card = embedder.card
-    tensor = embedder.preprocess(sample_image(224, "PNG"))[None]
-    bare = timed(lambda: embedder.session.run([card.embedding_output], {card.input_name: tensor}),
-                 repeat)["median_ms"]
+    bare = bare_run_ms(embedder, repeat)
     query = base64.b64encode(sample_photos(1)[0]).decode()
     settings = load_settings()
     rows = []
@@ -220,10 +223,7 @@ def store_scaling(repeat: int, sizes=(1000, 10000, 100000)) -> dict:
     from .store import CatalogStore, Query
 
     embedder = load_embedder()
-    card = embedder.card
-    tensor = embedder.preprocess(sample_image(224, "PNG"))[None]
-    bare = timed(lambda: embedder.session.run([card.embedding_output], {card.input_name: tensor}),
-                 repeat)["median_ms"]
+    bare = bare_run_ms(embedder, repeat)
     query = embedder.embed(sample_photos(1)[0])
     rows = []
     for size in sizes:
@@ -348,7 +348,14 @@ def print_cold(report: dict) -> None:
           f"total {c['total_ms']} ms; peak RSS {c['peak_rss_mb']} MB")
 
 
-SECTIONS = ("embed", "ingest", "search", "scale", "cold")
+# section: (measure it, print its table)
+SECTIONS = {
+    "embed": (lambda args: embed_breakdown(args.repeat), print_table),
+    "ingest": (lambda args: ingest_throughput(args.repeat), print_ingest),
+    "search": (lambda args: search_latency(args.repeat), print_search),
+    "scale": (lambda args: store_scaling(args.repeat), print_scale),
+    "cold": (lambda args: cold_start(), print_cold),
+}
 
 
 def run_bench(args) -> int:
@@ -358,25 +365,10 @@ def run_bench(args) -> int:
     get_settings()
     wanted = set(args.only.split(",")) if args.only else set(SECTIONS)
     report: dict = {"machine": machine()}
-    if "embed" in wanted:
-        report.update(embed_breakdown(args.repeat))
-        if not args.json:
-            print_table(report)
-    if "ingest" in wanted:
-        report.update(ingest_throughput(args.repeat))
-        if not args.json:
-            print_ingest(report)
-    if "search" in wanted:
-        report.update(search_latency(args.repeat))
-        if not args.json:
-            print_search(report)
-    if "scale" in wanted:
-        report.update(store_scaling(args.repeat))
-        if not args.json:
-            print_scale(report)
-    if "cold" in wanted:
-        report.update(cold_start())
-        if not args.json:
-            print_cold(report)
+    for name, (measure, show) in SECTIONS.items():
+        if name in wanted:
+            report.update(measure(args))
+            if not args.json:
+                show(report)
     print(json.dumps(report))
     return 0
