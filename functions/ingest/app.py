@@ -12,14 +12,12 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from visual_search.aws import s3_client
 from visual_search.catalog import get_catalog
-from visual_search.config import get_settings
 from visual_search.events import (EventError, S3Change, changes_in_message, event_kind,
                                   parse_sqs_body)
 from visual_search.ingest import Ingestor, Outcome
 from visual_search.observability import MetricUnit, logger, metrics, tracer
 
-settings = get_settings()
-ingestor = Ingestor(get_catalog(), s3_client(), settings.ingest, settings.images)
+ingestor = Ingestor.configured(get_catalog(), s3_client())
 
 METRIC_NAMES = {"indexed": "ImagesIndexed", "deleted": "ImagesDeleted", "skipped": "ImagesSkipped",
                 "failed": "ImagesFailed", "retry": "TransientFailures",

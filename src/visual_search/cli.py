@@ -78,10 +78,10 @@ def _print_hits(result, as_json: bool) -> None:
 
 
 def cmd_demo(args) -> int:
+    import os
+
     from .catalog import get_catalog
     from .folders import DEMO_CATALOG, scan
-
-    import os
 
     folder = Path(args.folder or DEMO_CATALOG)
     if not os.environ.get("QDRANT_URL") and not args.persist:
@@ -102,12 +102,10 @@ def cmd_demo(args) -> int:
 def _syncer(quiet: bool, desc: str):
     from .aws import s3_client
     from .catalog import get_catalog
-    from .config import get_settings
     from .ingest import Ingestor
     from .sync import Syncer
 
-    settings = get_settings()
-    ingestor = Ingestor(get_catalog(), s3_client(), settings.ingest, settings.images)
+    ingestor = Ingestor.configured(get_catalog(), s3_client())
     bar = _progress(None, None, desc, quiet)
     return Syncer(ingestor, progress=bar.update), bar
 

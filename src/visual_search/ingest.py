@@ -78,6 +78,13 @@ class Ingestor:
                                        thread_name_prefix="s3-fetch")
         self.timings: dict[str, float] = {}
 
+    @classmethod
+    def configured(cls, catalog: Catalog, s3_client: Any) -> "Ingestor":
+        """With the environment's ingest settings and the catalogue embedder's image limits."""
+        from .config import get_settings
+
+        return cls(catalog, s3_client, get_settings().ingest, catalog.embedder.limits)
+
     # -- filtering ---------------------------------------------------------------------------
 
     def skip_reason(self, key: str) -> str | None:

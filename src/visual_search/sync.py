@@ -197,8 +197,7 @@ def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = N
     new_store = store.for_collection(new)
     new_store.create_physical(new)
     new_store._ready = True
-    ingestor = Ingestor(Catalog(catalog.embedder, new_store, catalog.reranker), s3, _ingest_settings(catalog),
-                        catalog.embedder.limits)
+    ingestor = Ingestor.configured(Catalog(catalog.embedder, new_store, catalog.reranker), s3)
     syncer = Syncer(ingestor, progress)
     reports = {}
     for bucket, prefix in sources:
@@ -209,7 +208,7 @@ def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = N
     store.point_alias(new)
     store._ready = False
     log(f"alias {store.collection!r} now points at {new}")
-    catch_up = Syncer(Ingestor(catalog, s3, _ingest_settings(catalog), catalog.embedder.limits))
+    catch_up = Syncer(Ingestor.configured(catalog, s3))
     for bucket, prefix in sources:
         catch_up.reconcile(bucket, prefix)
     if old and old != store.collection and not keep_old:
@@ -217,8 +216,3 @@ def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = N
         log(f"dropped the old collection {old}")
     return {"collection": new, "previous": old, "sources": reports}
 
-
-def _ingest_settings(catalog: Catalog):
-    from .config import get_settings
-
-    return get_settings().ingest
