@@ -23,7 +23,8 @@ def ingest_folder(catalog, folder: Path, bucket: str, batch: int = 16, quiet: bo
     """
     from .catalog import ImageSource
     from .folders import scan
-    from .sync import bare_etag, md5_etag
+    from .ingest import bare_etag
+    from .sync import md5_etag
 
     images = scan(folder)
     counts = {"indexed": 0, "unchanged": 0, "failed": 0}

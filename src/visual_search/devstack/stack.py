@@ -134,19 +134,21 @@ class DevStack:
 
     def upload_demo(self) -> None:
         """Put the demo catalogue into the bucket; the normal ingest path indexes it."""
-        from ..sync import bare_etag, md5_etag
+        from ..ingest import bare_etag
+        from ..sync import md5_etag
 
         images = scan(self.options.demo_folder)
         present = {k: e for k, (e, _) in self.bridge.listing().items()}
+        data = {img.key: img.path.read_bytes() for img in images}
         todo = [img for img in images
-                if bare_etag(present.get(f"catalog/{img.key}")) != md5_etag(img.path.read_bytes())]
+                if bare_etag(present.get(f"catalog/{img.key}")) != md5_etag(data[img.key])]
         if not todo:
             self.log(f"demo catalogue: {len(images)} images already in the bucket")
             return
         for img in todo:
             metadata = {k: v for k, v in img.metadata.items() if v}
             self.s3.put_object(Bucket=self.options.bucket, Key=f"catalog/{img.key}",
-                               Body=img.path.read_bytes(), Metadata=metadata,
+                               Body=data[img.key], Metadata=metadata,
                                ContentType=img.content_type)
         self.log(f"demo catalogue: uploaded {len(todo)} images to s3://{self.options.bucket}/catalog/;"
                  f" indexing through the ingest function ...")
