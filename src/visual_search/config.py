@@ -102,6 +102,7 @@ class IngestSettings:
     prefix: str = ""
     suffixes: tuple[str, ...] = ()
     download_workers: int = 8
+    embed_chunk: int = 8  # images embedded together as soon as they are downloaded
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ def load_settings() -> Settings:
         prefix=_env("INGEST_PREFIX", ""),
         suffixes=tuple(s.lower() for s in _env_list("INGEST_SUFFIXES")),
         download_workers=_env_int("INGEST_DOWNLOAD_WORKERS", 8),
+        embed_chunk=max(1, _env_int("INGEST_EMBED_CHUNK", 8)),
     )
     api = ApiSettings(
         bucket=os.environ.get("BUCKET") or None,

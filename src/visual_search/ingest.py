@@ -15,7 +15,7 @@ retried.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Callable, Sequence
@@ -156,6 +156,7 @@ class Ingestor:
                 latest[change.ref] = i
             else:
                 outcomes[i] = Outcome(change, "superseded", "a newer change of the key")
+        self.timings.clear()
         pending = [i for i in latest.values()]
         if pending:
             self._apply_latest(changes, pending, outcomes)
@@ -163,6 +164,12 @@ class Ingestor:
 
     def _apply_latest(self, changes: Sequence[S3Change], pending: list[int],
                       outcomes: list[Outcome | None], round_: int = 0) -> None:
+        """Download, embed and write the latest change of each key, as a pipeline.
+
+        Images are embedded in chunks as soon as a chunk's worth has been downloaded and
+        decoded, so S3 latency overlaps inference; the after-write checks of one chunk run while
+        the next chunk is embedded.
+        """
         if round_ == 0:
             fresh = self._not_stale(changes, pending, outcomes)
         elif round_ > SETTLE_ROUNDS:
@@ -172,32 +179,44 @@ class Ingestor:
         else:
             fresh = pending
         started = self.clock()
-        fetched = list(self.pool.map(lambda i: self.fetch_and_decode(*changes[i].ref), fresh))
-        self.timings["fetch_ms"] = round((self.clock() - started) * 1000, 3)
-        to_index: list[tuple[int, ImageSource]] = []
+        downloads = {self.pool.submit(self.fetch_and_decode, *changes[i].ref): i for i in fresh}
+        ready: list[tuple[int, ImageSource]] = []
         to_delete: list[int] = []
-        for i, got in zip(fresh, fetched):
-            change = changes[i]
-            if got.error:
-                outcomes[i] = Outcome(change, "retry", got.error)
-            elif not got.exists:
-                to_delete.append(i)
-            elif got.too_large:
-                outcomes[i] = Outcome(change, "failed", got.too_large)
-            elif not self.is_image(change.key, got):
-                outcomes[i] = Outcome(change, "skipped", "not an image (by content type)")
-            else:
-                to_index.append((i, ImageSource(
-                    change.bucket, change.key, got.data, got.head["metadata"],
-                    content_type=got.head["content_type"], etag=got.head["etag"],
-                    version_id=got.head["version_id"], sequencer=change.sequencer,
-                    pixels=got.pixels)))
-        self._index(changes, to_index, outcomes)
+        checks: list[tuple[int, ImageSource, Future]] = []
+        for done in as_completed(downloads):
+            i = downloads[done]
+            source = self._sort(changes[i], done.result(), i, outcomes, to_delete)
+            if source is not None:
+                ready.append((i, source))
+            if len(ready) >= self.settings.embed_chunk:
+                checks += self._index_then_check(changes, ready, outcomes)
+                ready = []
+        checks += self._index_then_check(changes, ready, outcomes)
         self._delete(changes, to_delete, outcomes)
-        drifted = self._drifted(changes, [(i, src) for i, src in to_index
-                                          if outcomes[i] and outcomes[i].status == "indexed"])
+        self.timings["apply_ms"] = round((self.clock() - started) * 1000, 3)
+        drifted = [i for i, source, check in checks
+                   if check.result() not in ("?", bare_etag(source.etag))]
         if drifted:
             self._apply_latest(changes, drifted, outcomes, round_ + 1)
+
+    def _sort(self, change: S3Change, got: Fetched, i: int, outcomes: list[Outcome | None],
+              to_delete: list[int]) -> ImageSource | None:
+        """What one download means: an image to index, a point to delete, or an outcome now."""
+        if got.error:
+            outcomes[i] = Outcome(change, "retry", got.error)
+        elif not got.exists:
+            to_delete.append(i)
+        elif got.too_large:
+            outcomes[i] = Outcome(change, "failed", got.too_large)
+        elif not self.is_image(change.key, got):
+            outcomes[i] = Outcome(change, "skipped", "not an image (by content type)")
+        else:
+            return ImageSource(
+                change.bucket, change.key, got.data, got.head["metadata"],
+                content_type=got.head["content_type"], etag=got.head["etag"],
+                version_id=got.head["version_id"], sequencer=change.sequencer,
+                pixels=got.pixels)
+        return None
 
     def _not_stale(self, changes, pending: list[int], outcomes) -> list[int]:
         """The changes newer than what is applied for their key (by the stored sequencer)."""
@@ -216,26 +235,25 @@ class Ingestor:
                 fresh.append(i)
         return fresh
 
-    def _drifted(self, changes, indexed: list[tuple[int, ImageSource]]) -> list[int]:
-        """Keys whose object changed (or went) while we indexed it.
+    def _index_then_check(self, changes, chunk: list[tuple[int, ImageSource]],
+                          outcomes) -> list[tuple[int, ImageSource, Future]]:
+        """Index a chunk, then start looking at each written object again.
 
         The order check and the write are not atomic: two invocations handling two changes of
         one key at once can finish in the wrong order, the older image written last. Looking at
         the object again after writing closes that window: if its ETag is no longer the one we
         stored, the key is applied again from what the bucket holds now.
         """
-        if not indexed:
-            return []
+        self._index(changes, chunk, outcomes)
+        return [(i, source, self.pool.submit(self.current_etag, changes[i].ref))
+                for i, source in chunk if outcomes[i] and outcomes[i].status == "indexed"]
 
-        def current_etag(ref: tuple[str, str]) -> str | None:
-            try:
-                return bare_etag(self.s3.head_object(Bucket=ref[0], Key=ref[1]).get("ETag"))
-            except Exception as exc:
-                return None if _error_code(exc) in MISSING_CODES else "?"  # "?": cannot tell
-
-        now = list(self.pool.map(lambda item: current_etag(changes[item[0]].ref), indexed))
-        return [i for (i, source), etag in zip(indexed, now)
-                if etag != "?" and etag != bare_etag(source.etag)]
+    def current_etag(self, ref: tuple[str, str]) -> str | None:
+        """The object's ETag now; None when it is gone, "?" when S3 cannot tell."""
+        try:
+            return bare_etag(self.s3.head_object(Bucket=ref[0], Key=ref[1]).get("ETag"))
+        except Exception as exc:
+            return None if _error_code(exc) in MISSING_CODES else "?"
 
     def _index(self, changes, to_index, outcomes) -> None:
         if not to_index:
@@ -246,7 +264,8 @@ class Ingestor:
             for i, _ in to_index:
                 outcomes[i] = Outcome(changes[i], "retry", str(exc))
             return
-        self.timings.update(embed_ms=batch.embed_ms, upsert_ms=batch.upsert_ms)
+        for name, ms in (("embed_ms", batch.embed_ms), ("upsert_ms", batch.upsert_ms)):
+            self.timings[name] = round(self.timings.get(name, 0.0) + ms, 3)
         for (i, _), result in zip(to_index, batch.results):
             outcomes[i] = (Outcome(changes[i], "indexed") if result.ok
                            else Outcome(changes[i], "failed", str(result.error)))

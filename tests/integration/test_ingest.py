@@ -328,3 +328,45 @@ def test_older_events_are_recognised_as_stale(world, photos):
 def test_sequencer_order(older, newer):
     from visual_search.events import is_newer
     assert is_newer(newer, older) and not is_newer(older, newer) and not is_newer(older, older)
+
+
+def test_a_batch_larger_than_the_embed_chunk(monkeypatch, embedder, demo_images):
+    """With INGEST_EMBED_CHUNK=2 a batch of seven changes is embedded in chunks as downloads
+    finish: every image is indexed once with its own vector, the bad and deleted ones end as
+    they would in one chunk, and an object replaced while an early chunk is being written is
+    applied again from the bucket."""
+    import numpy as np
+
+    from visual_search.store import point_id
+
+    monkeypatch.setenv("QDRANT_PATH", ":memory:")
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    monkeypatch.setenv("INGEST_EMBED_CHUNK", "2")
+    photos = [img.path.read_bytes() for img in demo_images[:5]] + [demo_images[40].path.read_bytes()]
+    with ingest_world() as w:
+        assert w.app.ingestor.settings.embed_chunk == 2
+        w.deliver(w.put("catalog/gone/a.jpg", photos[0]))
+        records = [w.put(f"catalog/p{n}/a.jpg", photos[n]) for n in range(5)]
+        records.append(w.put("catalog/bad/a.jpg", b"\xff\xd8\xff not really a jpeg"))
+        records.append(w.delete("catalog/gone/a.jpg"))
+        real_upsert, writes = w.store.upsert, []
+
+        def upsert_then_replace(points):
+            writes.append(len(points))
+            if len(writes) == 1:  # another writer replaces an image of the first chunk meanwhile
+                w.put(points[0].key, photos[5])
+            return real_upsert(points)
+
+        w.store.upsert = upsert_then_replace
+        assert w.deliver(*records) == {"batchItemFailures": []}
+        w.store.upsert = real_upsert
+        assert max(writes) <= 2 and sum(writes) >= 6  # chunks of two, one key written again
+        assert {h.payload["key"] for h in w.store.scroll()} == {f"catalog/p{n}/a.jpg" for n in range(5)}
+        for n in range(5):
+            key = f"catalog/p{n}/a.jpg"
+            body = w.s3.get_object(Bucket=BUCKET, Key=key)
+            stored = w.store.client.retrieve(w.store.collection, [point_id(BUCKET, key)],
+                                             with_vectors=True)[0]
+            assert stored.payload["etag"] == body["ETag"]
+            vector = np.asarray(stored.vector["image"], np.float32)
+            assert float(vector @ embedder.embed(body["Body"].read())) > 0.999

@@ -15,6 +15,7 @@ from visual_search.errors import (CorruptImageError, EmptyImageError, ImageError
 from visual_search.images import Preprocess, _draft_for, decode, open_image
 
 PREP = Preprocess(size=224)
+FULL = Preprocess(size=224, crop="full", crop_fraction=1.0)  # the shipped card's input
 LIMITS = ImageLimits()
 WHITE_PIXEL = (255 - 127) / 128
 
@@ -123,6 +124,20 @@ def test_large_jpeg_is_decoded_at_reduced_scale():
     full = Image.open(io.BytesIO(data)).convert("RGB")
     from visual_search.images import to_pixels
     assert close(decode(data, PREP, LIMITS), to_pixels(full, PREP), 0.02)
+
+
+def test_a_1000px_photo_is_decoded_at_quarter_scale():
+    """1000x750 -> 250x188: the short side is 84% of 224, within DRAFT_FLOOR; the result stays
+    close to resizing the full decode."""
+    from visual_search.images import DRAFT_FLOOR, to_pixels
+
+    data = jpeg_bytes(gradient(1000, 750), quality=90)
+    image = open_image(data, LIMITS)
+    _draft_for(image, FULL)
+    assert image.size == (250, 188)
+    assert min(image.size) >= DRAFT_FLOOR * FULL.size
+    full = Image.open(io.BytesIO(data)).convert("RGB")
+    assert close(decode(data, FULL, LIMITS), to_pixels(full, FULL), 0.02)
 
 
 def test_draft_is_much_faster_than_a_full_decode():
