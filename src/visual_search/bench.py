@@ -103,8 +103,32 @@ def bare_throughput(embedder, batch: int, repeat: int) -> float:
     return batch / (bare_run_ms(embedder, repeat, batch) / 1000.0)
 
 
+S3_LATENCY_MS = {"GET": 20.0, "HEAD": 10.0}  # a same-region S3's typical time to first byte
+
+
+def with_s3_latency(s3, latency_ms: dict[str, float]) -> None:
+    """Let each S3 request of this client wait like a network round trip before moto answers
+    it: the wait costs no CPU, as in AWS, while moto's own CPU is still paid in process."""
+    def wait(request, **_):
+        time.sleep(latency_ms.get(request.method, 0.0) / 1000.0)
+
+    s3.meta.events.register_first("before-send.s3", wait)
+
+
+def cpu_ms(fn: Callable[[], object], repeat: int) -> float:
+    """Median process CPU time (all threads) of ``fn``, in core-milliseconds."""
+    fn()
+    samples = []
+    for _ in range(repeat):
+        started = time.process_time()
+        fn()
+        samples.append((time.process_time() - started) * 1000.0)
+    return round(statistics.median(samples), 1)
+
+
 def ingest_throughput(repeat: int) -> dict:
-    """One ingest invocation (S3 GETs from moto, decode, batched embed, upsert) per batch size."""
+    """One ingest invocation (S3 GETs from moto, decode, chunked embed, upsert, after-write
+    checks) per batch size, next to the bare model; and where the CPU of a batch of 32 goes."""
     import os
 
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -114,32 +138,51 @@ def ingest_throughput(repeat: int) -> dict:
 
     from .aws import s3_client
     from .catalog import Catalog
-    from .config import IngestSettings, StoreSettings
+    from .config import StoreSettings
     from .events import S3Change
     from .ingest import Ingestor
     from .store import CatalogStore
 
     embedder = load_embedder()
     photos = sample_photos(32)
+    runs = max(5, repeat // 3)
     rows = []
     with mock_aws():
-        s3 = s3_client()
+        s3, slow_s3 = s3_client(), s3_client()
+        with_s3_latency(slow_s3, S3_LATENCY_MS)
         s3.create_bucket(Bucket="bench")
         for n, photo in enumerate(photos):
             s3.put_object(Bucket="bench", Key=f"p{n}/img.jpg", Body=photo, ContentType="image/jpeg")
         store = CatalogStore.open(StoreSettings(path=":memory:", collection="bench"),
                                   embedder.model_id, embedder.dim)
-        ingestor = Ingestor(Catalog(embedder, store), s3, IngestSettings(), embedder.limits)
-        for batch in (1, 10, 32):
+        catalog = Catalog(embedder, store)
+        settings = get_settings().ingest
+        one_chunk = replace(settings, embed_chunk=32)  # no pipeline: all downloads, then embed
+        for batch, client, ingest in ((1, s3, settings), (10, s3, settings), (32, s3, settings),
+                                      (32, slow_s3, settings), (32, slow_s3, one_chunk)):
+            ingestor = Ingestor(catalog, client, ingest, embedder.limits)
             changes = [S3Change("bench", f"p{n}/img.jpg", "created", "ObjectCreated:Put")
                        for n in range(batch)]
-            median = timed(lambda c=changes: ingestor.apply(c), max(3, repeat // 3))["median_ms"]
-            bare = bare_throughput(embedder, batch, max(3, repeat // 3))
+            median = timed(lambda c=changes: ingestor.apply(c), runs)["median_ms"]
+            bare = bare_throughput(embedder, batch, runs)
             got = batch / (median / 1000.0)
-            rows.append({"batch": batch, "images_per_s": round(got, 1),
-                         "bare_model_images_per_s": round(bare, 1),
+            rows.append({"batch": batch, "s3": "moto + latency" if client is slow_s3 else "moto",
+                         "embed_chunk": ingest.embed_chunk,
+                         "images_per_s": round(got, 1), "bare_model_images_per_s": round(bare, 1),
                          "ratio_to_bare": round(got / bare, 2)})
-    return {"ingest": rows}
+        ingestor = Ingestor.configured(catalog, s3)
+        refs = [("bench", f"p{n}/img.jpg") for n in range(32)]
+        changes = [S3Change(*ref, "created", "ObjectCreated:Put") for ref in refs]
+        tensor = prepared_batch(embedder, 32)
+        cpu = {
+            "model": cpu_ms(lambda: embedder.embed_pixels(tensor), runs),
+            "decode": cpu_ms(lambda: list(ingestor.pool.map(embedder.preprocess, photos)), runs),
+            "s3_get": cpu_ms(lambda: list(ingestor.pool.map(lambda r: ingestor.fetch(*r), refs)), runs),
+            "s3_head": cpu_ms(lambda: list(ingestor.pool.map(ingestor.current_etag, refs)), runs),
+            "whole_apply": cpu_ms(lambda: ingestor.apply(changes), runs),
+        }
+        cpu["ceiling_ratio"] = round(cpu["model"] / cpu["whole_apply"], 2)
+    return {"ingest": rows, "ingest_cpu_core_ms_32": cpu, "s3_latency_ms": S3_LATENCY_MS}
 
 
 def synthetic_catalog(embedder, count: int, seed: int = 7):
@@ -319,9 +362,13 @@ def print_table(report: dict) -> None:
 
 def print_ingest(report: dict) -> None:
     print()
-    print(markdown(("batch", "ingest images/s", "bare model images/s", "ratio"),
-                   [(r["batch"], r["images_per_s"], r["bare_model_images_per_s"],
+    print(markdown(("batch", "S3", "embed chunk", "ingest images/s", "bare model images/s", "ratio"),
+                   [(r["batch"], r["s3"], r["embed_chunk"], r["images_per_s"], r["bare_model_images_per_s"],
                      r["ratio_to_bare"]) for r in report["ingest"]]))
+    cpu = report["ingest_cpu_core_ms_32"]
+    print(f"\nCPU (core-ms) for 32 images: model {cpu['model']}, decode {cpu['decode']}, "
+          f"S3 GET {cpu['s3_get']}, S3 HEAD {cpu['s3_head']}; a whole apply {cpu['whole_apply']} "
+          f"-> ratio ceiling with every core busy {cpu['ceiling_ratio']}")
 
 
 def print_search(report: dict) -> None:
