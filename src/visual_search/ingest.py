@@ -14,11 +14,10 @@ retried.
 """
 from __future__ import annotations
 
-import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from .catalog import Catalog, ImageSource, IMAGE_EXTENSIONS
 from .config import ImageLimits, IngestSettings
@@ -68,12 +67,11 @@ def _error_code(exc: Exception) -> str:
 
 class Ingestor:
     def __init__(self, catalog: Catalog, s3_client: Any, settings: IngestSettings,
-                 limits: ImageLimits, clock: Callable[[], float] = time.perf_counter):
+                 limits: ImageLimits):
         self.catalog = catalog
         self.s3 = s3_client
         self.settings = settings
         self.limits = limits
-        self.clock = clock
         self.pool = ThreadPoolExecutor(max_workers=max(1, settings.download_workers),
                                        thread_name_prefix="s3-fetch")
         self.timings: dict[str, float] = {}
@@ -178,7 +176,6 @@ class Ingestor:
             return
         else:
             fresh = pending
-        started = self.clock()
         downloads = {self.pool.submit(self.fetch_and_decode, *changes[i].ref): i for i in fresh}
         ready: list[tuple[int, ImageSource]] = []
         to_delete: list[int] = []
@@ -193,7 +190,6 @@ class Ingestor:
                 ready = []
         checks += self._index_then_check(changes, ready, outcomes)
         self._delete(changes, to_delete, outcomes)
-        self.timings["apply_ms"] = round((self.clock() - started) * 1000, 3)
         drifted = [i for i, source, check in checks
                    if check.result() not in ("?", bare_etag(source.etag))]
         if drifted:
