@@ -23,14 +23,20 @@ from .model import get_embedder as load_embedder
 SIZES = {"224px PNG": (224, "PNG"), "1000px JPEG": (1000, "JPEG"), "4000px JPEG": (4000, "JPEG")}
 
 
-def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
-    fn()  # warm-up
+def samples_ms(fn: Callable[[], object], repeat: int,
+               clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """``repeat`` sorted milliseconds of ``fn`` by ``clock``, after one warm-up call."""
+    fn()
     samples = []
     for _ in range(repeat):
-        started = time.perf_counter()
+        started = clock()
         fn()
-        samples.append((time.perf_counter() - started) * 1000.0)
-    samples.sort()
+        samples.append((clock() - started) * 1000.0)
+    return sorted(samples)
+
+
+def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
+    samples = samples_ms(fn, repeat)
     return {"median_ms": round(statistics.median(samples), 3),
             "p90_ms": round(samples[int(0.9 * (len(samples) - 1))], 3)}
 
@@ -117,13 +123,7 @@ def with_s3_latency(s3, latency_ms: dict[str, float]) -> None:
 
 def cpu_ms(fn: Callable[[], object], repeat: int) -> float:
     """Median process CPU time (all threads) of ``fn``, in core-milliseconds."""
-    fn()
-    samples = []
-    for _ in range(repeat):
-        started = time.process_time()
-        fn()
-        samples.append((time.process_time() - started) * 1000.0)
-    return round(statistics.median(samples), 1)
+    return round(statistics.median(samples_ms(fn, repeat, time.process_time)), 1)
 
 
 def ingest_throughput(repeat: int) -> dict:
