@@ -3,9 +3,11 @@ docs/benchmarks.md, not for a test that could flake)."""
 from __future__ import annotations
 
 from visual_search import bench
+from visual_search.config import get_settings
 
 
 def test_ingest_section_reports_every_row_and_the_cpu_budget(embedder):
+    get_settings.cache_clear()  # the environment's settings, not another test's monkeypatched ones
     report = bench.ingest_throughput(repeat=1)
     rows = report["ingest"]
     assert [(r["batch"], r["s3"], r["embed_chunk"]) for r in rows] == [
