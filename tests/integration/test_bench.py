@@ -15,7 +15,10 @@ def test_ingest_section_reports_every_row_and_the_cpu_budget(embedder):
         (32, "moto + latency", 32)]
     for row in rows:
         assert row["images_per_s"] > 0 and row["bare_model_images_per_s"] > 0
-        assert row["ratio_to_bare"] == round(row["images_per_s"] / row["bare_model_images_per_s"], 2)
+        # The ratio is rounded from the unrounded rates, so it may differ from the ratio of the
+        # printed (rounded) rates in its last digit.
+        ratio = row["images_per_s"] / row["bare_model_images_per_s"]
+        assert abs(row["ratio_to_bare"] - ratio) <= 0.011
     cpu = report["ingest_cpu_core_ms_32"]
     # A whole apply does the model's work and more: its CPU can only exceed the bare model's.
     assert 0 < cpu["model"] < cpu["whole_apply"] and 0 < cpu["ceiling_ratio"] < 1
