@@ -9,6 +9,7 @@ metadata. The collection records which model built it and refuses vectors from a
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from .config import StoreSettings
 from .errors import ModelMismatchError, NotFoundError, StoreUnavailableError
+from .observability import logger
 
 VECTOR = "image"
 RERANK = "rerank"  # optional second named vector, from a more precise model
@@ -30,6 +32,7 @@ RANGE_OPS = ("gt", "gte", "lt", "lte")
 _DISTANCE = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT,
              "euclid": models.Distance.EUCLID}
 MAX_GROUP_FETCH = 4096
+KEY_MAX_AGE_S = 300  # how long a key read from SSM / Secrets Manager is used before re-reading
 
 
 def slug(text: str) -> str:
@@ -105,23 +108,31 @@ def build_filter(filters: Mapping[str, Any], exclude_products: Sequence[str] = (
     return models.Filter(must=must or None, must_not=must_not or None)
 
 
-def resolve_api_key(settings: StoreSettings) -> str | None:
-    """The Qdrant API key: from SSM Parameter Store or Secrets Manager (cached), else the env."""
+def resolve_api_key(settings: StoreSettings, force: bool = False) -> str | None:
+    """The Qdrant API key: from SSM Parameter Store or Secrets Manager (cached for
+    ``KEY_MAX_AGE_S``; ``force`` reads it again now), else the environment."""
     if settings.api_key_parameter:
         from aws_lambda_powertools.utilities import parameters
 
-        return parameters.get_parameter(settings.api_key_parameter, decrypt=True, max_age=300)
+        return parameters.get_parameter(settings.api_key_parameter, decrypt=True,
+                                        max_age=KEY_MAX_AGE_S, force_fetch=force)
     if settings.api_key_secret:
         from aws_lambda_powertools.utilities import parameters
 
-        return parameters.get_secret(settings.api_key_secret, max_age=300)
+        return parameters.get_secret(settings.api_key_secret, max_age=KEY_MAX_AGE_S,
+                                     force_fetch=force)
     return settings.api_key
 
 
-def connect(settings: StoreSettings) -> QdrantClient:
+def key_is_stored(settings: StoreSettings) -> bool:
+    """Whether the key lives in SSM or Secrets Manager, where it can be rotated under us."""
+    return bool(settings.url and (settings.api_key_parameter or settings.api_key_secret))
+
+
+def connect(settings: StoreSettings, api_key: str | None = None) -> QdrantClient:
     """A qdrant-client for the configured mode: server URL, embedded folder or memory."""
     if settings.url:
-        return QdrantClient(url=settings.url, api_key=resolve_api_key(settings),
+        return QdrantClient(url=settings.url, api_key=api_key or resolve_api_key(settings),
                             timeout=max(1, int(round(settings.timeout_s))), prefer_grpc=False,
                             # no version round trip in the Lambda init phase; errors surface
                             # on first use as StoreUnavailableError instead
@@ -139,13 +150,64 @@ def connect(settings: StoreSettings) -> QdrantClient:
             f"or run a Qdrant server and set QDRANT_URL") from None
 
 
+class Connection:
+    """The qdrant-client of a store, re-made when the API key it was made with is rotated.
+
+    A key kept in SSM or Secrets Manager is read again every ``KEY_MAX_AGE_S`` of wall-clock
+    time, so a warm or SnapStart-restored function picks up a new key without a redeploy (with
+    both keys valid for that long, a rotation fails no request); a 401/403 makes it read the key
+    at once (``refresh``).
+    """
+
+    def __init__(self, client: QdrantClient, settings: StoreSettings):
+        self._client = client
+        self.settings = settings
+        self._rotates = key_is_stored(settings)
+        self._key = resolve_api_key(settings) if self._rotates else None
+        self._check_at = time.time() + KEY_MAX_AGE_S  # wall clock: right after a SnapStart restore
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> QdrantClient:
+        if self._rotates and time.time() >= self._check_at:
+            self._check_at = time.time() + KEY_MAX_AGE_S
+            try:
+                self._use(resolve_api_key(self.settings, force=True))
+            except Exception as exc:  # noqa: BLE001 - the key in use most likely still works
+                logger.warning("could not re-read the Qdrant API key; keeping the current one",
+                               extra={"error": type(exc).__name__})
+        return self._client
+
+    def refresh(self) -> bool:
+        """Read the key again now; True when it changed (and the client was re-made)."""
+        if not self._rotates:
+            return False
+        try:
+            return self._use(resolve_api_key(self.settings, force=True))
+        except Exception as exc:  # noqa: BLE001 - reported as the refused key it is
+            logger.warning("could not re-read the Qdrant API key", extra={"error": type(exc).__name__})
+            return False
+
+    def _use(self, key: str | None) -> bool:
+        if key == self._key:
+            return False
+        with self._lock:
+            if key != self._key:
+                # The old client is dropped, not closed: another thread may be mid-request on it.
+                self._client, self._key = connect(self.settings, key), key
+        return True
+
+    def close(self) -> None:
+        self._client.close()
+
+
 class CatalogStore:
     """The product-image collection of one model."""
 
     def __init__(self, client: QdrantClient, settings: StoreSettings, model_id: str, dim: int,
                  distance: str = "cosine", rerank_model_id: str | None = None,
                  rerank_dim: int | None = None):
-        self.client = client
+        self._conn = client if isinstance(client, Connection) else Connection(client, settings)
         self.rerank_model_id = rerank_model_id
         self.rerank_dim = rerank_dim
         self.settings = settings
@@ -169,8 +231,12 @@ class CatalogStore:
         """The embedding space(s) this store reads and writes: the model, and the reranker."""
         return self.model_id + (f" (rerank: {self.rerank_model_id})" if self.rerank_model_id else "")
 
+    @property
+    def client(self) -> QdrantClient:
+        return self._conn.client
+
     def close(self) -> None:
-        self.client.close()
+        self._conn.close()
 
     @contextmanager
     def _call(self) -> Iterator[None]:
@@ -188,6 +254,8 @@ class CatalogStore:
                 self._ready = False
                 raise StoreUnavailableError("the collection is missing; it will be re-created "
                                             "on the next request") from None
+            if exc.status_code in (401, 403):
+                raise StoreUnavailableError(self._refused()) from None
             if exc.status_code in (429, 502, 503, 504) or exc.status_code >= 500:
                 raise StoreUnavailableError(
                     f"Qdrant answered {exc.status_code}: {exc.reason_phrase}") from None
@@ -197,6 +265,13 @@ class CatalogStore:
         finally:
             if lock:
                 lock.release()
+
+    def _refused(self) -> str:
+        where = self.settings.api_key_parameter or self.settings.api_key_secret
+        if self._conn.refresh():
+            return f"Qdrant refused the API key; a new one was read from {where}: retry"
+        source = where or "QDRANT_API_KEY"
+        return f"Qdrant refused the API key (from {source}): check that it is valid for this cluster"
 
     # -- collection -------------------------------------------------------------------------
 
@@ -249,7 +324,7 @@ class CatalogStore:
         """The same store over another (physical) collection, sharing the client."""
         from dataclasses import replace
 
-        other = CatalogStore(self.client, replace(self.settings, collection=name), self.model_id,
+        other = CatalogStore(self._conn, replace(self.settings, collection=name), self.model_id,
                              self.dim, self.distance, self.rerank_model_id, self.rerank_dim)
         other._lock = self._lock
         return other

@@ -8,7 +8,9 @@ envelope ``{"result": ..., "status": "ok", "time": 0.0}`` and errors as
 ``{"status": {"error": ...}}`` (404 for a missing collection or point, 400 for bad input).
 
 Fault injection for reliability tests: ``delay_seconds`` sleeps before every answer and
-``fail_with`` answers every request with that HTTP status.
+``fail_with`` answers every request with that HTTP status. ``accepted_keys`` makes it check the
+``api-key`` header as a secured Qdrant does (401 without one, 403 for another); ``keys_seen``
+and ``connections`` record what clients sent and how many TCP connections they opened.
 
     with QdrantRestShim() as shim:
         client = QdrantClient(url=shim.url)
@@ -62,6 +64,9 @@ class QdrantRestShim:
         self.backend = backend if backend is not None else QdrantClient(":memory:")
         self.delay_seconds: float = 0.0
         self.fail_with: int | None = None
+        self.accepted_keys: set[str] | None = None
+        self.keys_seen: list[str | None] = []
+        self.connections = 0
         self.url: str = ""
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -137,8 +142,14 @@ class QdrantRestShim:
         return found[0]
 
     # -- request dispatch ----------------------------------------------------------------------
-    def handle(self, method: str, raw_path: str, raw_body: bytes) -> tuple[int, Any]:
+    def handle(self, method: str, raw_path: str, raw_body: bytes,
+               api_key: str | None = None) -> tuple[int, Any]:
         """Return (HTTP status, JSON-able body or plain text) for one request."""
+        self.keys_seen.append(api_key)
+        if self.accepted_keys is not None and api_key not in self.accepted_keys:
+            status = 401 if api_key is None else 403
+            error = "Must provide an API key" if api_key is None else "Invalid API key"
+            return status, {"status": {"error": error}, "time": 0.0}
         if self.delay_seconds:
             time.sleep(self.delay_seconds)
         if self.fail_with is not None:
@@ -183,9 +194,14 @@ class QdrantRestShim:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                super().setup()
+                shim.connections += 1
+
             def _dispatch(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status, payload = shim.handle(self.command, self.path, body)
+                status, payload = shim.handle(self.command, self.path, body,
+                                              self.headers.get("api-key"))
                 is_text = isinstance(payload, str)
                 data = payload.encode() if is_text else json.dumps(payload).encode()
                 try:
