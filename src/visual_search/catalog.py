@@ -7,6 +7,7 @@ the API can report where the milliseconds went.
 from __future__ import annotations
 
 import atexit
+import re
 from email.header import decode_header, make_header
 import time
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,14 @@ from .store import CatalogStore, Hit, ImagePoint, Query
 
 # User metadata with a meaning of its own; every other key is kept as a string under "metadata".
 KNOWN_METADATA = ("product-id", "category", "brand", "title", "price")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif",
+                    ".tiff")
+# Known not to be photos: skipped without downloading. Any other suffix (a dotted file name
+# such as IMG_2024.05.01, a version like front.v2) is fetched and its content type decides.
+NON_IMAGE_EXTENSIONS = (".txt", ".csv", ".tsv", ".json", ".jsonl", ".xml", ".html", ".htm",
+                        ".md", ".pdf", ".svg", ".zip", ".gz", ".tar", ".7z", ".mp4", ".mov",
+                        ".avi", ".webm", ".mp3", ".wav", ".doc", ".docx", ".xls", ".xlsx",
+                        ".ppt", ".pptx", ".js", ".css", ".yaml", ".yml", ".log", ".parquet")
 
 
 @dataclass
@@ -76,11 +84,31 @@ def product_id_for(key: str, metadata: Mapping[str, str]) -> str:
     return path.parent.name if path.parent.name else path.stem
 
 
+_AMOUNT = re.compile(r"\d(?:[\d.,' ]*\d)?")
+
+
 def parse_price(raw: str | None) -> float | None:
-    if raw is None or not str(raw).strip():
+    """A price as shops write it: ``12.5``, ``3,99``, ``1,299.00``, ``1.299,00``, ``€12``,
+    ``12.50 EUR``. None for anything else (text, several numbers, negative, not finite)."""
+    text = str(raw).strip() if raw is not None else ""
+    match = _AMOUNT.search(text)
+    if not match:
         return None
+    around = (text[:match.start()] + " " + text[match.end():]).strip()
+    if "-" in text[:match.start()] or not re.fullmatch(r"[^\w\d]*|[A-Za-z]{3}", around):
+        return None
+    number = re.sub(r"[' ]", "", match.group())
+    if "," in number and "." in number:  # the last separator is the decimal one
+        decimal, thousands = (",", ".") if number.rfind(",") > number.rfind(".") else (".", ",")
+        number = number.replace(thousands, "").replace(decimal, ".")
+    elif "," in number:  # 1,299 and 1,299,000 group thousands; 3,99 is a decimal comma
+        groups = number.split(",")
+        thousands = len(groups) > 2 or len(groups[-1]) == 3
+        number = number.replace(",", "") if thousands else number.replace(",", ".")
+    elif number.count(".") > 1:  # 1.299.000
+        number = number.replace(".", "")
     try:
-        value = float(str(raw).strip().replace(",", "."))
+        value = float(number)
     except ValueError:
         return None
     return value if np.isfinite(value) else None
@@ -93,7 +121,7 @@ def decode_metadata_value(value: Any) -> str:
         return text
     try:
         return str(make_header(decode_header(text)))
-    except (ValueError, LookupError, UnicodeDecodeError):
+    except Exception:  # noqa: BLE001 - HeaderParseError and friends: a malformed word stays as sent
         return text
 
 

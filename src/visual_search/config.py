@@ -103,6 +103,7 @@ class IngestSettings:
     suffixes: tuple[str, ...] = ()
     download_workers: int = 8
     embed_chunk: int = 8  # images embedded together as soon as they are downloaded
+    upload_prefix: str = "uploads/"  # query images uploaded for search: never indexed
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ def load_settings() -> Settings:
         suffixes=tuple(s.lower() for s in _env_list("INGEST_SUFFIXES")),
         download_workers=_env_int("INGEST_DOWNLOAD_WORKERS", 8),
         embed_chunk=max(1, _env_int("INGEST_EMBED_CHUNK", 8)),
+        upload_prefix=_env("UPLOAD_PREFIX", "uploads/"),
     )
     api = ApiSettings(
         bucket=os.environ.get("BUCKET") or None,

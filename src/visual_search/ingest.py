@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Sequence
 
-from .catalog import Catalog, ImageSource, IMAGE_EXTENSIONS
+from .catalog import Catalog, ImageSource, IMAGE_EXTENSIONS, NON_IMAGE_EXTENSIONS
 from .config import ImageLimits, IngestSettings
 from .errors import ImageError, StoreUnavailableError
 from .events import S3Change, is_newer
@@ -89,13 +89,15 @@ class Ingestor:
         """Why a key is not for the catalogue, or None when it may be an image."""
         if self.settings.prefix and not key.startswith(self.settings.prefix):
             return f"outside the prefix {self.settings.prefix!r}"
+        if self.settings.upload_prefix and key.startswith(self.settings.upload_prefix):
+            return f"a query upload (under {self.settings.upload_prefix!r})"
         if self.settings.suffixes and not key.lower().endswith(self.settings.suffixes):
             return "outside the suffix filter"
         if key.endswith("/"):
             return "a folder marker"
-        if not has_image_extension(key) and PurePosixPath(key).suffix:
+        if PurePosixPath(key).suffix.lower() in NON_IMAGE_EXTENSIONS:
             return "not an image (by extension)"
-        return None  # an image extension, or none at all: the content type decides
+        return None  # an image extension, or another or none: the content type decides
 
     # -- S3 ----------------------------------------------------------------------------------
 
@@ -190,6 +192,7 @@ class Ingestor:
                 ready = []
         checks += self._index_then_check(changes, ready, outcomes)
         self._delete(changes, to_delete, outcomes)
+        self._drop_unindexable(changes, list(downloads.values()), outcomes)
         drifted = [i for i, source, check in checks
                    if check.result() not in ("?", bare_etag(source.etag))]
         if drifted:
@@ -265,6 +268,18 @@ class Ingestor:
         for (i, _), result in zip(to_index, batch.results):
             outcomes[i] = (Outcome(changes[i], "indexed") if result.ok
                            else Outcome(changes[i], "failed", str(result.error)))
+
+    def _drop_unindexable(self, changes, applied: list[int], outcomes) -> None:
+        """An object replaced by something that is not an indexable image (another content
+        type, a corrupt or oversized file) loses the point its earlier version left."""
+        gone = [i for i in applied if outcomes[i] and outcomes[i].status in ("failed", "skipped")]
+        if not gone:
+            return
+        try:
+            self.catalog.remove([changes[i].ref for i in gone])
+        except StoreUnavailableError as exc:
+            for i in gone:
+                outcomes[i] = Outcome(changes[i], "retry", str(exc))
 
     def _delete(self, changes, to_delete, outcomes) -> None:
         if not to_delete:

@@ -197,6 +197,41 @@ def test_non_images_are_skipped(world, photos):
     assert {h.payload["key"] for h in world.store.scroll()} == {"catalog/p1/no-extension-photo"}
 
 
+def test_dotted_names_with_an_image_content_type_are_indexed(world, photos):
+    keys = ["catalog/p1/IMG_2024.05.01", "catalog/p2/front.v2", "catalog/p3/photo.jfif"]
+    world.deliver(*(world.put(k, photo) for k, photo in zip(keys, photos)),
+                  world.put("catalog/p4/sizes.v2", b"S,M,L", content_type="text/csv"))
+    assert {h.payload["key"] for h in world.store.scroll()} == set(keys)
+
+
+def test_query_uploads_are_never_indexed(world, photos):
+    world.deliver(world.put("uploads/4f1c-query.jpg", photos[0]),
+                  world.put("catalog/p1/a.jpg", photos[1]))
+    assert {h.payload["key"] for h in world.store.scroll()} == {"catalog/p1/a.jpg"}
+
+
+def test_an_image_replaced_by_something_unindexable_loses_its_point(world, photos, monkeypatch):
+    world.deliver(world.put("catalog/p1/photo", photos[0]),
+                  world.put("catalog/p2/a.jpg", photos[1], {"price": "10"}),
+                  world.put("catalog/p3/b.jpg", photos[2]))
+    assert world.store.count() == 3
+    world.app.ingestor.limits = type(world.app.ingestor.limits)(max_bytes=len(photos[2]) + 10)
+    result = world.deliver(
+        world.put("catalog/p1/photo", b"now a text file", content_type="text/plain"),
+        world.put("catalog/p2/a.jpg", photos[1][: len(photos[1]) // 3], {"price": "99"}),
+        world.put("catalog/p3/b.jpg", photos[2] + b"\0" * 100))
+    assert result == {"batchItemFailures": []}  # permanent: acknowledged, and the old points go
+    assert world.store.count() == 0
+
+
+def test_a_malformed_metadata_value_fails_nothing(world, photos):
+    result = world.deliver(world.put("catalog/p1/good.jpg", photos[0]),
+                           world.put("catalog/p2/odd.jpg", photos[1], {"title": "=?UTF-8?B?a?="}))
+    assert result == {"batchItemFailures": []}
+    assert world.payload("catalog/p2/odd.jpg")["title"] == "=?UTF-8?B?a?="  # kept as sent
+    world.assert_in_sync()
+
+
 def test_prefix_and_suffix_filter(monkeypatch, embedder, photos):
     monkeypatch.setenv("QDRANT_PATH", ":memory:")
     monkeypatch.setenv("INGEST_PREFIX", "catalog/")

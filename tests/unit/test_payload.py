@@ -16,8 +16,12 @@ def test_product_id(key, metadata, expected):
     assert product_id_for(key, metadata) == expected
 
 
-@pytest.mark.parametrize("raw,expected", [("12.5", 12.5), ("3,99", 3.99), ("", None),
-                                          ("cheap", None), (None, None), ("nan", None)])
+@pytest.mark.parametrize("raw,expected", [
+    ("12.5", 12.5), ("3,99", 3.99), ("", None), ("cheap", None), (None, None), ("nan", None),
+    ("1,299.00", 1299.0), ("1,299", 1299.0), ("1.299,50", 1299.5), ("1 299,50", 1299.5),
+    ("1,299,000", 1299000.0), ("1.299.000", 1299000.0), ("$5", 5.0), ("€12", 12.0),
+    ("12.50 EUR", 12.5), ("CHF 1'299.90", 1299.9), ("-5", None), ("- 5", None), ("inf", None),
+    ("1e400", None), ("12 or 13", None), ("about 12", None), ("0", 0.0)])
 def test_price(raw, expected):
     assert parse_price(raw) == expected
 
