@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 from .catalog import Catalog
 from .events import S3Change
-from .ingest import Ingestor, Outcome, bare_etag
+from .ingest import Ingestor, Outcome, bare_etag, has_image_extension
 from .store import CatalogStore, slug
 
 RETRIES = 3
@@ -132,6 +132,23 @@ class Syncer:
             self.progress(len(chunk))
         return report
 
+    def _images_among(self, bucket: str, keys: list[str], report: SyncReport) -> list[str]:
+        """Drop the keys whose content type says they are not images (named without an image
+        extension: README, IMG_2024.05.01), so they never count as drift; one HEAD each."""
+        ingestor = self.ingestor
+
+        def content_type(key: str) -> str:
+            try:
+                return str(ingestor.s3.head_object(Bucket=bucket, Key=key).get("ContentType") or "")
+            except Exception:  # noqa: BLE001 - cannot tell: keep it, the repair will look
+                return "image/?"
+
+        unsure = [k for k in keys if not has_image_extension(k)]
+        kinds = dict(zip(unsure, ingestor.pool.map(content_type, unsure)))
+        images = [k for k in keys if kinds.get(k, "image/").lower().startswith("image/")]
+        report.skipped += len(keys) - len(images)
+        return images
+
     def reconcile(self, bucket: str, prefix: str = "", dry_run: bool = False,
                   batch: int = 32) -> SyncReport:
         """Repair both kinds of drift: images missing or stale in the collection, and points
@@ -147,7 +164,7 @@ class Syncer:
         points = {hit.payload.get("key"): bare_etag(hit.payload.get("etag"))
                   for hit in self.store.scroll({"bucket": bucket})
                   if str(hit.payload.get("key", "")).startswith(prefix)}
-        missing = [k for k in objects if k not in points]
+        missing = self._images_among(bucket, [k for k in objects if k not in points], report)
         changed = [k for k in objects if k in points and points[k] != objects[k].etag]
         orphaned = [k for k in points if k not in objects]
         report.missing, report.changed, report.orphaned = len(missing), len(changed), len(orphaned)

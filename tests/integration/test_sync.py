@@ -108,6 +108,23 @@ def test_reconcile_repairs_both_kinds_of_drift(s3, upload, embedder, demo_images
     assert (again.missing, again.changed, again.orphaned) == (0, 0, 0)
 
 
+def test_reconcile_converges_when_the_bucket_holds_objects_that_are_not_images(s3, upload,
+                                                                              embedder):
+    upload(3)
+    s3.put_object(Bucket=BUCKET, Key="catalog/p9/README", Body=b"text", ContentType="text/plain")
+    s3.put_object(Bucket=BUCKET, Key="catalog/p9/IMG_2024.05.01", ContentType="image/jpeg",
+                  Body=s3.get_object(Bucket=BUCKET, Key=next(iter(
+                      o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]
+                      if o["Key"].endswith(".jpg"))))["Body"].read())
+    syncer = make_syncer(embedder, s3)
+    dry = syncer.reconcile(BUCKET, "catalog/", dry_run=True)
+    assert dry.missing == 4 and dry.skipped == 2  # README.txt by name, README by content type
+    syncer.reconcile(BUCKET, "catalog/")
+    again = syncer.reconcile(BUCKET, "catalog/", dry_run=True)
+    assert (again.missing, again.changed, again.orphaned) == (0, 0, 0)
+    assert "catalog/p9/IMG_2024.05.01" in keys(syncer.store)
+
+
 def test_reindex_switches_the_alias_to_a_collection_of_the_current_model(s3, upload, embedder):
     upload(8)
     client = connect(StoreSettings(path=":memory:"))
