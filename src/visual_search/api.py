@@ -16,14 +16,15 @@ import time
 import uuid
 from email.parser import BytesParser
 from email.policy import HTTP
+from urllib.parse import unquote
 from typing import Any, Mapping
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
-from .api_models import (ErrorResponse, HealthResponse, SearchOptions, SearchRequest,
-                         SearchResponse, UploadRequest, UploadResponse, options_from_fields,
-                         parse_options)
+from .api_models import (MAX_OFFSET, ErrorResponse, HealthResponse, SearchOptions,
+                         SearchRequest, SearchResponse, UploadRequest, UploadResponse,
+                         merge_options, options_from_fields, parse_options)
 from .catalog import Catalog, SearchResult
 from .config import Settings
 from .errors import (NotFoundError, RequestError, StoreUnavailableError, VisualSearchError)
@@ -142,14 +143,15 @@ class SearchApi:
         return raw
 
     def _parse_json(self, body: bytes) -> tuple[bytes, SearchOptions]:
-        request = parse_options(SearchRequest, self._json_object(body))
+        raw = merge_options(self._json_object(body), options_from_fields(self._query_fields()))
+        request = parse_options(SearchRequest, raw)
         options = SearchOptions(**request.model_dump(exclude={"image", "s3_key"}))
         if request.s3_key is not None:
             return self._uploaded_image(request.s3_key), options
         return self._decode_base64(request.image or ""), options
 
     def _decode_base64(self, text: str) -> bytes:
-        text = DATA_URL.sub("", text.strip())
+        text = "".join(DATA_URL.sub("", text.strip()).split())  # line-wrapped base64 too
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
@@ -176,7 +178,9 @@ class SearchApi:
                 fields.setdefault(str(name), []).append(payload.decode("utf-8", "replace"))
         if image is None:
             raise RequestError("the form has no file part (name it 'image')", 400, "no_image")
-        return image, parse_options(SearchOptions, options_from_fields(fields))
+        options = merge_options(options_from_fields(fields),
+                                options_from_fields(self._query_fields()))
+        return image, parse_options(SearchOptions, options)
 
     def _uploaded_image(self, s3_key: str) -> bytes:
         api = self.settings.api
@@ -242,10 +246,11 @@ class SearchApi:
                             "image": {"bucket": bucket, "key": key,
                                       "url": self._image_url(bucket, key)},
                             "metadata": metadata})
-        full_page = len(results) == options.top_k
+        following = options.offset + options.top_k
+        more = len(results) == options.top_k and following <= MAX_OFFSET  # else a 422 to follow
         body = SearchResponse(results=results, model=result.model_id,
                               timings_ms=result.timings_ms, offset=options.offset,
-                              next_offset=options.offset + options.top_k if full_page else None)
+                              next_offset=following if more else None)
         metrics.add_metric(name="SearchLatency", unit=MetricUnit.Milliseconds,
                            value=result.timings_ms["total"])
         return body.model_dump()
@@ -275,6 +280,10 @@ class SearchApi:
                      "application/json": {"model": SearchResponse}}}, 404: {
                      "description": "unknown product"}, **responses})
         def similar(product_id: str):
+            # API Gateway's path keeps the client's percent-encoding; its pathParameters are
+            # decoded (Caffè Latte, ids with "/" sent as %2F)
+            params = self.app.current_event.path_parameters or {}
+            product_id = params.get("product_id") or unquote(product_id)
             options = parse_options(SearchOptions, options_from_fields(self._query_fields()))
             result = self.catalog.similar(product_id, options.to_query())
             return self._shape(result, options)

@@ -20,6 +20,7 @@ FilterValue = Union[Scalar, list[Scalar]]
 METADATA_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_STRING = 256
 MAX_ANY_OF = 50
+MAX_OFFSET = 1000
 RESERVED = {"bucket", "key", "model_id", "sequencer", "etag", "version_id", "indexed_at",
             "size", "content_type", "metadata", "title"}
 
@@ -38,10 +39,12 @@ class PriceRange(BaseModel):
             raise ValueError("give at least one of gte, lte, gt, lt")
         if any(not math.isfinite(v) for v in values):
             raise ValueError("price bounds must be finite numbers")
-        low = self.gte if self.gte is not None else self.gt
-        high = self.lte if self.lte is not None else self.lt
-        if low is not None and high is not None and low > high:
-            raise ValueError("the lower price bound is above the upper one")
+        lows = [(v, strict) for v, strict in ((self.gte, False), (self.gt, True)) if v is not None]
+        highs = [(v, strict) for v, strict in ((self.lte, False), (self.lt, True)) if v is not None]
+        for low, low_strict in lows:
+            for high, high_strict in highs:
+                if low > high or (low == high and (low_strict or high_strict)):
+                    raise ValueError("the lower price bound is above the upper one")
         return self
 
 
@@ -103,14 +106,16 @@ class Filters(BaseModel):
         if self.price is not None:
             out["price"] = self.price.model_dump(exclude_none=True)
         for key, value in (self.model_extra or {}).items():
-            out[f"metadata.{key}"] = [str(v) for v in value] if isinstance(value, list) else str(value)
+            # S3 user metadata names arrive (and are stored) in lower case
+            out[f"metadata.{key.lower()}"] = ([str(v) for v in value] if isinstance(value, list)
+                                              else str(value))
         return out
 
 
 class SearchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     top_k: int = Field(10, ge=1, le=100, description="results per page")
-    offset: int = Field(0, ge=0, le=1000, description="results to skip (pagination)")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="results to skip (pagination)")
     score_threshold: float | None = Field(None, ge=-1.0, le=1.0,
                                           description="only results scoring at least this")
     group_by_product: bool = Field(True, description="one result per product (its best image)")
@@ -226,43 +231,68 @@ def parse_options(model: type[BaseModel], raw: Any) -> Any:
         raise InvalidOptions(f"{where}: {first['msg']}", details) from None
 
 
+PRICE_CONFLICT = "give the price range either in filters or as price_min / price_max"
+
+
+def _conflict(message: str, loc: list[str]) -> InvalidOptions:
+    return InvalidOptions(message, [{"loc": loc, "msg": "conflict"}])
+
+
+def _json_filters(text: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        raise InvalidOptions("filters is not valid JSON",
+                             [{"loc": ["filters"], "msg": "not valid JSON"}]) from None
+    if not isinstance(parsed, dict):
+        raise InvalidOptions("filters must be a JSON object",
+                             [{"loc": ["filters"], "msg": "must be a JSON object"}])
+    return parsed
+
+
 def options_from_fields(fields: Mapping[str, list[str]]) -> dict[str, Any]:
     """Query-string or form fields -> the dict SearchOptions validates.
 
     ``category``/``brand``/``product_id`` may repeat or hold comma-separated values (any of);
-    ``price_min``/``price_max`` form a range; ``filters`` may carry the JSON filter object.
+    ``price_min``/``price_max`` form a range; ``filters`` may carry the JSON filter object. A
+    filter given both ways is a conflict (422), whatever the order of the fields.
     """
     raw: dict[str, Any] = {}
+    named: dict[str, Any] = {}
     filters: dict[str, Any] = {}
     for name, values in fields.items():
-        if name in ("top_k", "offset", "score_threshold"):
-            raw[name] = values[-1]
-        elif name == "group_by_product":
-            raw[name] = values[-1].strip().lower() not in ("false", "0", "no", "off")
-        elif name in FLAT_FILTERS:
+        if name in FLAT_FILTERS:
             items = [v.strip() for value in values for v in value.split(",") if v.strip()]
-            filters[name] = items[0] if len(items) == 1 else items
+            named[name] = items[0] if len(items) == 1 else items
         elif name in ("price_min", "price_max"):
-            price = filters.setdefault("price", {})
-            if not isinstance(price, dict):
-                raise InvalidOptions("give the price range either in filters or as price_min / "
-                                     "price_max", [{"loc": ["filters", "price"], "msg": "conflict"}])
-            price["gte" if name == "price_min" else "lte"] = values[-1]
+            named.setdefault("price", {})["gte" if name == "price_min" else "lte"] = values[-1]
         elif name == "filters":
-            try:
-                parsed = json.loads(values[-1])
-            except (ValueError, RecursionError):
-                raise InvalidOptions("filters is not valid JSON",
-                                     [{"loc": ["filters"], "msg": "not valid JSON"}]) from None
-            if not isinstance(parsed, dict):
-                raise InvalidOptions("filters must be a JSON object",
-                                     [{"loc": ["filters"], "msg": "must be a JSON object"}])
-            if "price" in parsed and isinstance(filters.get("price"), dict):
-                raise InvalidOptions("give the price range either in filters or as price_min / "
-                                     "price_max", [{"loc": ["filters", "price"], "msg": "conflict"}])
-            filters.update(parsed)
-        else:
-            raw[name] = values[-1]  # unknown option: SearchOptions forbids it (422)
+            filters = _json_filters(values[-1])
+        else:  # top_k, offset, score_threshold, group_by_product; unknown ones are refused (422)
+            raw[name] = values[-1].strip() if name == "group_by_product" else values[-1]
+    for name, value in named.items():
+        if name in filters:
+            raise _conflict(PRICE_CONFLICT if name == "price" else
+                            f"give {name} either in filters or as its own field", ["filters", name])
+        filters[name] = value
     if filters:
         raw["filters"] = filters
     return raw
+
+
+def merge_options(body: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """Options of the body (JSON or form) together with those of the query string; an option
+    or filter given in both is a conflict (422)."""
+    merged = dict(body)
+    for name, value in fields.items():
+        if name == "filters" and isinstance(merged.get("filters"), dict):
+            both = set(merged["filters"]) & set(value)
+            if both:
+                raise _conflict(f"filter {sorted(both)[0]} is given both in the body and in the "
+                                f"query string", ["filters", sorted(both)[0]])
+            merged["filters"] = {**merged["filters"], **value}
+        elif name in merged:
+            raise _conflict(f"{name} is given both in the body and in the query string", [name])
+        else:
+            merged[name] = value
+    return merged

@@ -478,24 +478,38 @@ class CatalogStore:
                 oversampling=self.settings.quantization_oversampling)
         return models.SearchParams(hnsw_ef=self.settings.search_hnsw_ef, quantization=quantization)
 
-    def _nearest(self, vector: np.ndarray, query: Query, limit: int, offset: int) -> list[Hit]:
+    def _stage(self, vector: np.ndarray, query: Query, limit: int) -> dict[str, Any]:
+        """The query arguments shared by plain and grouped searches (filter, vectors, params)."""
         query_filter = build_filter(query.filters, query.exclude_products)
         params = self._search_params() if self.is_server else None
         first = np.asarray(vector, np.float32).tolist()
         if query.rerank is not None and self.rerank_dim:
             # candidates by the fast vector, then ordered by the precise one
-            stage = dict(prefetch=models.Prefetch(
+            return dict(prefetch=models.Prefetch(
                 query=first, using=VECTOR, filter=query_filter, params=params,
-                limit=max(self.settings.rerank_candidates, limit + offset)),
-                query=np.asarray(query.rerank, np.float32).tolist(), using=RERANK)
-        else:
-            stage = dict(query=first, using=VECTOR, search_params=params)
+                limit=max(self.settings.rerank_candidates, limit)),
+                query=np.asarray(query.rerank, np.float32).tolist(), using=RERANK,
+                query_filter=query_filter)
+        return dict(query=first, using=VECTOR, search_params=params, query_filter=query_filter)
+
+    def _nearest(self, vector: np.ndarray, query: Query, limit: int, offset: int) -> list[Hit]:
+        stage = self._stage(vector, query, limit + offset)
         with self._call():
             response = self.client.query_points(
-                self.collection, query_filter=query_filter, limit=limit, offset=offset or None,
+                self.collection, limit=limit, offset=offset or None,
                 score_threshold=query.score_threshold, with_payload=True, **stage)
         return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {})
                 for p in response.points]
+
+    def _best_of_groups(self, vector: np.ndarray, query: Query, groups: int) -> list[Hit]:
+        """Qdrant's own grouping: the best image of each of the nearest ``groups`` products."""
+        stage = self._stage(vector, query, groups)
+        with self._call():
+            response = self.client.query_points_groups(
+                self.collection, group_by="product_id", limit=groups, group_size=1,
+                score_threshold=query.score_threshold, with_payload=True, **stage)
+        return [Hit(id=str(g.hits[0].id), score=float(g.hits[0].score),
+                    payload=g.hits[0].payload or {}) for g in response.groups if g.hits]
 
     def search(self, vector: np.ndarray, query: Query) -> list[Hit]:
         """Nearest images, or with grouping the best image of each of the nearest products."""
@@ -509,7 +523,8 @@ class CatalogStore:
 
         Results come sorted by score, so the first image seen of a product is its best and the
         order of first sightings is the order of products. If a page of images holds too few
-        products, fetch a bigger one; stop when Qdrant has no more images to give.
+        products, fetch a bigger one; stop when Qdrant has no more images to give. Past
+        ``MAX_GROUP_FETCH`` images (deep pages of products with many images), Qdrant groups.
         """
         wanted = query.offset + query.top_k
         limit = max(32, wanted * 4)
@@ -518,8 +533,10 @@ class CatalogStore:
             best: dict[str, Hit] = {}
             for hit in hits:
                 best.setdefault(str(hit.payload.get("product_id")), hit)
-            if len(best) >= wanted or len(hits) < limit or limit >= MAX_GROUP_FETCH:
+            if len(best) >= wanted or len(hits) < limit:
                 return list(best.values())[query.offset:wanted]
+            if limit >= MAX_GROUP_FETCH:
+                return self._best_of_groups(vector, query, wanted)[query.offset:wanted]
             limit = min(MAX_GROUP_FETCH, limit * 4)
 
     def similar(self, product_id: str, query: Query) -> list[Hit]:

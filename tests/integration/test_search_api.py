@@ -229,6 +229,104 @@ def test_pagination_has_no_duplicates_or_gaps(env, catalog, demo_images, group):
     assert len(pages) == (10 if group else 60) and len(set(pages)) == len(pages)
 
 
+def test_next_offset_never_points_past_the_offset_limit(env, catalog, demo_images, monkeypatch):
+    import visual_search.api as api_module
+
+    monkeypatch.setattr(api_module, "MAX_OFFSET", 20)
+    photo = base64.b64encode(query_photo(demo_images, 9)).decode()
+    pages = {offset: call(env, json_event("POST", "/search", {
+        "image": photo, "top_k": 10, "offset": offset, "group_by_product": False}))[1]
+        for offset in (10, 15)}
+    assert pages[10]["next_offset"] == 20 and len(pages[15]["results"]) == 10
+    assert pages[15]["next_offset"] is None  # offset 25 would be refused
+
+
+@pytest.mark.parametrize("query", [
+    "?price_min=1&filters=" + json.dumps({"price": {"gte": 2.5}}),
+    "?filters=" + json.dumps({"price": {"gte": 2.5}}) + "&price_min=1",
+    "?brand=Valio&filters=" + json.dumps({"brand": "Arla"}),
+    "?filters=" + json.dumps({"brand": "Arla"}) + "&brand=Valio",
+])
+def test_a_filter_given_twice_is_a_conflict_whatever_the_order(env, catalog, demo_images, query):
+    event = rest_event("POST", "/search" + query, body=query_photo(demo_images, 2),
+                       content_type="image/jpeg")
+    status, body, _ = call(env, event)
+    assert status == 422 and body["error"]["details"][0]["msg"] == "conflict", body
+
+
+@pytest.mark.parametrize("value,status", [("banana", 422), ("", 422), ("false", 200),
+                                          ("FALSE", 200), ("yes", 200)])
+def test_group_by_product_in_the_query_string_is_validated(env, catalog, demo_images, value,
+                                                           status):
+    event = rest_event("POST", f"/search?group_by_product={value}&top_k=20",
+                       body=query_photo(demo_images, 2), content_type="image/jpeg")
+    got, body, _ = call(env, event)
+    assert got == status, body
+    if value.lower() == "false":
+        assert len(set(products(body))) < 20  # several images of one product
+
+
+def test_query_string_options_apply_to_json_and_form_bodies(env, catalog, demo_images):
+    photo = query_photo(demo_images, 2)
+    as_json = json_event("POST", "/search?top_k=2&category=Milk",
+                         {"image": base64.b64encode(photo).decode()})
+    status, body, _ = call(env, as_json)
+    assert status == 200 and len(body["results"]) == 2
+    assert {catalog[p]["category"] for p in products(body)} == {"Milk"}
+    form, content_type = multipart_body({"group_by_product": "false"}, photo)
+    status, body, _ = call(env, rest_event("POST", "/search?top_k=13", body=form,
+                                           content_type=content_type))
+    assert status == 200 and len(body["results"]) == 13  # more than the 10 products
+    twice = json_event("POST", "/search?top_k=2", {"image": base64.b64encode(photo).decode(),
+                                                   "top_k": 5})
+    status, body, _ = call(env, twice)
+    assert status == 422 and body["error"]["details"][0] == {"loc": ["top_k"], "msg": "conflict"}
+    status, _, _ = call(env, json_event("POST", "/search?top_k=banana",
+                                        {"image": base64.b64encode(photo).decode()}))
+    assert status == 422
+
+
+def test_line_wrapped_base64_is_accepted(env, catalog, demo_images):
+    wrapped = base64.encodebytes(query_photo(demo_images, 13)).decode()  # 76 columns, as base64(1)
+    assert "\n" in wrapped.strip()
+    status, body, _ = call(env, json_event("POST", "/search", {"image": wrapped}))
+    assert status == 200 and products(body)[0] == product_of(demo_images, 13)
+
+
+def test_metadata_filter_keys_match_whatever_their_case(env, catalog, demo_images):
+    photo = base64.b64encode(query_photo(demo_images, 2)).decode()
+    answers = [call(env, json_event("POST", "/search", {
+        "image": photo, "top_k": 100, "group_by_product": False,
+        "filters": {key: "red"}}))[1] for key in ("colour", "Colour")]
+    assert len(answers[0]["results"]) == 30 and answers[0] == {**answers[1], "timings_ms": answers[0]["timings_ms"]}
+
+
+@pytest.mark.parametrize("price", [{"gte": 1, "gt": 3, "lt": 2}, {"gt": 2, "lte": 2},
+                                   {"gte": 2, "lt": 2}, {"gt": 1, "gte": 0, "lte": 0.5}])
+def test_contradictory_price_bounds_are_refused(env, catalog, demo_images, price):
+    photo = base64.b64encode(query_photo(demo_images, 2)).decode()
+    status, body, _ = call(env, json_event("POST", "/search", {"image": photo,
+                                                               "filters": {"price": price}}))
+    assert status == 422 and "lower price bound" in body["error"]["message"]
+
+
+def test_similar_takes_the_decoded_product_id_of_an_encoded_path(env, catalog, demo_images):
+    app, s3 = env
+    product = "Caffè Latte/Large"
+    key = "catalog/special/a.jpg"
+    data = demo_images[3].path.read_bytes()
+    app.api.catalog.index([ImageSource(BUCKET, key, data, {"product-id": product})])
+    try:
+        # as API Gateway sends it: the path as the client encoded it, the parameter decoded
+        event = rest_event("GET", "/products/Caff%C3%A8%20Latte%2FLarge/similar?top_k=3",
+                           resource="/products/{product_id}/similar",
+                           path_params={"product_id": product})
+        status, body, _ = call(env, event)
+        assert status == 200 and len(body["results"]) == 3 and product not in products(body)
+    finally:
+        app.api.catalog.remove([(BUCKET, key)])
+
+
 # -- similar, health, openapi ------------------------------------------------------------------
 
 def test_similar_products(env, catalog):

@@ -105,6 +105,38 @@ def test_pagination_has_no_duplicates_or_gaps(store, demo_points, group):
     assert len(everything) == (10 if group else 60)
 
 
+def test_deep_grouped_pages_of_products_with_many_images(make_store, monkeypatch):
+    """Past the images one over-fetch may take, pages come from Qdrant's own grouping: still
+    every product once, in score order, with nothing skipped."""
+    import visual_search.store as store_module
+
+    rng = np.random.default_rng(7)
+    store = make_store(model_id="synthetic", dim=16)
+    points = []
+    for product in range(150):
+        centre = rng.normal(size=16)
+        for image in range(6):
+            vector = (centre + 0.3 * rng.normal(size=16)).astype(np.float32)
+            vector /= np.linalg.norm(vector)
+            points.append(ImagePoint(BUCKET, f"p{product}/{image}.jpg", vector,
+                                     {"product_id": f"p{product}", "bucket": BUCKET,
+                                      "key": f"p{product}/{image}.jpg"}))
+    store.upsert(points)
+    query = rng.normal(size=16).astype(np.float32)
+    query /= np.linalg.norm(query)
+    best: dict[str, float] = {}
+    for point in points:
+        best[point.payload["product_id"]] = max(best.get(point.payload["product_id"], -2.0),
+                                                float(point.vector @ query))
+    truth = sorted(best, key=lambda p: -best[p])
+    monkeypatch.setattr(store_module, "MAX_GROUP_FETCH", 256)  # 150 x 6 images do not fit
+    pages = []
+    for offset in range(0, 150, 20):
+        hits = store.search(query, Query(top_k=20, offset=offset))
+        pages += [h.payload["product_id"] for h in hits]
+    assert pages == truth
+
+
 def test_score_threshold(store, demo_points):
     hits = store.search(query_vector(demo_points), Query(top_k=60, group_by_product=False,
                                                          score_threshold=0.8))

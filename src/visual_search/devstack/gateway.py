@@ -13,7 +13,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..lambdas import LambdaContext
 
@@ -37,7 +37,8 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes) -> 
     parts = split.path.strip("/").split("/")
     resource = split.path
     if len(parts) == 3 and parts[0] == "products" and parts[2] == "similar":
-        path_params, resource = {"product_id": parts[1]}, "/products/{product_id}/similar"
+        # decoded, as API Gateway decodes path parameters (the path itself stays encoded)
+        path_params, resource = {"product_id": unquote(parts[1])}, "/products/{product_id}/similar"
     return {
         "resource": resource, "path": split.path, "httpMethod": method,
         "headers": dict(headers), "multiValueHeaders": {k: [v] for k, v in headers.items()},
