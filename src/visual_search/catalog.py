@@ -149,6 +149,15 @@ def build_payload(source: ImageSource, model_id: str) -> dict[str, Any]:
     return {k: v for k, v in payload.items() if v is not None}
 
 
+DESCRIPTIVE_FIELDS = ("product_id", "category", "brand", "title", "price", "metadata")
+
+
+def describes_same(stored: Mapping[str, Any], source: ImageSource, model_id: str) -> bool:
+    """Whether a stored payload already carries the product metadata ``source`` would give."""
+    fresh = build_payload(source, model_id)
+    return all(stored.get(name) == fresh.get(name) for name in DESCRIPTIVE_FIELDS)
+
+
 def is_image_key(key: str, content_type: str | None = None) -> bool:
     if content_type and content_type.lower().startswith("image/"):
         return True

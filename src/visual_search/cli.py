@@ -19,9 +19,10 @@ def _progress(iterable, total: int | None, desc: str, quiet: bool = False):
 def ingest_folder(catalog, folder: Path, bucket: str, batch: int = 16, quiet: bool = False) -> dict:
     """Index every image of a local catalogue folder through the normal indexing path.
 
-    Resumable and idempotent: an image whose content hash matches its stored ETag is skipped.
+    Resumable and idempotent: an image whose content hash matches its stored ETag, and whose
+    products.csv row still says what its point says, is skipped.
     """
-    from .catalog import ImageSource
+    from .catalog import ImageSource, describes_same
     from .folders import scan
     from .ingest import bare_etag
     from .sync import md5_etag
@@ -36,11 +37,14 @@ def ingest_folder(catalog, folder: Path, bucket: str, batch: int = 16, quiet: bo
         for img in chunk:
             data = img.path.read_bytes()
             etag = md5_etag(data)
-            if bare_etag(stored.get((bucket, img.key), {}).get("etag")) == etag:
+            source = ImageSource(bucket, img.key, data, img.metadata,
+                                 content_type=img.content_type, etag=etag)
+            point = stored.get((bucket, img.key), {})
+            if (bare_etag(point.get("etag")) == etag
+                    and describes_same(point, source, catalog.model_id)):
                 counts["unchanged"] += 1
                 continue
-            sources.append(ImageSource(bucket, img.key, data, img.metadata,
-                                       content_type=img.content_type, etag=etag))
+            sources.append(source)
         for result in catalog.index(sources).results if sources else []:
             if result.ok:
                 counts["indexed"] += 1

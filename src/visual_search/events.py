@@ -113,6 +113,8 @@ def event_kind(event: Mapping[str, Any]) -> str:
     if is_test_event(event):
         return "test"
     records = event.get("Records")
+    if records == []:
+        return "s3"  # nothing to apply
     if isinstance(records, list) and records:
         source = records[0].get("eventSource") if isinstance(records[0], Mapping) else None
         if source == "aws:sqs":

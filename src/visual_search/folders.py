@@ -33,7 +33,7 @@ def read_products(folder: Path) -> dict[str, dict[str, str]]:
     table = folder / "products.csv"
     if not table.is_file():
         return {}
-    with table.open(newline="", encoding="utf-8") as handle:
+    with table.open(newline="", encoding="utf-8-sig") as handle:  # Excel's "CSV UTF-8" has a BOM
         rows = list(csv.DictReader(handle))
     products = {}
     for row in rows:

@@ -261,6 +261,10 @@ def test_test_events_are_acknowledged(world):
         "batchItemFailures": []}
 
 
+def test_an_event_without_records_is_acknowledged(world):
+    assert world.invoke({"Records": []}) == {"outcomes": []}
+
+
 def test_direct_s3_event(world, photos):
     result = world.invoke({"Records": [world.put("catalog/p1/a.jpg", photos[0])]})
     assert result["outcomes"][0]["status"] == "indexed"

@@ -1,0 +1,55 @@
+"""`visual-search ingest ./folder`: a local catalogue folder with its products.csv, indexed
+through the normal path, resumable, and following edits of the folder's metadata."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from visual_search.catalog import Catalog
+from visual_search.cli import ingest_folder
+from visual_search.config import StoreSettings
+from visual_search.folders import read_products
+from visual_search.store import CatalogStore, connect
+
+BUCKET = "local"
+
+
+@pytest.fixture
+def catalog(embedder):
+    settings = StoreSettings(path=":memory:", collection="folder")
+    return Catalog(embedder, CatalogStore(connect(settings), settings, embedder.model_id,
+                                          embedder.dim))
+
+
+@pytest.fixture
+def folder(tmp_path, demo_images):
+    (tmp_path / "sku-1").mkdir()
+    shutil.copy(demo_images[0].path, tmp_path / "sku-1" / "a.jpg")
+    (tmp_path / "products.csv").write_text("product_id,category,price\nsku-1,Milk,1.99\n")
+    return tmp_path
+
+
+def stored(catalog) -> dict:
+    return catalog.store.get_images([(BUCKET, "sku-1/a.jpg")])[(BUCKET, "sku-1/a.jpg")]
+
+
+def test_a_rerun_skips_unchanged_images(catalog, folder):
+    assert ingest_folder(catalog, folder, BUCKET, quiet=True)["indexed"] == 1
+    assert ingest_folder(catalog, folder, BUCKET, quiet=True) == {
+        "indexed": 0, "unchanged": 1, "failed": 0}
+
+
+def test_an_edited_products_csv_is_applied_on_the_next_run(catalog, folder):
+    ingest_folder(catalog, folder, BUCKET, quiet=True)
+    (folder / "products.csv").write_text("product_id,category,price\nsku-1,Oat-Milk,2.49\n")
+    assert ingest_folder(catalog, folder, BUCKET, quiet=True)["indexed"] == 1
+    point = stored(catalog)
+    assert point["category"] == "Oat-Milk" and point["price"] == 2.49
+
+
+def test_a_products_csv_saved_with_a_byte_order_mark(folder):
+    (folder / "products.csv").write_bytes(
+        "\ufeffproduct_id,category,price\nsku-1,Milk,1.99\n".encode("utf-8"))
+    assert read_products(folder) == {"sku-1": {"product-id": "sku-1", "category": "Milk",
+                                               "price": "1.99"}}
