@@ -400,9 +400,13 @@ class SearchApi:
 
     def resolve(self, event: dict, context: Any) -> dict:
         try:
-            return self.app.resolve(event, context)
+            response = self.app.resolve(event, context)
         except Exception:  # malformed events the resolver itself cannot take
             logger.exception("event could not be resolved")
             response = error_response(400, "bad_request", "the request could not be read")
             return {"statusCode": 400, "headers": {"Content-Type": "application/json"},
                     "body": response.body, "isBase64Encoded": False}
+        if len(self.settings.api.cors_origins) > 1:
+            # The allowed origin echoes the request's: shared caches must key on it.
+            response.setdefault("multiValueHeaders", {})["Vary"] = ["Origin"]
+        return response

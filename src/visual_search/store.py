@@ -467,7 +467,7 @@ class CatalogStore:
     def product_vectors(self, product_id: str) -> np.ndarray:
         vectors = [h.vector for h in self.scroll({"product_id": product_id}, with_vectors=True)]
         if not vectors:
-            raise NotFoundError(f"product {product_id!r} is not in the catalogue")
+            raise NotFoundError(f"product {product_id[:80]!r} is not in the catalogue")
         return np.asarray(vectors, dtype=np.float32)
 
     def _search_params(self) -> models.SearchParams:

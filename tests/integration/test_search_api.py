@@ -347,6 +347,11 @@ def test_similar_unknown_product_is_404(env, catalog):
                                            resource="/products/{product_id}/similar",
                                            path_params={"product_id": "nope"}))
     assert status == 404 and body["error"]["code"] == "not_found" and "nope" in body["error"]["message"]
+    long_id = "x" * 5000
+    status, body, _ = call(env, rest_event("GET", f"/products/{long_id}/similar",
+                                           resource="/products/{product_id}/similar",
+                                           path_params={"product_id": long_id}))
+    assert status == 404 and len(body["error"]["message"]) < 200  # the id is not echoed whole
 
 
 def test_health(env, catalog):
@@ -495,3 +500,14 @@ def test_cors_headers(env, monkeypatch):
     response = api.resolve(rest_event("GET", "/health", headers={"Origin": "https://shop.example"}),
                            LambdaContext())
     assert headers_of(response)["Access-Control-Allow-Origin"] == "https://shop.example"
+
+
+def test_several_cors_origins_vary_on_origin(env, monkeypatch):
+    app, s3 = env
+    monkeypatch.setenv("CORS_ORIGINS", "https://shop.example,https://admin.example")
+    api = SearchApi(app.api.catalog, s3, load_settings())
+    for origin in ("https://shop.example", "https://admin.example"):
+        response = api.resolve(rest_event("GET", "/health", headers={"Origin": origin}),
+                               LambdaContext())
+        headers = headers_of(response)
+        assert headers["Access-Control-Allow-Origin"] == origin and headers["Vary"] == "Origin"
