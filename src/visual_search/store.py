@@ -8,6 +8,7 @@ metadata. The collection records which model built it and refuses vectors from a
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -32,6 +33,7 @@ RANGE_OPS = ("gt", "gte", "lt", "lte")
 _DISTANCE = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT,
              "euclid": models.Distance.EUCLID}
 MAX_GROUP_FETCH = 4096
+_MISSING_LOCAL = re.compile(r"Collection .* not found")  # embedded mode's ValueError
 KEY_MAX_AGE_S = 300  # how long a key read from SSM / Secrets Manager is used before re-reading
 
 
@@ -262,6 +264,12 @@ class CatalogStore:
             raise
         except (ConnectionError, TimeoutError) as exc:
             raise StoreUnavailableError(f"Qdrant is unreachable: {exc}") from None
+        except ValueError as exc:
+            if self.is_server or not _MISSING_LOCAL.search(str(exc)):
+                raise
+            self._ready = False  # embedded mode says it so: the same recovery as a server's 404
+            raise StoreUnavailableError("the collection is missing; it will be re-created "
+                                        "on the next request") from None
         finally:
             if lock:
                 lock.release()
@@ -283,17 +291,35 @@ class CatalogStore:
         """
         if self._ready:
             return
-        with self._call():
-            if self._exists(self.collection):
-                self._check_model(self.client.get_collection(self.collection))
-            else:
-                physical = f"{self.collection}-{slug(self.model_id)}"
-                if not self.client.collection_exists(physical):
-                    self.create_physical(physical)
-                else:
-                    self._check_model(self.client.get_collection(physical))
-                self.point_alias(physical)
+        for attempt in range(3):
+            try:
+                with self._call():
+                    self._ensure()
+                break
+            except UnexpectedResponse as exc:
+                # Another function instance created it (or the alias) a moment ago: look again.
+                if attempt == 2 or b"already exists" not in (exc.content or b""):
+                    raise
         self._ready = True
+
+    def _ensure(self) -> None:
+        if self._exists(self.collection):
+            self._check_existing(self.collection)
+            return
+        physical = f"{self.collection}-{slug(self.model_id)}"
+        if not self.client.collection_exists(physical):
+            self.create_physical(physical)
+        else:
+            self._check_existing(physical)
+        self.point_alias(physical)
+
+    def _check_existing(self, name: str) -> None:
+        """Refuse another model's collection; add payload indexes a failed creation left out."""
+        info = self.client.get_collection(name)
+        self._check_model(info)
+        if self.is_server:
+            have = set(info.payload_schema or {})
+            self._create_indexes(name, [f for f in KEYWORD_FIELDS + FLOAT_FIELDS if f not in have])
 
     def _exists(self, name: str) -> bool:
         return name in self.aliases() or self.client.collection_exists(name)
@@ -365,10 +391,13 @@ class CatalogStore:
                       "distance": self.distance, "rerank_model_id": self.rerank_model_id},
         )
         if self.is_server:  # embedded mode scans everything and ignores payload indexes
-            for field_name in KEYWORD_FIELDS:
-                self.client.create_payload_index(name, field_name, models.PayloadSchemaType.KEYWORD)
-            for field_name in FLOAT_FIELDS:
-                self.client.create_payload_index(name, field_name, models.PayloadSchemaType.FLOAT)
+            self._create_indexes(name, KEYWORD_FIELDS + FLOAT_FIELDS)
+
+    def _create_indexes(self, name: str, fields: Sequence[str]) -> None:
+        for field_name in fields:
+            schema = (models.PayloadSchemaType.FLOAT if field_name in FLOAT_FIELDS
+                      else models.PayloadSchemaType.KEYWORD)
+            self.client.create_payload_index(name, field_name, schema)
 
     def drop_collection(self, name: str) -> None:
         with self._call():

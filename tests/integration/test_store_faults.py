@@ -53,15 +53,47 @@ def test_slow_server_times_out(qdrant_shim):
     assert time.perf_counter() - started < 2.9
 
 
-def test_a_collection_deleted_underneath_is_recreated(qdrant_shim):
-    store = CatalogStore.open(StoreSettings(url=qdrant_shim.url, collection="vanishing",
-                                            timeout_s=2), "m", 4)
+@pytest.mark.parametrize("mode", ["rest", "memory"])
+def test_a_collection_deleted_underneath_is_recreated(request, mode):
+    settings = (StoreSettings(path=":memory:", collection="vanishing") if mode == "memory" else
+                StoreSettings(url=request.getfixturevalue("qdrant_shim").url,
+                              collection="vanishing", timeout_s=2))
+    store = CatalogStore.open(settings, "m", 4)
     assert store.count() == 0
     store.drop_collection(store.physical_collection())
     with pytest.raises(StoreUnavailableError, match="re-created"):
         store.count()
     assert store.count() == 0  # the next request finds it missing and creates it again
     store.drop_collection(store.physical_collection())
+
+
+def test_many_instances_using_a_new_collection_at_once(qdrant_shim):
+    """A fresh deploy: several function instances find no collection and create it together;
+    the ones that lose the race use the winner's collection instead of failing."""
+    import threading
+    import uuid
+
+    from visual_search.store import ImagePoint
+
+    name = f"race-{uuid.uuid4().hex[:6]}"
+    stores = [CatalogStore.open(StoreSettings(url=qdrant_shim.url, collection=name, timeout_s=5),
+                                "m", 4) for _ in range(8)]
+    start, errors = threading.Barrier(len(stores)), []
+
+    def first_write(store, n):
+        start.wait()
+        try:
+            store.upsert([ImagePoint("b", f"k{n}", np.ones(4, np.float32), {"product_id": "p"})])
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=first_write, args=(s, n)) for n, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and stores[0].count() == len(stores)
+    stores[0].drop_collection(stores[0].physical_collection())
 
 
 def test_a_locked_embedded_folder_is_a_clear_error(tmp_path):
