@@ -120,8 +120,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         top = 65535.0 if values.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
         image = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8))
         mode = "L"
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if mode in ("P", "L", "RGB") and "transparency" in image.info:
+        image = image.convert("RGBA")  # a tRNS colour, as optimisers write RGBA cut-outs
+    elif mode == "P":
+        image = image.convert("RGB")
     elif mode in ("LA", "PA", "La", "RGBa"):
         image = image.convert("RGBA")
     if image.mode == "RGBA":

@@ -98,6 +98,16 @@ def test_palette_with_transparency_is_composited_on_white():
     assert np.allclose(pixels, WHITE_PIXEL, atol=0.02)
 
 
+@pytest.mark.parametrize("mode,colour", [("L", 0), ("RGB", (0, 0, 0))])
+def test_a_transparent_colour_chunk_is_composited_on_white(mode, colour):
+    """Greyscale or RGB PNGs with a tRNS colour, as PNG optimisers write RGBA cut-outs."""
+    image = Image.new(mode, (100, 100), colour)  # all of it the transparent colour
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", transparency=colour)
+    pixels = decode(buffer.getvalue(), PREP, LIMITS)
+    assert np.allclose(pixels, WHITE_PIXEL, atol=0.02)
+
+
 def test_animated_gif_uses_first_frame():
     red, blue = Image.new("RGB", (64, 64), (255, 0, 0)), Image.new("RGB", (64, 64), (0, 0, 255))
     buffer = io.BytesIO()
