@@ -60,6 +60,11 @@ def _check_scalar(value: Any, field: str) -> Any:
     raise ValueError(f"{field}: expected a string or number or a list of them")
 
 
+def _as_text(value: Any) -> str:
+    """A JSON filter value as the string S3 metadata holds: true -> "true", 2 -> "2"."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
 class Filters(BaseModel):
     """``category``, ``brand`` and ``product_id``: a value or a list (any of); ``price``: a range;
     any other metadata key: an exact value or a list."""
@@ -106,9 +111,9 @@ class Filters(BaseModel):
         if self.price is not None:
             out["price"] = self.price.model_dump(exclude_none=True)
         for key, value in (self.model_extra or {}).items():
-            # S3 user metadata names arrive (and are stored) in lower case
-            out[f"metadata.{key.lower()}"] = ([str(v) for v in value] if isinstance(value, list)
-                                              else str(value))
+            # S3 user metadata names arrive (and are stored) in lower case, values as strings
+            out[f"metadata.{key.lower()}"] = ([_as_text(v) for v in value]
+                                              if isinstance(value, list) else _as_text(value))
         return out
 
 

@@ -301,6 +301,20 @@ def test_metadata_filter_keys_match_whatever_their_case(env, catalog, demo_image
     assert len(answers[0]["results"]) == 30 and answers[0] == {**answers[1], "timings_ms": answers[0]["timings_ms"]}
 
 
+def test_a_boolean_filter_matches_metadata_written_as_true(env, catalog, demo_images):
+    app, _ = env
+    key = "catalog/featured/a.jpg"
+    app.api.catalog.index([ImageSource(BUCKET, key, demo_images[3].path.read_bytes(),
+                                       {"product-id": "Featured", "featured": "true"})])
+    try:
+        photo = base64.b64encode(query_photo(demo_images, 2)).decode()
+        found = {flag: products(call(env, json_event("POST", "/search", {
+            "image": photo, "filters": {"featured": flag}}))[1]) for flag in (True, False)}
+        assert found == {True: ["Featured"], False: []}
+    finally:
+        app.api.catalog.remove([(BUCKET, key)])
+
+
 @pytest.mark.parametrize("price", [{"gte": 1, "gt": 3, "lt": 2}, {"gt": 2, "lte": 2},
                                    {"gte": 2, "lt": 2}, {"gt": 1, "gte": 0, "lte": 0.5}])
 def test_contradictory_price_bounds_are_refused(env, catalog, demo_images, price):
