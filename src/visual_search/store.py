@@ -507,22 +507,24 @@ class CatalogStore:
                 oversampling=self.settings.quantization_oversampling)
         return models.SearchParams(hnsw_ef=self.settings.search_hnsw_ef, quantization=quantization)
 
-    def _stage(self, vector: np.ndarray, query: Query, limit: int) -> dict[str, Any]:
+    def _stage(self, vector: np.ndarray, query: Query) -> dict[str, Any]:
         """The query arguments shared by plain and grouped searches (filter, vectors, params)."""
         query_filter = build_filter(query.filters, query.exclude_products)
         params = self._search_params() if self.is_server else None
         first = np.asarray(vector, np.float32).tolist()
         if query.rerank is not None and self.rerank_dim:
-            # candidates by the fast vector, then ordered by the precise one
+            # Candidates by the fast vector, then ordered by the precise one. The pool is the
+            # same for every page (not grown with the offset), so pages of one query neither
+            # repeat nor skip a result; pagination ends at RERANK_CANDIDATES images.
             return dict(prefetch=models.Prefetch(
                 query=first, using=VECTOR, filter=query_filter, params=params,
-                limit=max(self.settings.rerank_candidates, limit)),
+                limit=self.settings.rerank_candidates),
                 query=np.asarray(query.rerank, np.float32).tolist(), using=RERANK,
                 query_filter=query_filter)
         return dict(query=first, using=VECTOR, search_params=params, query_filter=query_filter)
 
     def _nearest(self, vector: np.ndarray, query: Query, limit: int, offset: int) -> list[Hit]:
-        stage = self._stage(vector, query, limit + offset)
+        stage = self._stage(vector, query)
         with self._call():
             response = self.client.query_points(
                 self.collection, limit=limit, offset=offset or None,
@@ -532,7 +534,7 @@ class CatalogStore:
 
     def _best_of_groups(self, vector: np.ndarray, query: Query, groups: int) -> list[Hit]:
         """Qdrant's own grouping: the best image of each of the nearest ``groups`` products."""
-        stage = self._stage(vector, query, groups)
+        stage = self._stage(vector, query)
         with self._call():
             response = self.client.query_points_groups(
                 self.collection, group_by="product_id", limit=groups, group_size=1,

@@ -42,3 +42,26 @@ def test_a_reranking_collection_refuses_a_store_without_the_reranker(make_store,
     plain = make_store()
     with pytest.raises(ModelMismatchError, match="rerank"):
         plain.search(np.zeros(embedder.dim, np.float32), Query())
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_reranked_pages_neither_repeat_nor_skip(make_store, embedder, reranker, demo_images,
+                                                group):
+    store = make_store(rerank_model_id=reranker.model_id, rerank_dim=reranker.dim,
+                       rerank_candidates=24)
+    catalog = Catalog(embedder, store, reranker)
+    catalog.index([ImageSource("b", img.key, img.path.read_bytes(), img.metadata)
+                   for img in demo_images])
+    query = demo_images[7].path.read_bytes()
+    whole = catalog.search_image(query, Query(top_k=100, group_by_product=group)).hits
+    pages, offset = [], 0
+    while True:
+        page = catalog.search_image(query, Query(top_k=5, offset=offset,
+                                                 group_by_product=group)).hits
+        pages += page
+        if len(page) < 5:
+            break
+        offset += 5
+    keys = [h.payload["key"] for h in pages]
+    assert keys == [h.payload["key"] for h in whole] and len(set(keys)) == len(keys)
+    assert len(keys) <= 24 and (group or len(keys) == 24)  # the pool bounds the pages
