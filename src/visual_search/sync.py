@@ -180,19 +180,27 @@ class Syncer:
         return report
 
 
-def buckets_in(store: CatalogStore, collection: str) -> dict[str, int]:
-    """Buckets recorded in a collection's payloads (with counts), read without its vectors."""
-    counts: dict[str, int] = {}
+def written_to(store: CatalogStore, collection: str) -> Iterator[tuple[str, str, str]]:
+    """(bucket, key, indexed_at) of every point of a collection, read without its vectors."""
     offset = None
     while True:
         records, offset = store.client.scroll(collection, limit=512, offset=offset,
-                                              with_payload=["bucket"], with_vectors=False)
+                                              with_payload=["bucket", "key", "indexed_at"],
+                                              with_vectors=False)
         for record in records:
-            bucket = (record.payload or {}).get("bucket")
-            if bucket:
-                counts[bucket] = counts.get(bucket, 0) + 1
+            payload = record.payload or {}
+            if payload.get("bucket") and payload.get("key"):
+                yield payload["bucket"], payload["key"], str(payload.get("indexed_at", ""))
         if offset is None:
-            return counts
+            return
+
+
+def buckets_in(store: CatalogStore, collection: str) -> dict[str, int]:
+    """Buckets recorded in a collection's payloads (with counts), read without its vectors."""
+    counts: dict[str, int] = {}
+    for bucket, _, _ in written_to(store, collection):
+        counts[bucket] = counts.get(bucket, 0) + 1
+    return counts
 
 
 def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = None,
@@ -209,7 +217,8 @@ def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = N
         sources = [(bucket, "") for bucket in buckets_in(store, old)] if old else []
     if not sources:
         raise ValueError("nothing to re-index from: give --source s3://bucket/prefix")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    started = datetime.now(timezone.utc)
+    stamp = started.strftime("%Y%m%d%H%M%S%f")
     new = f"{store.collection}-{slug(catalog.model_id)}-{stamp}"
     new_store = store.for_collection(new)
     new_store.create_physical(new)
@@ -221,6 +230,9 @@ def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = N
         log(f"indexing s3://{bucket}/{prefix} into {new}")
         reports[f"s3://{bucket}/{prefix}"] = syncer.backfill(bucket, prefix).as_dict()
     if old == store.collection:  # a plain collection, not yet an alias: replace it
+        if keep_old:
+            log(f"{old!r} is a plain collection, not an alias: it must go for the alias to "
+                f"take its name, so it is dropped despite --keep-old")
         store.drop_collection(old)
     store.point_alias(new)
     store._ready = False
@@ -228,6 +240,14 @@ def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = N
     catch_up = Syncer(Ingestor.configured(catalog, s3))
     for bucket, prefix in sources:
         catch_up.reconcile(bucket, prefix)
+    if old and old != store.collection:  # what the live ingest function wrote meanwhile,
+        # a metadata-only change (same ETag) included
+        since = started.isoformat(timespec="seconds")
+        touched = [(b, k) for b, k, at in written_to(store, old) if at >= since
+                   and any(b == bucket and k.startswith(prefix) for bucket, prefix in sources)]
+        if touched:
+            log(f"applying again {len(touched)} images changed during the re-index")
+            catch_up.apply_with_retries([S3Change(b, k, "created", "Reindex") for b, k in touched])
     if old and old != store.collection and not keep_old:
         store.drop_collection(old)
         log(f"dropped the old collection {old}")

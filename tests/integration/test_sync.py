@@ -7,6 +7,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from visual_search.catalog import Catalog
+from visual_search.events import S3Change
 from visual_search.config import IngestSettings, ImageLimits, StoreSettings
 from visual_search.ingest import Ingestor
 from visual_search.store import CatalogStore, Query, connect
@@ -144,3 +145,29 @@ def test_reindex_switches_the_alias_to_a_collection_of_the_current_model(s3, upl
         Bucket=BUCKET, Key=next(iter(keys(current.store))))["Body"].read()),
                                 Query(top_k=3, group_by_product=False))
     assert len(hits) == 3
+
+
+def test_a_metadata_change_during_a_reindex_reaches_the_new_collection(s3, upload, embedder):
+    """A copy-in-place with new metadata keeps the ETag; the live ingest function applies it to
+    the old collection while the new one is built, and the re-index must carry it over."""
+    upload(4)
+    client = connect(StoreSettings(path=":memory:"))
+    live = make_syncer(embedder, s3, "shop", client)
+    live.backfill(BUCKET, "catalog/")
+    key = sorted(keys(live.store))[0]
+    changed = []
+
+    def change_price_once(_):
+        if changed:
+            return
+        s3.copy_object(Bucket=BUCKET, Key=key, CopySource={"Bucket": BUCKET, "Key": key},
+                       Metadata={"price": "9.99"}, MetadataDirective="REPLACE",
+                       ContentType="image/jpeg")
+        changed.append(live.ingestor.apply([S3Change(BUCKET, key, "created", "ObjectCreated:Copy",
+                                                     sequencer="00AA")])[0].status)
+
+    current = make_syncer(embedder, s3, "shop", client)
+    reindex(current.ingestor.catalog, s3, sources=[(BUCKET, "catalog/")],
+            progress=change_price_once, log=lambda m: None)
+    assert changed == ["indexed"]
+    assert current.store.get_images([(BUCKET, key)])[(BUCKET, key)]["price"] == 9.99
