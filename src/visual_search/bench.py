@@ -410,7 +410,12 @@ def run_bench(args) -> int:
 
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     get_settings()
-    wanted = set(args.only.split(",")) if args.only else set(SECTIONS)
+    wanted = {name.strip() for name in args.only.split(",") if name.strip()} if args.only \
+        else set(SECTIONS)
+    unknown = sorted(wanted - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown bench section(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(SECTIONS)}")
     report: dict = {"machine": machine()}
     for name, (measure, show) in SECTIONS.items():
         if name in wanted:

@@ -89,6 +89,9 @@ def cmd_demo(args) -> int:
     from .folders import DEMO_CATALOG, scan
 
     folder = Path(args.folder or DEMO_CATALOG)
+    images = scan(folder)
+    if not images:
+        raise ValueError(f"{folder} holds no images (one subfolder per product)")
     if not os.environ.get("QDRANT_URL") and not args.persist:
         os.environ["QDRANT_PATH"] = ":memory:"  # a throwaway catalogue, apart from the dev stack's
     catalog = get_catalog()
@@ -97,7 +100,7 @@ def cmd_demo(args) -> int:
     counts = ingest_folder(catalog, folder, args.bucket)
     print(f"indexed {counts['indexed']} images ({counts['failed']} failed); "
           f"{catalog.store.count()} images in the catalogue")
-    query_image = Path(args.query) if args.query else scan(folder)[0].path
+    query_image = Path(args.query) if args.query else images[0].path
     print(f"\nsample query: {query_image}")
     result = catalog.search_image(query_image.read_bytes(), _query_from_args(args))
     _print_hits(result, args.json)
@@ -127,7 +130,8 @@ def cmd_ingest(args) -> int:
         bar.close()
         print(json.dumps(report, indent=2))
         return 0 if not report["failed"] and not report["retry"] else 1
-    counts = ingest_folder(get_catalog(), Path(source), args.bucket, quiet=args.quiet)
+    counts = ingest_folder(get_catalog(), Path(source), args.bucket, batch=args.batch,
+                           quiet=args.quiet)
     print(json.dumps(counts))
     return 0 if counts["failed"] == 0 else 1
 
@@ -178,7 +182,8 @@ def cmd_reindex(args) -> int:
                      progress=bar.update, log=lambda m: print(m, file=sys.stderr))
     bar.close()
     print(json.dumps(result, indent=2))
-    return 0
+    problems = sum(r["failed"] + r["retry"] for r in result["sources"].values())
+    return 0 if problems == 0 else 1
 
 
 def cmd_search(args) -> int:
@@ -256,8 +261,23 @@ def cmd_bench(args) -> int:
     return run_bench(args)
 
 
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: a whole number from low to high."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give {bound}")
+        return value
+    return parse
+
+
 def _add_query_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--top-k", type=int, default=5, help="results to return (default 5)")
+    parser.add_argument("--top-k", type=_int_in(1, 100), default=5,
+                        help="results to return, 1..100 (default 5)")
     parser.add_argument("--category", help="only this category")
     parser.add_argument("--brand", help="only this brand")
     parser.add_argument("--price-min", type=float, help="lowest price")
@@ -292,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("source", help="s3://bucket/prefix or a local folder")
     ingest.add_argument("--bucket", default="local",
                         help="for a folder: the bucket name recorded per image (default: local)")
-    ingest.add_argument("--batch", type=int, default=32, help="images per batch (default 32)")
+    ingest.add_argument("--batch", type=_int_in(1, 1024), default=32,
+                        help="images per batch (default 32)")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest.set_defaults(func=cmd_ingest)
 
@@ -312,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "before they are deleted: nothing is lost. --dry-run lists them instead.")
     redrive.add_argument("--dlq", required=True, help="dead-letter queue name or URL")
     redrive.add_argument("--to", help="target queue name or URL (default: the DLQ's source queue)")
-    redrive.add_argument("--max", type=int, help="move at most this many messages")
+    redrive.add_argument("--max", type=_int_in(1), help="move at most this many messages")
     redrive.add_argument("--dry-run", action="store_true", help="list the parked messages only")
     redrive.add_argument("--quiet", action="store_true", help="no progress bar")
     redrive.set_defaults(func=cmd_redrive)
@@ -341,9 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "function) and a search page at /; an embedded Qdrant under --data-dir, kept "
                     "between runs. By default the demo catalogue is uploaded into the bucket and "
                     "indexed through the normal ingest path. Ctrl-C stops everything cleanly.")
-    dev.add_argument("--api-port", type=int, default=8000,
+    dev.add_argument("--api-port", type=_int_in(0, 65535), default=8000,
                      help="port of the REST API and search page (default 8000; 0 = any free)")
-    dev.add_argument("--s3-port", type=int, default=9000,
+    dev.add_argument("--s3-port", type=_int_in(0, 65535), default=9000,
                      help="port of the S3 endpoint (default 9000; 0 = any free)")
     dev.add_argument("--data-dir", default=".data",
                      help="folder for the embedded Qdrant and the bucket's files (default .data)")
@@ -360,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("folder", metavar="DIR", help="one subfolder per product")
     ev.add_argument("--json", action="store_true",
                     help="print one JSON object (metric keys, model id, timings)")
-    ev.add_argument("--limit", type=int, help="evaluate an even subset of this many images")
+    ev.add_argument("--limit", type=_int_in(2),
+                    help="evaluate an even subset of this many images")
     ev.add_argument("--model-dir", help="another model folder (model.onnx + model.json)")
     ev.add_argument("--baseline", choices=["pixels"], help="evaluate the raw-pixel baseline")
     ev.add_argument("--rerank-model-dir",
@@ -377,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     bench = sub.add_parser("bench", help="measure decoding, inference and search speed")
-    bench.add_argument("--repeat", type=int, default=30, help="timed runs per case (default 30)")
+    bench.add_argument("--repeat", type=_int_in(1), default=30,
+                       help="timed runs per case (default 30)")
     bench.add_argument("--json", action="store_true", help="print only JSON")
     bench.add_argument("--only", help="comma-separated sections: embed, ingest, search, scale "
                                       "(embedded Qdrant at 1k/10k/100k points), cold")
@@ -386,11 +409,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (VisualSearchError, FileNotFoundError, ValueError) as exc:
+    except (VisualSearchError, ValueError, BotoCoreError, ClientError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a missing file, a folder given as an image, a data dir that is a file
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

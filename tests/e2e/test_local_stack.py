@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 
 import boto3
+import pytest
 from qdrant_client import QdrantClient
 
 from tests.e2e.conftest import RunningStack
@@ -41,6 +42,7 @@ def wait_for(condition, timeout=30.0, every=0.2):
 def test_start_banner_and_demo_catalogue(stack):
     out = stack.output()
     assert stack.api in out and stack.s3_url in out and "curl" in out and "aws --endpoint-url" in out
+    assert '"level":"INFO"' not in out  # the functions' JSON logs only with --verbose
     health = stack.get("/health")
     assert health["store_reachable"] and health["points"] == 60 and health["store"] == "embedded"
     with urllib.request.urlopen(stack.api + "/", timeout=10) as page:
@@ -86,6 +88,23 @@ def test_query_uploads_are_not_indexed(stack, demo_images):
 def test_errors_come_back_as_json(stack):
     status, body = post_image(stack, b"not an image")
     assert status == 400 and body["error"]["code"] == "unsupported_image"
+
+
+@pytest.mark.parametrize("framing,status", [("Content-Length: abc", 400),
+                                            ("Content-Length: -1", 400),
+                                            ("Transfer-Encoding: chunked", 411)])
+def test_a_body_the_gateway_cannot_frame_gets_an_error(stack, framing, status):
+    import socket as sockets
+
+    with sockets.create_connection(("127.0.0.1", stack.api_port), timeout=10) as conn:
+        conn.sendall(f"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     f"{framing}\r\n\r\n".encode())
+        chunks = []
+        while chunk := conn.recv(65536):  # the gateway closes the connection after answering
+            chunks.append(chunk)
+        reply = b"".join(chunks).decode("utf-8", "replace")
+    assert reply.startswith(f"HTTP/1.0 {status}") or reply.startswith(f"HTTP/1.1 {status}"), reply
+    assert '"error"' in reply
 
 
 def test_port_taken_is_a_clear_error(stack, tmp_path):

@@ -7,6 +7,7 @@ serves the search page, which in AWS would be hosted apart from the API.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 import uuid
@@ -77,13 +78,26 @@ class Gateway:
         self.server.daemon_threads = True
         self.thread: threading.Thread | None = None
 
+    def _refuse(self, request: BaseHTTPRequestHandler, status: int, code: str, message: str) -> None:
+        request.close_connection = True  # the body, if any, cannot be framed: do not read on
+        self._reply(request, status, {"Content-Type": "application/json"},
+                    json.dumps({"error": {"code": code, "message": message}}).encode())
+
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
     def serve(self, request: BaseHTTPRequestHandler) -> None:
-        length = int(request.headers.get("Content-Length") or 0)
+        if "chunked" in (request.headers.get("Transfer-Encoding") or "").lower():
+            self._refuse(request, 411, "length_required", "send the body with a Content-Length "
+                         "(API Gateway does not take chunked request bodies either)")
+            return
+        raw_length = (request.headers.get("Content-Length") or "0").strip()
+        if not raw_length.isdigit():
+            self._refuse(request, 400, "bad_request", "the Content-Length header is not a number")
+            return
+        length = int(raw_length)
         if length > MAX_BODY:
             request.rfile.read(length)
             self._reply(request, 413, {"Content-Type": "application/json"},

@@ -75,6 +75,12 @@ class DevStack:
             os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
         if not os.environ.get("QDRANT_URL"):
             os.environ["QDRANT_PATH"] = str(o.data_dir / "qdrant")
+        # The service logger was made when this module imported the package: apply the level
+        # and the service name to it now.
+        from ..observability import logger
+
+        logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"))
+        logger.append_keys(service=env["POWERTOOLS_SERVICE_NAME"])
 
     def _start_s3(self) -> None:
         import logging
