@@ -190,13 +190,18 @@ Uploads and deletions in the bucket reach the catalogue within a second. Ctrl-C 
 """
 
     def run(self) -> int:
+        def interrupt_start(signum, frame):
+            raise KeyboardInterrupt  # leave start() at once; stop() below cleans up
+
         def on_signal(signum, frame):
             self.stopped.set()
 
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, interrupt_start)
+        signal.signal(signal.SIGTERM, interrupt_start)
         try:
             self.start()
+            signal.signal(signal.SIGINT, on_signal)
+            signal.signal(signal.SIGTERM, on_signal)
             self.log(self.banner())
             sys.stdout.flush()
             while not self.stopped.wait(0.5):
