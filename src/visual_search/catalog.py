@@ -180,7 +180,8 @@ class Catalog:
         store = CatalogStore.open(settings.store, embedder.model_id, embedder.dim,
                                   embedder.card.distance,
                                   reranker.model_id if reranker else None,
-                                  reranker.dim if reranker else None)
+                                  reranker.dim if reranker else None,
+                                  model_fingerprint=embedder.fingerprint)
         return cls(embedder, store, reranker)
 
     @property

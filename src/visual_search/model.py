@@ -11,7 +11,7 @@ import hashlib
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -126,6 +126,18 @@ class Embedder:
         """The embedding space's id: the model, plus any change to how it embeds."""
         suffix = "+flip" if self.flip_tta else ""
         return self.card.id + suffix
+
+    @property
+    def fingerprint(self) -> str:
+        """What, besides the id, decides the embedding space: the weights (sha256), the card's
+        version and preprocessing, the output and pooling. A card edited without a new id
+        still gets a different fingerprint, and its collection refuses the other's vectors."""
+        card = self.card
+        parts = {"version": card.version, "sha256": card.sha256, "dim": card.embedding_dim,
+                 "distance": card.distance, "preprocess": asdict(card.preprocess),
+                 "output": card.embedding_output, "normalized": card.normalized,
+                 "flip": self.flip_tta}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def dim(self) -> int:

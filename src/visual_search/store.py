@@ -208,7 +208,8 @@ class CatalogStore:
 
     def __init__(self, client: QdrantClient, settings: StoreSettings, model_id: str, dim: int,
                  distance: str = "cosine", rerank_model_id: str | None = None,
-                 rerank_dim: int | None = None):
+                 rerank_dim: int | None = None, model_fingerprint: str | None = None):
+        self.model_fingerprint = model_fingerprint  # see Embedder.fingerprint
         self._conn = client if isinstance(client, Connection) else Connection(client, settings)
         self.rerank_model_id = rerank_model_id
         self.rerank_dim = rerank_dim
@@ -224,9 +225,10 @@ class CatalogStore:
 
     @classmethod
     def open(cls, settings: StoreSettings, model_id: str, dim: int, distance: str = "cosine",
-             rerank_model_id: str | None = None, rerank_dim: int | None = None) -> "CatalogStore":
+             rerank_model_id: str | None = None, rerank_dim: int | None = None,
+             model_fingerprint: str | None = None) -> "CatalogStore":
         return cls(connect(settings), settings, model_id, dim, distance, rerank_model_id,
-                   rerank_dim)
+                   rerank_dim, model_fingerprint)
 
     @property
     def space(self) -> str:
@@ -351,7 +353,8 @@ class CatalogStore:
         from dataclasses import replace
 
         other = CatalogStore(self._conn, replace(self.settings, collection=name), self.model_id,
-                             self.dim, self.distance, self.rerank_model_id, self.rerank_dim)
+                             self.dim, self.distance, self.rerank_model_id, self.rerank_dim,
+                             self.model_fingerprint)
         other._lock = self._lock
         return other
 
@@ -366,6 +369,10 @@ class CatalogStore:
         if built_by != self.model_id or reranker != self.rerank_model_id:
             space = str(built_by) + (f" (rerank: {reranker})" if reranker else "")
             raise ModelMismatchError(self.collection, space, self.space)
+        built_with = metadata.get("model_fingerprint")  # absent in collections made before it
+        if built_with and self.model_fingerprint and built_with != self.model_fingerprint:
+            raise ModelMismatchError(self.collection, f"{built_by} (fingerprint {built_with})",
+                                     f"{self.space} (fingerprint {self.model_fingerprint})")
 
     def create_physical(self, name: str) -> None:
         """Create a collection for this model with the configured scale settings."""
@@ -388,7 +395,8 @@ class CatalogStore:
             shard_number=s.shards if self.is_server else None,
             replication_factor=s.replicas if self.is_server else None,
             metadata={"model_id": self.model_id, "embedding_dim": self.dim,
-                      "distance": self.distance, "rerank_model_id": self.rerank_model_id},
+                      "distance": self.distance, "rerank_model_id": self.rerank_model_id,
+                      "model_fingerprint": self.model_fingerprint},
         )
         if self.is_server:  # embedded mode scans everything and ignores payload indexes
             self._create_indexes(name, KEYWORD_FIELDS + FLOAT_FIELDS)

@@ -110,3 +110,34 @@ def test_another_model_folder_loads_with_no_code_change(embedder, tmp_path, monk
     from visual_search.model import load_embedder
     other = load_embedder(load_settings())
     assert other.model_id == "my-shop-model" and other.card.preprocess.crop == "full"
+
+
+def test_a_card_edited_without_a_new_id_cannot_share_a_collection(embedder, tmp_path):
+    """Same id, other version and preprocessing: another embedding space, refused by the
+    collection the first one built (its fingerprint is in the collection's metadata)."""
+    from visual_search.config import StoreSettings
+    from visual_search.errors import ModelMismatchError
+    from visual_search.model import Embedder
+    from visual_search.store import CatalogStore, connect
+
+    folder = tmp_path / "edited"
+    shutil.copytree(embedder.model_dir, folder)
+    card = json.loads((folder / "model.json").read_text())
+    card["version"], card["input"]["crop"] = "2", "center"
+    (folder / "model.json").write_text(json.dumps(card))
+    edited = Embedder(folder, threads=1)
+    assert edited.model_id == embedder.model_id and edited.fingerprint != embedder.fingerprint
+    assert Embedder(embedder.model_dir, threads=1).fingerprint == embedder.fingerprint
+
+    settings = StoreSettings(path=":memory:", collection="fingerprint")
+    client = connect(settings)
+
+    def store(model):
+        return CatalogStore(client, settings, model.model_id, model.dim,
+                            model_fingerprint=model.fingerprint)
+
+    assert store(embedder).count() == 0
+    with pytest.raises(ModelMismatchError, match="fingerprint"):
+        store(edited).count()
+    # a store that knows no fingerprint (made before it existed) is not refused
+    assert CatalogStore(client, settings, embedder.model_id, embedder.dim).count() == 0
