@@ -226,9 +226,15 @@ def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = N
     ingestor = Ingestor.configured(Catalog(catalog.embedder, new_store, catalog.reranker), s3)
     syncer = Syncer(ingestor, progress)
     reports = {}
-    for bucket, prefix in sources:
-        log(f"indexing s3://{bucket}/{prefix} into {new}")
-        reports[f"s3://{bucket}/{prefix}"] = syncer.backfill(bucket, prefix).as_dict()
+    try:
+        for bucket, prefix in sources:
+            log(f"indexing s3://{bucket}/{prefix} into {new}")
+            reports[f"s3://{bucket}/{prefix}"] = syncer.backfill(bucket, prefix).as_dict()
+    except BaseException:  # S3 or Qdrant gone, Ctrl-C: the alias never moved; leave no debris
+        log(f"re-index stopped before the switch: dropping {new}; {store.collection!r} is "
+            f"unchanged")
+        new_store.drop_collection(new)
+        raise
     if old == store.collection:  # a plain collection, not yet an alias: replace it
         if keep_old:
             log(f"{old!r} is a plain collection, not an alias: it must go for the alias to "

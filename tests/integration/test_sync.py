@@ -171,3 +171,16 @@ def test_a_metadata_change_during_a_reindex_reaches_the_new_collection(s3, uploa
             progress=change_price_once, log=lambda m: None)
     assert changed == ["indexed"]
     assert current.store.get_images([(BUCKET, key)])[(BUCKET, key)]["price"] == 9.99
+
+
+def test_a_reindex_that_fails_before_the_switch_leaves_nothing_behind(s3, upload, embedder):
+    upload(4)
+    client = connect(StoreSettings(path=":memory:"))
+    live = make_syncer(embedder, s3, "shop", client)
+    live.backfill(BUCKET, "catalog/")
+    before = {c.name for c in client.get_collections().collections}
+    with pytest.raises(ClientError):
+        reindex(live.ingestor.catalog, s3, sources=[(BUCKET, "catalog/"), ("no-such-bucket", "")],
+                log=lambda m: None)
+    assert {c.name for c in client.get_collections().collections} == before
+    assert live.store.count() == 4  # searches still answer from the old collection
