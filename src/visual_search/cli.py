@@ -16,11 +16,13 @@ def _progress(iterable, total: int | None, desc: str, quiet: bool = False):
     return tqdm(iterable, total=total, desc=desc, unit="img", disable=quiet, file=sys.stderr)
 
 
-def ingest_folder(catalog, folder: Path, bucket: str, batch: int = 16, quiet: bool = False) -> dict:
+def ingest_folder(catalog, folder: Path, bucket: str, batch: int = 16, quiet: bool = False,
+                  prune: bool = False) -> dict:
     """Index every image of a local catalogue folder through the normal indexing path.
 
     Resumable and idempotent: an image whose content hash matches its stored ETag, and whose
-    products.csv row still says what its point says, is skipped.
+    products.csv row still says what its point says, is skipped. With ``prune``, points of
+    ``bucket`` whose file is no longer in the folder are deleted.
     """
     from .catalog import ImageSource, describes_same
     from .folders import scan
@@ -53,6 +55,12 @@ def ingest_folder(catalog, folder: Path, bucket: str, batch: int = 16, quiet: bo
                 print(f"skipped {result.source.key}: {result.error}", file=sys.stderr)
         bar.update(len(chunk))
     bar.close()
+    if prune:
+        present = {img.key for img in images}
+        gone = [(bucket, h.payload["key"]) for h in catalog.store.scroll({"bucket": bucket})
+                if h.payload.get("key") not in present]
+        catalog.remove(gone)
+        counts["deleted"] = len(gone)
     return counts
 
 
@@ -124,6 +132,9 @@ def cmd_ingest(args) -> int:
 
     source = args.source
     if source.startswith("s3://"):
+        if args.prune:
+            raise ValueError("--prune is for folders; for a bucket, `visual-search reconcile` "
+                             "deletes the points whose object is gone")
         bucket, prefix = parse_s3_url(source)
         syncer, bar = _syncer(args.quiet, f"backfilling {source}")
         report = syncer.backfill(bucket, prefix, batch=args.batch).as_dict()
@@ -131,7 +142,7 @@ def cmd_ingest(args) -> int:
         print(json.dumps(report, indent=2))
         return 0 if not report["failed"] and not report["retry"] else 1
     counts = ingest_folder(get_catalog(), Path(source), args.bucket, batch=args.batch,
-                           quiet=args.quiet)
+                           quiet=args.quiet, prune=args.prune)
     print(json.dumps(counts))
     return 0 if counts["failed"] == 0 else 1
 
@@ -314,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for a folder: the bucket name recorded per image (default: local)")
     ingest.add_argument("--batch", type=_int_in(1, 1024), default=32,
                         help="images per batch (default 32)")
+    ingest.add_argument("--prune", action="store_true",
+                        help="for a folder: delete the points of --bucket whose file is gone "
+                             "from the folder (use one --bucket label per folder)")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest.set_defaults(func=cmd_ingest)
 

@@ -53,3 +53,22 @@ def test_a_products_csv_saved_with_a_byte_order_mark(folder):
         "\ufeffproduct_id,category,price\nsku-1,Milk,1.99\n".encode("utf-8"))
     assert read_products(folder) == {"sku-1": {"product-id": "sku-1", "category": "Milk",
                                                "price": "1.99"}}
+
+
+def test_prune_deletes_the_points_of_files_gone_from_the_folder(catalog, folder, demo_images):
+    (folder / "sku-2").mkdir()
+    shutil.copy(demo_images[12].path, folder / "sku-2" / "b.jpg")
+    ingest_folder(catalog, folder, BUCKET, quiet=True)
+    (folder / "sku-2" / "b.jpg").rename(folder / "sku-1" / "b.jpg")  # moved to another product
+    kept = ingest_folder(catalog, folder, BUCKET, quiet=True)
+    assert "deleted" not in kept and catalog.store.count() == 3  # without --prune: kept
+    pruned = ingest_folder(catalog, folder, BUCKET, quiet=True, prune=True)
+    assert pruned["deleted"] == 1
+    assert {h.payload["key"] for h in catalog.store.scroll()} == {"sku-1/a.jpg", "sku-1/b.jpg"}
+
+
+def test_prune_is_for_folders_only(capsys):
+    from visual_search.cli import main
+
+    assert main(["ingest", "s3://bucket/prefix", "--prune"]) == 1
+    assert "reconcile" in capsys.readouterr().err
