@@ -16,8 +16,8 @@ import time
 import uuid
 from email.parser import BytesParser
 from email.policy import HTTP
-from urllib.parse import unquote
 from typing import Any, Mapping
+from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
