@@ -164,7 +164,7 @@ def cmd_reconcile(args) -> int:
 def cmd_redrive(args) -> int:
     import boto3
 
-    from .queues import peek, queue_url, redrive, source_queue
+    from .queues import peek, queue_url, redrive, source_queue, waiting
 
     sqs = boto3.client("sqs")
     dlq = queue_url(sqs, args.dlq)
@@ -172,7 +172,9 @@ def cmd_redrive(args) -> int:
         parked = peek(sqs, dlq, args.max or 100)
         for p in parked:
             print(f"{p.message_id}  received {p.receives}x  {', '.join(p.keys) or p.body[:80]}")
-        print(f"{len(parked)} messages in the dead-letter queue")
+        total = waiting(sqs, dlq)
+        shown = f" ({len(parked)} shown)" if len(parked) < total else ""
+        print(f"{max(total, len(parked))} messages in the dead-letter queue{shown}")
         return 0
     target = queue_url(sqs, args.to) if args.to else source_queue(sqs, dlq)
     bar = _progress(None, None, "redriving", args.quiet)

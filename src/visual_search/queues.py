@@ -49,6 +49,13 @@ def _receive(sqs: Any, url: str, visibility: int) -> list[dict]:
                                MessageAttributeNames=["All"]).get("Messages", [])
 
 
+def waiting(sqs: Any, url: str) -> int:
+    """How many messages the queue holds (SQS's approximate count, visible and in flight)."""
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return sum(int(v) for v in attributes.values())
+
+
 def peek(sqs: Any, dlq_url: str, limit: int = 100) -> list[Parked]:
     """Parked messages, left in the queue: each is made visible again right after reading."""
     seen: dict[str, Parked] = {}
@@ -70,10 +77,42 @@ def peek(sqs: Any, dlq_url: str, limit: int = 100) -> list[Parked]:
     return list(seen.values())[:limit]
 
 
+BATCH_BYTES = 256 * 1024  # SQS's limit on one SendMessageBatch call (bodies + attributes)
+
+
+def _size(entry: dict) -> int:
+    size = len(entry["MessageBody"].encode("utf-8"))
+    for name, value in (entry.get("MessageAttributes") or {}).items():
+        size += len(name.encode()) + len(str(value.get("DataType", "")).encode())
+        size += len(value.get("StringValue", "").encode()) + len(value.get("BinaryValue", b""))
+    return size
+
+
+def _by_size(entries: list[dict]) -> list[list[dict]]:
+    """Send batches under SQS's byte limit (a large message goes alone)."""
+    groups: list[list[dict]] = []
+    used = BATCH_BYTES
+    for entry in entries:
+        size = _size(entry)
+        if used + size > BATCH_BYTES:
+            groups.append([])
+            used = 0
+        groups[-1].append(entry)
+        used += size
+    return groups
+
+
+def is_fifo(url: str) -> bool:
+    return url.endswith(".fifo")
+
+
 def redrive(sqs: Any, dlq_url: str, target_url: str, limit: int | None = None,
             progress: Callable[[int], None] | None = None) -> int:
     """Move messages from the DLQ to the target queue: send first, then delete, so a failure
     in between duplicates a message (harmless: ingest is idempotent) but never loses one."""
+    if is_fifo(dlq_url) or is_fifo(target_url):
+        raise ValueError("FIFO queues are not supported (S3 notifications reach only standard "
+                         "queues); use the SQS console's DLQ redrive for them")
     moved = 0
     progress = progress or (lambda n: None)
     while limit is None or moved < limit:
@@ -85,14 +124,26 @@ def redrive(sqs: Any, dlq_url: str, target_url: str, limit: int | None = None,
         entries = [{"Id": str(n), "MessageBody": m["Body"],
                     **({"MessageAttributes": m["MessageAttributes"]}
                        if m.get("MessageAttributes") else {})} for n, m in enumerate(batch)]
-        sent = sqs.send_message_batch(QueueUrl=target_url, Entries=entries)
-        ok = {int(s["Id"]) for s in sent.get("Successful", [])}
-        done = [{"Id": str(n), "ReceiptHandle": batch[n]["ReceiptHandle"]} for n in sorted(ok)]
-        if done:
-            sqs.delete_message_batch(QueueUrl=dlq_url, Entries=done)
-        moved += len(done)
-        progress(len(done))
-        if len(ok) < len(batch):
-            failed = [f.get("Message", "") for f in sent.get("Failed", [])]
-            raise RuntimeError(f"{len(batch) - len(ok)} messages could not be sent back: {failed}")
+        for group in _by_size(entries):
+            moved += _send_then_delete(sqs, dlq_url, target_url, batch, group)
+            progress(len(group))
     return moved
+
+
+def _send_then_delete(sqs: Any, dlq_url: str, target_url: str, batch: list[dict],
+                      group: list[dict]) -> int:
+    sent = sqs.send_message_batch(QueueUrl=target_url, Entries=group)
+    ok = sorted(int(s["Id"]) for s in sent.get("Successful", []))
+    if ok:
+        deleted = sqs.delete_message_batch(QueueUrl=dlq_url, Entries=[
+            {"Id": str(n), "ReceiptHandle": batch[n]["ReceiptHandle"]} for n in ok])
+        kept = deleted.get("Failed", [])
+        if kept:  # sent but still in the DLQ: it would be sent again by a later run
+            raise RuntimeError(f"{len(kept)} messages were sent back but could not be deleted "
+                               f"from the DLQ (their 30 s hold ran out?): "
+                               f"{[f.get('Message', '') for f in kept]}; a later redrive would "
+                               f"send them twice, which ingest applies idempotently")
+    if len(ok) < len(group):
+        failed = [f.get("Message", "") for f in sent.get("Failed", [])]
+        raise RuntimeError(f"{len(group) - len(ok)} messages could not be sent back: {failed}")
+    return len(ok)

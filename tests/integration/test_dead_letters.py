@@ -74,3 +74,65 @@ def test_poison_messages_park_in_the_dlq_and_redrive_fixes_them(queues, demo_ima
     assert world.store.count() == 3
     left = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"])
     assert left["Attributes"]["ApproximateNumberOfMessages"] == "0"
+
+
+@pytest.fixture
+def sqs():
+    from moto import mock_aws
+
+    with mock_aws():
+        yield boto3.client("sqs", region_name="us-east-1")
+
+
+def test_redrive_moves_messages_too_large_to_send_ten_at_once(sqs, capsys):
+    dlq = sqs.create_queue(QueueName="big-dlq")["QueueUrl"]
+    target = sqs.create_queue(QueueName="big")["QueueUrl"]
+    bodies = [json.dumps({"Records": [], "pad": str(n) * 200_000}) for n in range(10)]
+    for body in bodies:
+        sqs.send_message(QueueUrl=dlq, MessageBody=body)
+    assert main(["redrive", "--dlq", "big-dlq", "--to", "big", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["moved"] == 10
+    got = []
+    while batch := sqs.receive_message(QueueUrl=target, MaxNumberOfMessages=10).get("Messages"):
+        got += [m["Body"] for m in batch]
+        sqs.delete_message_batch(QueueUrl=target, Entries=[
+            {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(batch)])
+    assert sorted(got) == sorted(bodies)  # each once
+
+
+def test_a_dry_run_counts_every_parked_message(sqs, capsys):
+    dlq = sqs.create_queue(QueueName="many-dlq")["QueueUrl"]
+    for start in range(0, 150, 10):
+        sqs.send_message_batch(QueueUrl=dlq, Entries=[
+            {"Id": str(n), "MessageBody": json.dumps({"Records": [], "n": start + n})}
+            for n in range(10)])
+    assert main(["redrive", "--dlq", "many-dlq", "--dry-run"]) == 0
+    assert "150 messages in the dead-letter queue (100 shown)" in capsys.readouterr().out
+
+
+def test_fifo_queues_are_refused_with_a_reason(sqs, capsys):
+    sqs.create_queue(QueueName="x-dlq.fifo", Attributes={"FifoQueue": "true"})
+    sqs.create_queue(QueueName="x.fifo", Attributes={"FifoQueue": "true"})
+    assert main(["redrive", "--dlq", "x-dlq.fifo", "--to", "x.fifo", "--quiet"]) == 1
+    assert "FIFO" in capsys.readouterr().err
+
+
+def test_a_message_sent_back_but_not_deleted_is_reported(sqs):
+    from visual_search.queues import redrive
+
+    class ExpiredHolds:  # the DLQ refuses the deletes, as when the 30 s hold has run out
+        def __init__(self, client):
+            self.client = client
+
+        def delete_message_batch(self, QueueUrl, Entries):
+            return {"Failed": [{"Id": e["Id"], "Code": "ReceiptHandleIsInvalid",
+                                "Message": "expired", "SenderFault": True} for e in Entries]}
+
+        def __getattr__(self, name):
+            return getattr(self.client, name)
+
+    dlq = sqs.create_queue(QueueName="d")["QueueUrl"]
+    target = sqs.create_queue(QueueName="t")["QueueUrl"]
+    sqs.send_message(QueueUrl=dlq, MessageBody="{}")
+    with pytest.raises(RuntimeError, match="could not be deleted"):
+        redrive(ExpiredHolds(sqs), dlq, target)
