@@ -103,14 +103,14 @@ class IngestSettings:
     suffixes: tuple[str, ...] = ()
     download_workers: int = 8
     embed_chunk: int = 8  # images embedded together as soon as they are downloaded
-    upload_prefix: str = "uploads/"  # query images uploaded for search: never indexed
+    upload_prefix: str = "query-uploads/"  # query images uploaded for search: never indexed
 
 
 @dataclass(frozen=True)
 class ApiSettings:
     bucket: str | None = None
     upload_bucket: str | None = None
-    upload_prefix: str = "uploads/"
+    upload_prefix: str = "query-uploads/"
     upload_url_ttl_s: int = 300
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 6 * 1024 * 1024
@@ -168,12 +168,12 @@ def load_settings() -> Settings:
         suffixes=tuple(s.lower() for s in _env_list("INGEST_SUFFIXES")),
         download_workers=_env_int("INGEST_DOWNLOAD_WORKERS", 8),
         embed_chunk=max(1, _env_int("INGEST_EMBED_CHUNK", 8)),
-        upload_prefix=_env("UPLOAD_PREFIX", "uploads/"),
+        upload_prefix=_env("UPLOAD_PREFIX", "query-uploads/"),
     )
     api = ApiSettings(
         bucket=os.environ.get("BUCKET") or None,
         upload_bucket=os.environ.get("UPLOAD_BUCKET") or os.environ.get("BUCKET") or None,
-        upload_prefix=_env("UPLOAD_PREFIX", "uploads/"),
+        upload_prefix=_env("UPLOAD_PREFIX", "query-uploads/"),
         upload_url_ttl_s=_env_int("UPLOAD_URL_TTL", 300),
         cors_origins=_env_list("CORS_ORIGINS"),
         max_body_bytes=_env_int("MAX_BODY_BYTES", 6 * 1024 * 1024),

@@ -195,12 +195,28 @@ def written_to(store: CatalogStore, collection: str) -> Iterator[tuple[str, str,
             return
 
 
-def buckets_in(store: CatalogStore, collection: str) -> dict[str, int]:
-    """Buckets recorded in a collection's payloads (with counts), read without its vectors."""
-    counts: dict[str, int] = {}
-    for bucket, _, _ in written_to(store, collection):
-        counts[bucket] = counts.get(bucket, 0) + 1
-    return counts
+def _shared_folder(a: str, b: str) -> str:
+    """The deepest folder ("x/y/") two folders share; "" when none."""
+    parts = []
+    for left, right in zip(a.split("/")[:-1], b.split("/")[:-1]):
+        if left != right:
+            break
+        parts.append(left + "/")
+    return "".join(parts)
+
+
+def sources_in(store: CatalogStore, collection: str) -> list[tuple[str, str]]:
+    """Where a collection's images came from: per bucket, the deepest folder its keys share
+    under each top-level folder (``catalog/shoes/``), so a re-index reads what was indexed and
+    not the rest of the bucket (query uploads, exports, ...)."""
+    shared: dict[tuple[str, str], str] = {}
+    for bucket, key, _ in written_to(store, collection):
+        folder = key.rpartition("/")[0] + "/" if "/" in key else ""
+        top = (bucket, folder.partition("/")[0])
+        shared[top] = _shared_folder(shared.get(top, folder), folder)
+    whole = {bucket for (bucket, _), folder in shared.items() if not folder}
+    return sorted({(bucket, folder) for (bucket, _), folder in shared.items()
+                   if bucket not in whole} | {(bucket, "") for bucket in whole})
 
 
 def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = None,
@@ -214,7 +230,7 @@ def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = N
     store = catalog.store
     old = store.physical_collection()
     if sources is None:
-        sources = [(bucket, "") for bucket in buckets_in(store, old)] if old else []
+        sources = sources_in(store, old) if old else []
     if not sources:
         raise ValueError("nothing to re-index from: give --source s3://bucket/prefix")
     started = datetime.now(timezone.utc)

@@ -205,7 +205,7 @@ def test_dotted_names_with_an_image_content_type_are_indexed(world, photos):
 
 
 def test_query_uploads_are_never_indexed(world, photos):
-    world.deliver(world.put("uploads/4f1c-query.jpg", photos[0]),
+    world.deliver(world.put("query-uploads/4f1c-query.jpg", photos[0]),
                   world.put("catalog/p1/a.jpg", photos[1]))
     assert {h.payload["key"] for h in world.store.scroll()} == {"catalog/p1/a.jpg"}
 

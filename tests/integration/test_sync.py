@@ -184,3 +184,19 @@ def test_a_reindex_that_fails_before_the_switch_leaves_nothing_behind(s3, upload
                 log=lambda m: None)
     assert {c.name for c in client.get_collections().collections} == before
     assert live.store.count() == 4  # searches still answer from the old collection
+
+
+def test_reindex_reads_only_the_folders_that_were_indexed(s3, upload, embedder, demo_images):
+    """The Lambda indexed catalog/ only (INGEST_PREFIX); an operator's shell without that
+    setting must not pull query uploads or other images of the bucket into the catalogue."""
+    upload(3)
+    client = connect(StoreSettings(path=":memory:"))
+    live = make_syncer(embedder, s3, "shop", client)
+    live.backfill(BUCKET, "catalog/")
+    photo = demo_images[40].path.read_bytes()
+    for key in ("query-uploads/0123abcd.jpg", "uploads-of-another-app/x.jpg", "exports/y.jpg"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=photo, ContentType="image/jpeg")
+    indexed = keys(live.store)
+    result = reindex(live.ingestor.catalog, s3, log=lambda m: None)
+    assert list(result["sources"]) == ["s3://product-images/catalog/"]
+    assert keys(live.store) == indexed
