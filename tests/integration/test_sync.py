@@ -189,7 +189,7 @@ def test_a_reindex_that_fails_before_the_switch_leaves_nothing_behind(s3, upload
 def test_reindex_reads_only_the_folders_that_were_indexed(s3, upload, embedder, demo_images):
     """The Lambda indexed catalog/ only (INGEST_PREFIX); an operator's shell without that
     setting must not pull query uploads or other images of the bucket into the catalogue."""
-    upload(3)
+    upload(12)  # two products
     client = connect(StoreSettings(path=":memory:"))
     live = make_syncer(embedder, s3, "shop", client)
     live.backfill(BUCKET, "catalog/")
