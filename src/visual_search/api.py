@@ -376,7 +376,6 @@ class SearchApi:
             headers = {"Retry-After": RETRY_AFTER_S} if exc.status == 503 else None
             if exc.status >= 500:
                 logger.warning(f"{exc.code}: {exc}")
-            metrics.add_metric(name=f"Errors{exc.status}", unit=MetricUnit.Count, value=1)
             return error_response(exc.status, exc.code, str(exc),
                                   getattr(exc, "details", None), headers)
 
@@ -404,9 +403,18 @@ class SearchApi:
         except Exception:  # malformed events the resolver itself cannot take
             logger.exception("event could not be resolved")
             response = error_response(400, "bad_request", "the request could not be read")
+            self._count_error({"statusCode": 400})
             return {"statusCode": 400, "headers": {"Content-Type": "application/json"},
                     "body": response.body, "isBase64Encoded": False}
+        self._count_error(response)
         if len(self.settings.api.cors_origins) > 1:
             # The allowed origin echoes the request's: shared caches must key on it.
             response.setdefault("multiValueHeaders", {})["Vary"] = ["Origin"]
         return response
+
+    @staticmethod
+    def _count_error(response: dict) -> None:
+        """ErrorsNNN for every error answer, whichever path made it (a crash included)."""
+        status = int(response.get("statusCode") or 0)
+        if status >= 400:
+            metrics.add_metric(name=f"Errors{status}", unit=MetricUnit.Count, value=1)

@@ -3,6 +3,7 @@ and the security and reliability settings the issue asks for are there. No tools
 from __future__ import annotations
 
 import ast
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -15,8 +16,15 @@ from tests.deploy._support import (REPO, env_names_in_source, function_environme
 
 FUNCTIONS = ("IngestFunction", "SearchFunction")
 BINARY_TYPES = {"image~1jpeg", "image~1png", "image~1webp", "multipart~1form-data"}
-ROUTES = {("POST", "/search"), ("GET", "/products/{product_id}/similar"),
-          ("POST", "/uploads"), ("GET", "/health"), ("GET", "/openapi.json")}
+
+
+def api_routes() -> set[tuple[str, str]]:
+    """Every route the search function serves, as the Powertools resolver registered it."""
+    from visual_search.api import SearchApi
+    from visual_search.config import load_settings
+
+    app = SearchApi(None, None, load_settings()).app
+    return {(r.method, r.openapi_path) for r in app._static_routes + app._dynamic_routes}
 
 
 def ref(name: str) -> dict:
@@ -221,15 +229,30 @@ def test_api_routes_binary_types_key_and_cors(template):
     events = template["Resources"]["SearchFunction"]["Properties"]["Events"].values()
     routes = {(e["Properties"]["Method"].upper(), e["Properties"]["Path"]) for e in events
               if e["Type"] == "Api" and e["Properties"]["RestApiId"] == ref("SearchApi")}
-    assert routes == ROUTES
+    assert routes == api_routes(), "each route of the function is deployed, and no other"
 
 
-def test_request_models_reference_defined_models(template):
-    models = template["Resources"]["SearchApi"]["Properties"]["Models"]
+def test_gateway_errors_have_the_service_error_shape(template):
+    """API Gateway's own errors (missing key, throttling, unknown route) look like the
+    function's: {"error": {"code", "message"}}, with the CORS header; no body model answers
+    in another shape before the function can."""
+    props = template["Resources"]["SearchApi"]["Properties"]
+    assert "Models" not in props
     for event in template["Resources"]["SearchFunction"]["Properties"]["Events"].values():
-        model = event["Properties"].get("RequestModel")
-        if model:
-            assert model["Model"] in models
+        assert "RequestModel" not in event["Properties"]
+    responses = props["GatewayResponses"]
+    assert responses["MISSING_AUTHENTICATION_TOKEN"]["StatusCode"] == "404"
+    sample = {"$context.error.responseType": "THROTTLED",
+              "$context.error.messageString": '"Too Many Requests"',
+              "$context.httpMethod": "GET", "$context.path": "/nowhere"}
+    for name in ("DEFAULT_4XX", "DEFAULT_5XX", "MISSING_AUTHENTICATION_TOKEN"):
+        response = responses[name]
+        assert "Access-Control-Allow-Origin" in response["ResponseParameters"]["Headers"]
+        body = response["ResponseTemplates"]["application/json"]
+        for variable, value in sample.items():
+            body = body.replace(variable, value)
+        error = json.loads(body)["error"]
+        assert set(error) == {"code", "message"} and error["code"] and error["message"], name
 
 
 def test_max_body_fits_a_synchronous_lambda_event(template):

@@ -525,3 +525,27 @@ def test_several_cors_origins_vary_on_origin(env, monkeypatch):
                                LambdaContext())
         headers = headers_of(response)
         assert headers["Access-Control-Allow-Origin"] == origin and headers["Vary"] == "Origin"
+
+
+def emitted_metrics(text: str) -> dict:
+    """Metric values from the EMF blocks Powertools prints at the end of an invocation."""
+    values: dict = {}
+    for line in text.splitlines():
+        if line.startswith('{"_aws"'):
+            block = json.loads(line)
+            for metric in block["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
+                values[metric["Name"]] = block[metric["Name"]]
+    return values
+
+
+@pytest.mark.parametrize("event,status", [
+    (rest_event("GET", "/nowhere"), 404),
+    ({"httpMethod": "POST", "path": None, "body": 5}, 400),
+    (json_event("POST", "/search", {"image": "!!"}), 400),
+])
+def test_every_error_answer_is_counted(env, catalog, capsys, monkeypatch, event, status):
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    app, _ = env
+    capsys.readouterr()
+    assert app.handler(event, LambdaContext())["statusCode"] == status
+    assert emitted_metrics(capsys.readouterr().out).get(f"Errors{status}") in (1, 1.0, [1.0])
