@@ -127,7 +127,7 @@ class SearchApi:
         if media == "multipart/form-data":
             return self._parse_multipart(body)
         raise RequestError(
-            f"unsupported media type {media or '(none)'!r}; send application/json, "
+            f"unsupported media type {media[:80] or '(none)'!r}; send application/json, "
             f"{', '.join(IMAGE_TYPES)} or multipart/form-data", 415, "unsupported_media_type")
 
     @staticmethod
@@ -407,6 +407,8 @@ class SearchApi:
             return {"statusCode": 400, "headers": {"Content-Type": "application/json"},
                     "body": response.body, "isBase64Encoded": False}
         self._count_error(response)
+        # JSON only, whatever a client echoes into a message: browsers must not sniff it.
+        response.setdefault("multiValueHeaders", {})["X-Content-Type-Options"] = ["nosniff"]
         if len(self.settings.api.cors_origins) > 1:
             # The allowed origin echoes the request's: shared caches must key on it.
             response.setdefault("multiValueHeaders", {})["Vary"] = ["Origin"]

@@ -549,3 +549,10 @@ def test_every_error_answer_is_counted(env, catalog, capsys, monkeypatch, event,
     capsys.readouterr()
     assert app.handler(event, LambdaContext())["statusCode"] == status
     assert emitted_metrics(capsys.readouterr().out).get(f"Errors{status}") in (1, 1.0, [1.0])
+
+
+def test_responses_are_not_sniffed_and_do_not_echo_long_headers(env, catalog):
+    event = rest_event("POST", "/search", body=b"x", content_type="text/" + "a" * 9000)
+    status, body, headers = call(env, event)
+    assert status == 415 and len(body["error"]["message"]) < 300
+    assert headers["X-Content-Type-Options"] == "nosniff"
