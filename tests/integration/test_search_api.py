@@ -544,8 +544,11 @@ def emitted_metrics(text: str) -> dict:
     (json_event("POST", "/search", {"image": "!!"}), 400),
 ])
 def test_every_error_answer_is_counted(env, catalog, capsys, monkeypatch, event, status):
+    from visual_search.observability import metrics
+
     monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
     app, _ = env
+    metrics.clear_metrics()  # what earlier tests' direct api.resolve calls left unflushed
     capsys.readouterr()
     assert app.handler(event, LambdaContext())["statusCode"] == status
     assert emitted_metrics(capsys.readouterr().out).get(f"Errors{status}") in (1, 1.0, [1.0])
