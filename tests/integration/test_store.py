@@ -137,6 +137,17 @@ def test_deep_grouped_pages_of_products_with_many_images(make_store, monkeypatch
     assert pages == truth
 
 
+def test_facets_count_images_per_category_and_brand(store, demo_points):
+    facets = store.facets()
+    expected: dict[str, dict[str, int]] = {"category": {}, "brand": {}}
+    for point in demo_points:
+        for name in expected:
+            value = point.payload[name]
+            expected[name][value] = expected[name].get(value, 0) + 1
+    for name in expected:
+        assert {f["value"]: f["count"] for f in facets[name]} == expected[name]
+
+
 def test_score_threshold(store, demo_points):
     hits = store.search(query_vector(demo_points), Query(top_k=60, group_by_product=False,
                                                          score_threshold=0.8))

@@ -104,6 +104,8 @@ class QdrantRestShim:
                  lambda n, o: b.delete(n, o)),
                 ("POST", r"/collections/([^/]+)/points/scroll", models.ScrollRequest,
                  self._scroll),
+                ("POST", r"/collections/([^/]+)/facet", models.FacetRequest,
+                 lambda n, o: b.facet(n, **_kwargs(o, {"filter": "facet_filter"}))),
                 ("POST", r"/collections/([^/]+)/points/count", models.CountRequest,
                  lambda n, o: b.count(n, count_filter=o.filter, exact=o.exact)),
                 ("POST", r"/collections/([^/]+)/points/query", models.QueryRequest, self._query),
