@@ -272,23 +272,22 @@ class Ingestor:
     def _drop_unindexable(self, changes, applied: list[int], outcomes) -> None:
         """An object replaced by something that is not an indexable image (another content
         type, a corrupt or oversized file) loses the point its earlier version left."""
-        gone = [i for i in applied if outcomes[i] and outcomes[i].status in ("failed", "skipped")]
-        if not gone:
-            return
-        try:
-            self.catalog.remove([changes[i].ref for i in gone])
-        except StoreUnavailableError as exc:
-            for i in gone:
-                outcomes[i] = Outcome(changes[i], "retry", str(exc))
+        self._remove(changes, [i for i in applied if outcomes[i]
+                               and outcomes[i].status in ("failed", "skipped")], outcomes)
 
     def _delete(self, changes, to_delete, outcomes) -> None:
-        if not to_delete:
-            return
-        try:
-            self.catalog.remove([changes[i].ref for i in to_delete])
-        except StoreUnavailableError as exc:
+        if self._remove(changes, to_delete, outcomes):
             for i in to_delete:
+                outcomes[i] = Outcome(changes[i], "deleted")
+
+    def _remove(self, changes, indices: list[int], outcomes) -> bool:
+        """Delete the points of these changes' keys; on a store outage they are to retry."""
+        if not indices:
+            return False
+        try:
+            self.catalog.remove([changes[i].ref for i in indices])
+        except StoreUnavailableError as exc:
+            for i in indices:
                 outcomes[i] = Outcome(changes[i], "retry", str(exc))
-            return
-        for i in to_delete:
-            outcomes[i] = Outcome(changes[i], "deleted")
+            return False
+        return True
