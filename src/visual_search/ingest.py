@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Sequence
 
-from .catalog import Catalog, ImageSource, IMAGE_EXTENSIONS, NON_IMAGE_EXTENSIONS
+from .catalog import Catalog, ImageSource, NON_IMAGE_EXTENSIONS, is_image_key
 from .config import ImageLimits, IngestSettings
 from .errors import ImageError, StoreUnavailableError
 from .events import S3Change, is_newer
@@ -54,10 +54,6 @@ class Fetched:
 
 def bare_etag(etag: str | None) -> str:
     return (etag or "").strip('"')
-
-
-def has_image_extension(key: str) -> bool:
-    return key.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _error_code(exc: Exception) -> str:
@@ -124,8 +120,7 @@ class Ingestor:
         return Fetched(exists=True, data=data, head=head)
 
     def is_image(self, key: str, got: Fetched) -> bool:
-        return has_image_extension(key) or str(
-            got.head.get("content_type") or "").lower().startswith("image/")
+        return is_image_key(key, got.head.get("content_type"))
 
     def fetch_and_decode(self, bucket: str, key: str) -> Fetched:
         """Download, then decode in the same worker thread, so decoding one image overlaps the

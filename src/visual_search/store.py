@@ -172,22 +172,20 @@ class Connection:
     @property
     def client(self) -> QdrantClient:
         if self._rotates and time.time() >= self._check_at:
-            self._check_at = time.time() + KEY_MAX_AGE_S
-            try:
-                self._use(resolve_api_key(self.settings, force=True))
-            except Exception as exc:  # noqa: BLE001 - the key in use most likely still works
-                logger.warning("could not re-read the Qdrant API key; keeping the current one",
-                               extra={"error": type(exc).__name__})
+            self.refresh()
         return self._client
 
     def refresh(self) -> bool:
-        """Read the key again now; True when it changed (and the client was re-made)."""
+        """Read the key again now; True when it changed (and the client was re-made). If it
+        cannot be read, the key in use is kept: it most likely still works."""
         if not self._rotates:
             return False
+        self._check_at = time.time() + KEY_MAX_AGE_S
         try:
             return self._use(resolve_api_key(self.settings, force=True))
-        except Exception as exc:  # noqa: BLE001 - reported as the refused key it is
-            logger.warning("could not re-read the Qdrant API key", extra={"error": type(exc).__name__})
+        except Exception as exc:  # noqa: BLE001 - SSM / Secrets Manager unreachable or refusing
+            logger.warning("could not re-read the Qdrant API key; keeping the current one",
+                           extra={"error": type(exc).__name__})
             return False
 
     def _use(self, key: str | None) -> bool:

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
-from .catalog import Catalog
+from .catalog import Catalog, is_image_key
 from .events import S3Change
-from .ingest import Ingestor, Outcome, bare_etag, has_image_extension
+from .ingest import Ingestor, Outcome, bare_etag
 from .store import CatalogStore, slug
 
 RETRIES = 3
@@ -143,9 +143,9 @@ class Syncer:
             except Exception:  # noqa: BLE001 - cannot tell: keep it, the repair will look
                 return "image/?"
 
-        unsure = [k for k in keys if not has_image_extension(k)]
+        unsure = [k for k in keys if not is_image_key(k)]
         kinds = dict(zip(unsure, ingestor.pool.map(content_type, unsure)))
-        images = [k for k in keys if kinds.get(k, "image/").lower().startswith("image/")]
+        images = [k for k in keys if k not in kinds or is_image_key(k, kinds[k])]
         report.skipped += len(keys) - len(images)
         return images
 
