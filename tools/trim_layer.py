@@ -19,6 +19,7 @@ with the running interpreter (which must be the runtime's Python version) and
 ``unchecked-hash`` invalidation: /opt is read-only in Lambda, so without shipped bytecode each
 cold start would compile every imported module from source again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,7 @@ UNUSED_PATHS = (
     "onnxruntime/tools",
     "numpy/_core/include",
 )
-UNUSED_GLOBS = (
-    "onnxruntime/capi/libonnxruntime.so*",
-)
+UNUSED_GLOBS = ("onnxruntime/capi/libonnxruntime.so*",)
 UNUSED_DIR_NAMES = ("tests", "__pycache__")
 UNUSED_SUFFIXES = (".pyi", ".pxd", ".pyc", ".h")
 
@@ -82,15 +81,20 @@ def trim(root: Path) -> dict[str, int]:
 
 def compile_tree(root: Path) -> bool:
     return compileall.compile_dir(
-        str(root), quiet=2, workers=1, legacy=False,
-        invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        str(root),
+        quiet=2,
+        workers=1,
+        legacy=False,
+        invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="the layer's python/ folder")
-    parser.add_argument("--no-compile", action="store_true",
-                        help="do not ship bytecode (smaller, slower cold start)")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="do not ship bytecode (smaller, slower cold start)"
+    )
     args = parser.parse_args(argv)
     root: Path = args.folder
     if not root.is_dir():
@@ -103,9 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     after = tree_size(root)
     for reason, size in sorted(removed.items(), key=lambda kv: -kv[1]):
         print(f"trim_layer: removed {size / 1e6:6.1f} MB {reason}")
-    print(f"trim_layer: {root}: {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB"
-          f" ({'with' if not args.no_compile else 'without'} bytecode,"
-          f" python {sys.version_info.major}.{sys.version_info.minor})")
+    print(
+        f"trim_layer: {root}: {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB"
+        f" ({'with' if not args.no_compile else 'without'} bytecode,"
+        f" python {sys.version_info.major}.{sys.version_info.minor})"
+    )
     return 0
 
 

@@ -4,24 +4,29 @@ Triggered by SQS (bucket notifications -> queue -> this function, partial batch 
 reported) or directly by an S3 notification event. The model session, the Qdrant client and the
 S3 client are created at import time, in Lambda's init phase.
 """
+
 from __future__ import annotations
 
-from aws_lambda_powertools.utilities.batch import (BatchProcessor, EventType,
-                                                   process_partial_response)
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from visual_search.aws import s3_client
 from visual_search.catalog import get_catalog
-from visual_search.events import (EventError, S3Change, changes_in_message, event_kind,
-                                  parse_sqs_body)
+from visual_search.events import EventError, S3Change, changes_in_message, event_kind, parse_sqs_body
 from visual_search.ingest import Ingestor, Outcome
 from visual_search.observability import MetricUnit, logger, metrics, tracer
 
 ingestor = Ingestor.configured(get_catalog(), s3_client())
 
-METRIC_NAMES = {"indexed": "ImagesIndexed", "deleted": "ImagesDeleted", "skipped": "ImagesSkipped",
-                "failed": "ImagesFailed", "retry": "TransientFailures",
-                "stale": "StaleEvents", "superseded": "StaleEvents"}
+METRIC_NAMES = {
+    "indexed": "ImagesIndexed",
+    "deleted": "ImagesDeleted",
+    "skipped": "ImagesSkipped",
+    "failed": "ImagesFailed",
+    "retry": "TransientFailures",
+    "stale": "StaleEvents",
+    "superseded": "StaleEvents",
+}
 
 
 def record_outcomes(outcomes: list[Outcome]) -> None:
@@ -30,17 +35,24 @@ def record_outcomes(outcomes: list[Outcome]) -> None:
     for outcome in outcomes:
         change = outcome.change
         log = logger.warning if outcome.status in ("failed", "retry") else logger.info
-        log(f"{outcome.status} {change.key}", extra={
-            "bucket": change.bucket, "key": change.key, "event": change.event_name,
-            "status": outcome.status, "reason": outcome.reason, "sequencer": change.sequencer})
+        log(
+            f"{outcome.status} {change.key}",
+            extra={
+                "bucket": change.bucket,
+                "key": change.key,
+                "event": change.event_name,
+                "status": outcome.status,
+                "reason": outcome.reason,
+                "sequencer": change.sequencer,
+            },
+        )
         name = METRIC_NAMES[outcome.status]
         counts[name] = counts.get(name, 0) + 1
     for name, value in counts.items():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     for timing, name in (("embed_ms", "EmbedLatency"), ("upsert_ms", "UpsertLatency")):
         if timing in ingestor.timings:
-            metrics.add_metric(name=name, unit=MetricUnit.Milliseconds,
-                               value=ingestor.timings.pop(timing))
+            metrics.add_metric(name=name, unit=MetricUnit.Milliseconds, value=ingestor.timings.pop(timing))
 
 
 def handle_sqs(event: dict) -> dict:
@@ -71,8 +83,7 @@ def handle_sqs(event: dict) -> dict:
     # All records failing is reported like any partial failure (not raised), so SQS retries
     # exactly the failed messages and the DLQ gets them after maxReceiveCount.
     processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-    return process_partial_response(event=event, record_handler=record_handler,
-                                    processor=processor)
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor)
 
 
 def handle_s3(event: dict) -> dict:
@@ -81,10 +92,10 @@ def handle_s3(event: dict) -> dict:
     transient = [o for o in outcomes if o.transient]
     if transient:
         # Lambda's asynchronous retries, then the on-failure destination, take over.
-        raise RuntimeError("transient failures: " + "; ".join(
-            f"{o.change.key}: {o.reason}" for o in transient))
-    return {"outcomes": [{"key": o.change.key, "status": o.status, "reason": o.reason}
-                         for o in outcomes]}
+        raise RuntimeError(
+            "transient failures: " + "; ".join(f"{o.change.key}: {o.reason}" for o in transient)
+        )
+    return {"outcomes": [{"key": o.change.key, "status": o.status, "reason": o.reason} for o in outcomes]}
 
 
 @logger.inject_lambda_context(clear_state=True)

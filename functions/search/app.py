@@ -3,6 +3,7 @@
 The model session, the Qdrant client and the S3 client are created at import time, in Lambda's
 init phase; each request then only parses, embeds, searches and shapes the response.
 """
+
 from __future__ import annotations
 
 from aws_lambda_powertools.logging import correlation_paths
@@ -17,8 +18,7 @@ api = SearchApi(get_catalog(), s3_client(), get_settings())
 app = api.app
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST,
-                              clear_state=True)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def handler(event: dict, context) -> dict:

@@ -6,6 +6,7 @@ Routes: ``POST /search`` (JSON base64 / JSON s3_key / raw image body / multipart
 ``GET /openapi.json``. Every error has one JSON shape: ``{"error": {"code", "message",
 "details"?}}``; nothing answers with a stack trace.
 """
+
 from __future__ import annotations
 
 import base64
@@ -22,12 +23,22 @@ from urllib.parse import unquote
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
-from .api_models import (MAX_OFFSET, ErrorResponse, HealthResponse, SearchOptions,
-                         SearchRequest, SearchResponse, UploadRequest, UploadResponse,
-                         merge_options, options_from_fields, parse_options)
+from .api_models import (
+    MAX_OFFSET,
+    ErrorResponse,
+    HealthResponse,
+    SearchOptions,
+    SearchRequest,
+    SearchResponse,
+    UploadRequest,
+    UploadResponse,
+    merge_options,
+    options_from_fields,
+    parse_options,
+)
 from .catalog import Catalog, SearchResult
 from .config import Settings
-from .errors import (NotFoundError, RequestError, StoreUnavailableError, VisualSearchError)
+from .errors import NotFoundError, RequestError, StoreUnavailableError, VisualSearchError
 from .observability import MetricUnit, logger, metrics
 
 IMAGE_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
@@ -35,8 +46,19 @@ JSON_TYPES = ("application/json", "text/json")
 RETRY_AFTER_S = "5"
 URL_CACHE_SIZE = 10_000
 DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.I)
-INTERNAL_PAYLOAD = {"bucket", "key", "product_id", "metadata", "model_id", "sequencer", "etag",
-                    "version_id", "indexed_at", "size", "content_type"}
+INTERNAL_PAYLOAD = {
+    "bucket",
+    "key",
+    "product_id",
+    "metadata",
+    "model_id",
+    "sequencer",
+    "etag",
+    "version_id",
+    "indexed_at",
+    "size",
+    "content_type",
+}
 API_VERSION = "1.0.0"
 # Options given in the query string (raw image bodies, GET) or as form fields (multipart).
 QUERY_OPTIONS = [
@@ -53,13 +75,22 @@ QUERY_OPTIONS = [
 ]
 
 
-def error_response(status: int, code: str, message: str, details: list | None = None,
-                   headers: Mapping[str, str] | None = None) -> Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: list | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
     body: dict[str, Any] = {"error": {"code": code, "message": message}}
     if details:
         body["error"]["details"] = details
-    return Response(status_code=status, content_type=content_types.APPLICATION_JSON,
-                    body=json.dumps(body), headers=dict(headers or {}))
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=json.dumps(body),
+        headers=dict(headers or {}),
+    )
 
 
 class SearchApi:
@@ -72,8 +103,12 @@ class SearchApi:
         cors = None
         if settings.api.cors_origins:
             origins = list(settings.api.cors_origins)
-            cors = CORSConfig(allow_origin=origins[0], extra_origins=origins[1:] or None,
-                              allow_headers=["Content-Type", "X-Api-Key"], max_age=600)
+            cors = CORSConfig(
+                allow_origin=origins[0],
+                extra_origins=origins[1:] or None,
+                allow_headers=["Content-Type", "X-Api-Key"],
+                max_age=600,
+            )
         self.app = APIGatewayRestResolver(cors=cors, enable_validation=True)
         self._urls: dict[tuple[str, str], tuple[str, float]] = {}
         self._routes()
@@ -86,8 +121,12 @@ class SearchApi:
         raw = event.body or ""
         limit = self.settings.api.max_body_bytes
         if len(raw) > limit * 4 // 3 + 4:
-            raise RequestError(f"the request body is over the {limit:,}-byte limit; upload large "
-                               f"images with POST /uploads and search by s3_key", 413, "body_too_large")
+            raise RequestError(
+                f"the request body is over the {limit:,}-byte limit; upload large "
+                f"images with POST /uploads and search by s3_key",
+                413,
+                "body_too_large",
+            )
         if event.is_base64_encoded:
             try:
                 data = base64.b64decode(raw, validate=True)
@@ -97,11 +136,11 @@ class SearchApi:
             try:
                 data = raw.encode("utf-8", "surrogateescape")
             except UnicodeEncodeError:
-                raise RequestError("the request body is not valid UTF-8 text", 400,
-                                   "invalid_body") from None
+                raise RequestError("the request body is not valid UTF-8 text", 400, "invalid_body") from None
         if len(data) > limit:
-            raise RequestError(f"the request body is {len(data):,} bytes; the limit is {limit:,}",
-                               413, "body_too_large")
+            raise RequestError(
+                f"the request body is {len(data):,} bytes; the limit is {limit:,}", 413, "body_too_large"
+            )
         return data
 
     def _content_type(self) -> str:
@@ -118,8 +157,12 @@ class SearchApi:
         media = self._content_type().split(";")[0].strip().lower()
         body = self._body()
         if not body:
-            raise RequestError("the request has no body: send the query image as JSON, as an "
-                               "image body or as a multipart form", 400, "empty_body")
+            raise RequestError(
+                "the request has no body: send the query image as JSON, as an "
+                "image body or as a multipart form",
+                400,
+                "empty_body",
+            )
         if media in JSON_TYPES or (not media and body[:1] == b"{"):
             return self._parse_json(body)
         if media in IMAGE_TYPES:
@@ -128,7 +171,10 @@ class SearchApi:
             return self._parse_multipart(body)
         raise RequestError(
             f"unsupported media type {media[:80] or '(none)'!r}; send application/json, "
-            f"{', '.join(IMAGE_TYPES)} or multipart/form-data", 415, "unsupported_media_type")
+            f"{', '.join(IMAGE_TYPES)} or multipart/form-data",
+            415,
+            "unsupported_media_type",
+        )
 
     @staticmethod
     def _json_object(body: bytes) -> dict:
@@ -136,8 +182,7 @@ class SearchApi:
             raw = json.loads(body)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
             reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-            raise RequestError(f"the body is not valid JSON: {reason}", 400,
-                               "invalid_json") from None
+            raise RequestError(f"the body is not valid JSON: {reason}", 400, "invalid_json") from None
         if not isinstance(raw, dict):
             raise RequestError("the JSON body must be an object", 400, "invalid_json")
         return raw
@@ -178,20 +223,26 @@ class SearchApi:
                 fields.setdefault(str(name), []).append(payload.decode("utf-8", "replace"))
         if image is None:
             raise RequestError("the form has no file part (name it 'image')", 400, "no_image")
-        options = merge_options(options_from_fields(fields),
-                                options_from_fields(self._query_fields()))
+        options = merge_options(options_from_fields(fields), options_from_fields(self._query_fields()))
         return image, parse_options(SearchOptions, options)
 
     def _uploaded_image(self, s3_key: str) -> bytes:
         api = self.settings.api
         if not api.upload_bucket:
-            raise RequestError("search by s3_key is not configured (UPLOAD_BUCKET)", 400,
-                               "uploads_disabled")
+            raise RequestError("search by s3_key is not configured (UPLOAD_BUCKET)", 400, "uploads_disabled")
         key = s3_key if s3_key.startswith(api.upload_prefix) else api.upload_prefix + s3_key
-        if (".." in key.split("/") or key.endswith("/") or not s3_key.strip()
-                or len(key.encode("utf-8", "surrogatepass")) > 1024):
-            raise RequestError("s3_key is not a valid upload key", 422, "invalid_options",
-                               [{"loc": ["s3_key"], "msg": "not a key returned by POST /uploads"}])
+        if (
+            ".." in key.split("/")
+            or key.endswith("/")
+            or not s3_key.strip()
+            or len(key.encode("utf-8", "surrogatepass")) > 1024
+        ):
+            raise RequestError(
+                "s3_key is not a valid upload key",
+                422,
+                "invalid_options",
+                [{"loc": ["s3_key"], "msg": "not a key returned by POST /uploads"}],
+            )
         try:
             head = self.s3.head_object(Bucket=api.upload_bucket, Key=key)
         except Exception as exc:
@@ -201,12 +252,17 @@ class SearchApi:
             if code in ("404", "NoSuchKey", "NotFound") or status == 404:
                 raise NotFoundError(f"no uploaded image at s3_key {s3_key!r}") from None
             if 400 <= status < 500 and status != 429:  # S3 refuses the key itself
-                raise RequestError(f"S3 refused s3_key {s3_key[:80]!r} ({code or status})", 422,
-                                   "invalid_options") from None
+                raise RequestError(
+                    f"S3 refused s3_key {s3_key[:80]!r} ({code or status})", 422, "invalid_options"
+                ) from None
             raise StoreUnavailableError(f"S3 is unavailable: {code or exc}") from None
         if head.get("ContentLength", 0) > self.settings.images.max_bytes:
-            raise RequestError(f"the uploaded image is {head['ContentLength']:,} bytes; the limit "
-                               f"is {self.settings.images.max_bytes:,}", 413, "image_too_large")
+            raise RequestError(
+                f"the uploaded image is {head['ContentLength']:,} bytes; the limit "
+                f"is {self.settings.images.max_bytes:,}",
+                413,
+                "image_too_large",
+            )
         return self.s3.get_object(Bucket=api.upload_bucket, Key=key)["Body"].read()
 
     # -- responses ---------------------------------------------------------------------------
@@ -222,8 +278,9 @@ class SearchApi:
             return cached[0]
         ttl = self.settings.api.image_url_ttl_s
         try:
-            url = self.s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
-                                                 ExpiresIn=ttl)
+            url = self.s3.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl
+            )
         except Exception as exc:  # no credentials to sign with: results without URLs
             logger.debug(f"no image URL: {exc}")
             return None
@@ -241,44 +298,71 @@ class SearchApi:
             metadata = {k: v for k, v in payload.items() if k not in INTERNAL_PAYLOAD}
             metadata.update(payload.get("metadata") or {})
             bucket, key = str(payload.get("bucket", "")), str(payload.get("key", ""))
-            results.append({"product_id": str(payload.get("product_id", "")),
-                            "score": round(hit.score, 6),
-                            "image": {"bucket": bucket, "key": key,
-                                      "url": self._image_url(bucket, key)},
-                            "metadata": metadata})
+            results.append(
+                {
+                    "product_id": str(payload.get("product_id", "")),
+                    "score": round(hit.score, 6),
+                    "image": {"bucket": bucket, "key": key, "url": self._image_url(bucket, key)},
+                    "metadata": metadata,
+                }
+            )
         following = options.offset + options.top_k
         more = len(results) == options.top_k and following <= MAX_OFFSET  # else a 422 to follow
-        body = SearchResponse(results=results, model=result.model_id,
-                              timings_ms=result.timings_ms, offset=options.offset,
-                              next_offset=following if more else None)
-        metrics.add_metric(name="SearchLatency", unit=MetricUnit.Milliseconds,
-                           value=result.timings_ms["total"])
+        body = SearchResponse(
+            results=results,
+            model=result.model_id,
+            timings_ms=result.timings_ms,
+            offset=options.offset,
+            next_offset=following if more else None,
+        )
+        metrics.add_metric(
+            name="SearchLatency", unit=MetricUnit.Milliseconds, value=result.timings_ms["total"]
+        )
         return body.model_dump()
 
     # -- routes ------------------------------------------------------------------------------
 
     def _routes(self) -> None:
         app = self.app
-        responses = {400: {"description": "bad image or request", "content": {
-            "application/json": {"model": ErrorResponse}}},
+        responses = {
+            400: {
+                "description": "bad image or request",
+                "content": {"application/json": {"model": ErrorResponse}},
+            },
             413: {"description": "body or image too large"},
             415: {"description": "unsupported media type"},
             422: {"description": "invalid options (field-level details)"},
-            503: {"description": "store unavailable; retry after Retry-After seconds"}}
+            503: {"description": "store unavailable; retry after Retry-After seconds"},
+        }
 
-        @app.post("/search", summary="Find the products nearest to a query image",
-                  responses={200: {"description": "nearest products", "content": {
-                      "application/json": {"model": SearchResponse}}}, **responses})
+        @app.post(
+            "/search",
+            summary="Find the products nearest to a query image",
+            responses={
+                200: {
+                    "description": "nearest products",
+                    "content": {"application/json": {"model": SearchResponse}},
+                },
+                **responses,
+            },
+        )
         def search():
             image, options = self._parse_search()
             result = self.catalog.search_image(image, options.to_query())
             return self._shape(result, options)
 
-        @app.get("/products/<product_id>/similar",
-                 summary="Products nearest to a stored product (no inference)",
-                 responses={200: {"description": "nearest other products", "content": {
-                     "application/json": {"model": SearchResponse}}}, 404: {
-                     "description": "unknown product"}, **responses})
+        @app.get(
+            "/products/<product_id>/similar",
+            summary="Products nearest to a stored product (no inference)",
+            responses={
+                200: {
+                    "description": "nearest other products",
+                    "content": {"application/json": {"model": SearchResponse}},
+                },
+                404: {"description": "unknown product"},
+                **responses,
+            },
+        )
         def similar(product_id: str):
             # API Gateway's path keeps the client's percent-encoding; its pathParameters are
             # decoded (Caffè Latte, ids with "/" sent as %2F)
@@ -288,32 +372,49 @@ class SearchApi:
             result = self.catalog.similar(product_id, options.to_query())
             return self._shape(result, options)
 
-        @app.post("/uploads", summary="A short-lived presigned PUT URL for a large query image",
-                  responses={200: {"description": "where to PUT the image", "content": {
-                      "application/json": {"model": UploadResponse}}}, **responses})
+        @app.post(
+            "/uploads",
+            summary="A short-lived presigned PUT URL for a large query image",
+            responses={
+                200: {
+                    "description": "where to PUT the image",
+                    "content": {"application/json": {"model": UploadResponse}},
+                },
+                **responses,
+            },
+        )
         def uploads():
             api = self.settings.api
             if not api.upload_bucket:
-                raise RequestError("uploads are not configured (UPLOAD_BUCKET)", 400,
-                                   "uploads_disabled")
+                raise RequestError("uploads are not configured (UPLOAD_BUCKET)", 400, "uploads_disabled")
             body = self._body()
             request = parse_options(UploadRequest, self._json_object(body) if body.strip() else {})
             if request.content_type not in IMAGE_TYPES:
-                raise RequestError(f"content_type must be one of {', '.join(IMAGE_TYPES)}", 415,
-                                   "unsupported_media_type")
+                raise RequestError(
+                    f"content_type must be one of {', '.join(IMAGE_TYPES)}", 415, "unsupported_media_type"
+                )
             key = f"{api.upload_prefix}{uuid.uuid4().hex}.{IMAGE_TYPES[request.content_type]}"
             url = self.s3.generate_presigned_url(
-                "put_object", Params={"Bucket": api.upload_bucket, "Key": key,
-                                      "ContentType": request.content_type},
-                ExpiresIn=api.upload_url_ttl_s, HttpMethod="PUT")
-            return UploadResponse(upload_url=url, s3_key=key,
-                                  headers={"Content-Type": request.content_type},
-                                  expires_in=api.upload_url_ttl_s,
-                                  max_bytes=self.settings.images.max_bytes).model_dump()
+                "put_object",
+                Params={"Bucket": api.upload_bucket, "Key": key, "ContentType": request.content_type},
+                ExpiresIn=api.upload_url_ttl_s,
+                HttpMethod="PUT",
+            )
+            return UploadResponse(
+                upload_url=url,
+                s3_key=key,
+                headers={"Content-Type": request.content_type},
+                expires_in=api.upload_url_ttl_s,
+                max_bytes=self.settings.images.max_bytes,
+            ).model_dump()
 
-        @app.get("/health", summary="Model, collection, point count, store reachability",
-                 responses={200: {"description": "health", "content": {
-                     "application/json": {"model": HealthResponse}}}})
+        @app.get(
+            "/health",
+            summary="Model, collection, point count, store reachability",
+            responses={
+                200: {"description": "health", "content": {"application/json": {"model": HealthResponse}}}
+            },
+        )
         def health():
             store = self.catalog.store
             points = None
@@ -323,10 +424,14 @@ class SearchApi:
                     points = store.count()
                 except StoreUnavailableError:
                     reachable = False
-            return HealthResponse(status="ok" if reachable else "degraded",
-                                  model=self.catalog.model_id, collection=store.collection,
-                                  store=store.settings.mode, store_reachable=reachable,
-                                  points=points).model_dump()
+            return HealthResponse(
+                status="ok" if reachable else "degraded",
+                model=self.catalog.model_id,
+                collection=store.collection,
+                store=store.settings.mode,
+                store_reachable=reachable,
+                points=points,
+            ).model_dump()
 
         @app.get("/facets", summary="Categories and brands in the catalogue, with image counts")
         def facets():
@@ -334,15 +439,20 @@ class SearchApi:
 
         @app.get("/openapi.json", summary="This API's OpenAPI document", include_in_schema=False)
         def openapi():
-            return Response(status_code=200, content_type=content_types.APPLICATION_JSON,
-                            body=self.openapi_json())
+            return Response(
+                status_code=200, content_type=content_types.APPLICATION_JSON, body=self.openapi_json()
+            )
 
     def openapi_json(self) -> str:
         """The generated OpenAPI document, plus what the resolver cannot infer: the three body
         forms of POST /search and the query options read by hand."""
-        schema = json.loads(self.app.get_openapi_json_schema(
-            title="Visual product search", version=API_VERSION,
-            description="Find products by photo. See README.md."))
+        schema = json.loads(
+            self.app.get_openapi_json_schema(
+                title="Visual product search",
+                version=API_VERSION,
+                description="Find products by photo. See README.md.",
+            )
+        )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         refs = {}
         for model in (SearchRequest, UploadRequest):
@@ -352,18 +462,28 @@ class SearchApi:
             refs[model] = {"$ref": f"#/components/schemas/{model.__name__}"}
         image = {"type": "string", "format": "binary"}
         search = schema["paths"]["/search"]["post"]
-        search["requestBody"] = {"required": True, "content": {
-            "application/json": {"schema": refs[SearchRequest]},
-            **{media: {"schema": image} for media in IMAGE_TYPES},
-            "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
-                                               "properties": {"image": image, **{
-                                                   name: spec for name, spec in QUERY_OPTIONS}}}}}}
-        query = [{"name": name, "in": "query", "required": False, "schema": spec}
-                 for name, spec in QUERY_OPTIONS]
+        search["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": refs[SearchRequest]},
+                **{media: {"schema": image} for media in IMAGE_TYPES},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image"],
+                        "properties": {"image": image, **{name: spec for name, spec in QUERY_OPTIONS}},
+                    }
+                },
+            },
+        }
+        query = [
+            {"name": name, "in": "query", "required": False, "schema": spec} for name, spec in QUERY_OPTIONS
+        ]
         search["parameters"] = query
         schema["paths"]["/products/{product_id}/similar"]["get"]["parameters"] += query
-        schema["paths"]["/uploads"]["post"]["requestBody"] = {"content": {
-            "application/json": {"schema": refs[UploadRequest]}}}
+        schema["paths"]["/uploads"]["post"]["requestBody"] = {
+            "content": {"application/json": {"schema": refs[UploadRequest]}}
+        }
         return json.dumps(schema)
 
     # -- errors ------------------------------------------------------------------------------
@@ -376,26 +496,30 @@ class SearchApi:
             headers = {"Retry-After": RETRY_AFTER_S} if exc.status == 503 else None
             if exc.status >= 500:
                 logger.warning(f"{exc.code}: {exc}")
-            return error_response(exc.status, exc.code, str(exc),
-                                  getattr(exc, "details", None), headers)
+            return error_response(exc.status, exc.code, str(exc), getattr(exc, "details", None), headers)
 
         @app.exception_handler(RequestValidationError)
         def invalid(exc: RequestValidationError):
-            details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""),
-                        "type": e.get("type", "")} for e in exc.errors()][:20]
-            return error_response(422, "invalid_options", "the request's options are invalid",
-                                  details)
+            details = [
+                {
+                    "loc": [str(p) for p in e.get("loc", ())],
+                    "msg": e.get("msg", ""),
+                    "type": e.get("type", ""),
+                }
+                for e in exc.errors()
+            ][:20]
+            return error_response(422, "invalid_options", "the request's options are invalid", details)
 
         @app.not_found
         def not_found(exc):
-            return error_response(404, "not_found", "no such route: "
-                                  f"{app.current_event.http_method} {app.current_event.path}")
+            return error_response(
+                404, "not_found", f"no such route: {app.current_event.http_method} {app.current_event.path}"
+            )
 
         @app.exception_handler(Exception)
         def unexpected(exc: Exception):
             logger.exception("unhandled error")
-            return error_response(500, "internal_error",
-                                  "internal error; the request id is in the logs")
+            return error_response(500, "internal_error", "internal error; the request id is in the logs")
 
     def resolve(self, event: dict, context: Any) -> dict:
         try:
@@ -404,8 +528,12 @@ class SearchApi:
             logger.exception("event could not be resolved")
             response = error_response(400, "bad_request", "the request could not be read")
             self._count_error({"statusCode": 400})
-            return {"statusCode": 400, "headers": {"Content-Type": "application/json"},
-                    "body": response.body, "isBase64Encoded": False}
+            return {
+                "statusCode": 400,
+                "headers": {"Content-Type": "application/json"},
+                "body": response.body,
+                "isBase64Encoded": False,
+            }
         self._count_error(response)
         # JSON only, whatever a client echoes into a message: browsers must not sniff it.
         response.setdefault("multiValueHeaders", {})["X-Content-Type-Options"] = ["nosniff"]

@@ -1,5 +1,6 @@
 """Request and response models of the search API (pydantic), and how options are read from
 JSON bodies, query strings and form fields into one ``SearchOptions``."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,19 @@ METADATA_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_STRING = 256
 MAX_ANY_OF = 50
 MAX_OFFSET = 1000
-RESERVED = {"bucket", "key", "model_id", "sequencer", "etag", "version_id", "indexed_at",
-            "size", "content_type", "metadata", "title"}
+RESERVED = {
+    "bucket",
+    "key",
+    "model_id",
+    "sequencer",
+    "etag",
+    "version_id",
+    "indexed_at",
+    "size",
+    "content_type",
+    "metadata",
+    "title",
+}
 
 
 class PriceRange(BaseModel):
@@ -93,8 +105,10 @@ class Filters(BaseModel):
             if key in RESERVED:
                 raise ValueError(f"cannot filter on {key!r}")
             if not METADATA_KEY.match(key):
-                raise ValueError(f"filter key {key[:70]!r} is not a metadata name "
-                                 f"(letters, digits, _ and -, at most 64 characters)")
+                raise ValueError(
+                    f"filter key {key[:70]!r} is not a metadata name "
+                    f"(letters, digits, _ and -, at most 64 characters)"
+                )
             items = value if isinstance(value, list) else [value]
             if not items or len(items) > MAX_ANY_OF:
                 raise ValueError(f"{key}: give 1 to {MAX_ANY_OF} values")
@@ -112,8 +126,9 @@ class Filters(BaseModel):
             out["price"] = self.price.model_dump(exclude_none=True)
         for key, value in (self.model_extra or {}).items():
             # S3 user metadata names arrive (and are stored) in lower case, values as strings
-            out[f"metadata.{key.lower()}"] = ([_as_text(v) for v in value]
-                                              if isinstance(value, list) else _as_text(value))
+            out[f"metadata.{key.lower()}"] = (
+                [_as_text(v) for v in value] if isinstance(value, list) else _as_text(value)
+            )
         return out
 
 
@@ -121,8 +136,9 @@ class SearchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     top_k: int = Field(10, ge=1, le=100, description="results per page")
     offset: int = Field(0, ge=0, le=MAX_OFFSET, description="results to skip (pagination)")
-    score_threshold: float | None = Field(None, ge=-1.0, le=1.0,
-                                          description="only results scoring at least this")
+    score_threshold: float | None = Field(
+        None, ge=-1.0, le=1.0, description="only results scoring at least this"
+    )
     group_by_product: bool = Field(True, description="one result per product (its best image)")
     filters: Filters = Field(default_factory=Filters)
 
@@ -134,17 +150,23 @@ class SearchOptions(BaseModel):
         return value
 
     def to_query(self, exclude_products: tuple[str, ...] = ()) -> Query:
-        return Query(top_k=self.top_k, offset=self.offset, score_threshold=self.score_threshold,
-                     group_by_product=self.group_by_product, filters=self.filters.to_store(),
-                     exclude_products=exclude_products)
+        return Query(
+            top_k=self.top_k,
+            offset=self.offset,
+            score_threshold=self.score_threshold,
+            group_by_product=self.group_by_product,
+            filters=self.filters.to_store(),
+            exclude_products=exclude_products,
+        )
 
 
 class SearchRequest(SearchOptions):
     """The JSON body of ``POST /search``: the image as base64, or the key of an uploaded one."""
 
     image: str | None = Field(None, description="the query image, base64 (a data: URL is fine)")
-    s3_key: str | None = Field(None, max_length=1024,
-                               description="key of a query image uploaded through POST /uploads")
+    s3_key: str | None = Field(
+        None, max_length=1024, description="key of a query image uploaded through POST /uploads"
+    )
 
     @model_validator(mode="after")
     def one_image(self) -> "SearchRequest":
@@ -221,9 +243,10 @@ FLAT_FILTERS = ("category", "brand", "product_id")
 
 def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     """pydantic's errors as field-level messages, without echoing the (maybe huge) input."""
-    return [{"loc": [str(part)[:100] for part in err["loc"]] or ["body"], "msg": err["msg"],
-             "type": err["type"]}
-            for err in exc.errors(include_url=False, include_input=False)][:20]
+    return [
+        {"loc": [str(part)[:100] for part in err["loc"]] or ["body"], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ][:20]
 
 
 def parse_options(model: type[BaseModel], raw: Any) -> Any:
@@ -247,11 +270,13 @@ def _json_filters(text: str) -> dict[str, Any]:
     try:
         parsed = json.loads(text)
     except (ValueError, RecursionError):
-        raise InvalidOptions("filters is not valid JSON",
-                             [{"loc": ["filters"], "msg": "not valid JSON"}]) from None
+        raise InvalidOptions(
+            "filters is not valid JSON", [{"loc": ["filters"], "msg": "not valid JSON"}]
+        ) from None
     if not isinstance(parsed, dict):
-        raise InvalidOptions("filters must be a JSON object",
-                             [{"loc": ["filters"], "msg": "must be a JSON object"}])
+        raise InvalidOptions(
+            "filters must be a JSON object", [{"loc": ["filters"], "msg": "must be a JSON object"}]
+        )
     return parsed
 
 
@@ -277,8 +302,10 @@ def options_from_fields(fields: Mapping[str, list[str]]) -> dict[str, Any]:
             raw[name] = values[-1].strip() if name == "group_by_product" else values[-1]
     for name, value in named.items():
         if name in filters:
-            raise _conflict(PRICE_CONFLICT if name == "price" else
-                            f"give {name} either in filters or as its own field", ["filters", name])
+            raise _conflict(
+                PRICE_CONFLICT if name == "price" else f"give {name} either in filters or as its own field",
+                ["filters", name],
+            )
         filters[name] = value
     if filters:
         raw["filters"] = filters
@@ -293,8 +320,10 @@ def merge_options(body: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any
         if name == "filters" and isinstance(merged.get("filters"), dict):
             both = set(merged["filters"]) & set(value)
             if both:
-                raise _conflict(f"filter {sorted(both)[0]} is given both in the body and in the "
-                                f"query string", ["filters", sorted(both)[0]])
+                raise _conflict(
+                    f"filter {sorted(both)[0]} is given both in the body and in the query string",
+                    ["filters", sorted(both)[0]],
+                )
             merged["filters"] = {**merged["filters"], **value}
         elif name in merged:
             raise _conflict(f"{name} is given both in the body and in the query string", [name])

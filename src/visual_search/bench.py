@@ -3,6 +3,7 @@
 Every timing is also given as a ratio of a bare onnxruntime ``session.run`` on an already
 prepared tensor, measured in the same run, so numbers from different machines compare.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,8 +24,9 @@ from .model import get_embedder as load_embedder
 SIZES = {"224px PNG": (224, "PNG"), "1000px JPEG": (1000, "JPEG"), "4000px JPEG": (4000, "JPEG")}
 
 
-def samples_ms(fn: Callable[[], object], repeat: int,
-               clock: Callable[[], float] = time.perf_counter) -> list[float]:
+def samples_ms(
+    fn: Callable[[], object], repeat: int, clock: Callable[[], float] = time.perf_counter
+) -> list[float]:
     """``repeat`` sorted milliseconds of ``fn`` by ``clock``, after one warm-up call."""
     fn()
     samples = []
@@ -37,8 +39,10 @@ def samples_ms(fn: Callable[[], object], repeat: int,
 
 def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
     samples = samples_ms(fn, repeat)
-    return {"median_ms": round(statistics.median(samples), 3),
-            "p90_ms": round(samples[int(0.9 * (len(samples) - 1))], 3)}
+    return {
+        "median_ms": round(statistics.median(samples), 3),
+        "p90_ms": round(samples[int(0.9 * (len(samples) - 1))], 3),
+    }
 
 
 def scaled_photo(path, side: int, fmt: str) -> bytes:
@@ -64,8 +68,9 @@ def bare_run_ms(embedder, repeat: int, batch: int = 1) -> float:
     """Median ms of session.run alone on a prepared batch: the yardstick of every ratio."""
     card = embedder.card
     tensor = prepared_batch(embedder, batch)
-    return timed(lambda: embedder.session.run([card.embedding_output], {card.input_name: tensor}),
-                 repeat)["median_ms"]
+    return timed(lambda: embedder.session.run([card.embedding_output], {card.input_name: tensor}), repeat)[
+        "median_ms"
+    ]
 
 
 def naive_preprocess(data: bytes, prep) -> np.ndarray:
@@ -89,13 +94,24 @@ def embed_breakdown(repeat: int) -> dict:
         naive = timed(lambda d=data: naive_preprocess(d, card.preprocess), repeat)["median_ms"]
         infer = timed(lambda: embedder.embed_pixels(tensor), repeat)["median_ms"]
         total = timed(lambda d=data: embedder.embed(d), repeat)["median_ms"]
-        rows.append({"image": name, "bytes": len(data), "decode_preprocess_ms": decode,
-                     "naive_decode_preprocess_ms": naive,
-                     "inference_ms": infer, "total_ms": total,
-                     "decode_vs_inference": round(decode / infer, 2),
-                     "total_vs_bare_run": round(total / bare, 2)})
-    return {"model": card.id, "bare_session_run_ms": bare, "threads": embedder.session
-            .get_session_options().intra_op_num_threads, "embed": rows}
+        rows.append(
+            {
+                "image": name,
+                "bytes": len(data),
+                "decode_preprocess_ms": decode,
+                "naive_decode_preprocess_ms": naive,
+                "inference_ms": infer,
+                "total_ms": total,
+                "decode_vs_inference": round(decode / infer, 2),
+                "total_vs_bare_run": round(total / bare, 2),
+            }
+        )
+    return {
+        "model": card.id,
+        "bare_session_run_ms": bare,
+        "threads": embedder.session.get_session_options().intra_op_num_threads,
+        "embed": rows,
+    }
 
 
 def sample_photos(count: int, side: int = 1000) -> list[bytes]:
@@ -115,6 +131,7 @@ S3_LATENCY_MS = {"GET": 20.0, "HEAD": 10.0}  # a same-region S3's typical time t
 def with_s3_latency(s3, latency_ms: dict[str, float]) -> None:
     """Let each S3 request of this client wait like a network round trip before moto answers
     it: the wait costs no CPU, as in AWS, while moto's own CPU is still paid in process."""
+
     def wait(request, **_):
         time.sleep(latency_ms.get(request.method, 0.0) / 1000.0)
 
@@ -153,23 +170,36 @@ def ingest_throughput(repeat: int) -> dict:
         s3.create_bucket(Bucket="bench")
         for n, photo in enumerate(photos):
             s3.put_object(Bucket="bench", Key=f"p{n}/img.jpg", Body=photo, ContentType="image/jpeg")
-        store = CatalogStore.open(StoreSettings(path=":memory:", collection="bench"),
-                                  embedder.model_id, embedder.dim)
+        store = CatalogStore.open(
+            StoreSettings(path=":memory:", collection="bench"), embedder.model_id, embedder.dim
+        )
         catalog = Catalog(embedder, store)
         settings = get_settings().ingest
         one_chunk = replace(settings, embed_chunk=32)  # no pipeline: all downloads, then embed
-        for batch, client, ingest in ((1, s3, settings), (10, s3, settings), (32, s3, settings),
-                                      (32, slow_s3, settings), (32, slow_s3, one_chunk)):
+        for batch, client, ingest in (
+            (1, s3, settings),
+            (10, s3, settings),
+            (32, s3, settings),
+            (32, slow_s3, settings),
+            (32, slow_s3, one_chunk),
+        ):
             ingestor = Ingestor(catalog, client, ingest, embedder.limits)
-            changes = [S3Change("bench", f"p{n}/img.jpg", "created", "ObjectCreated:Put")
-                       for n in range(batch)]
+            changes = [
+                S3Change("bench", f"p{n}/img.jpg", "created", "ObjectCreated:Put") for n in range(batch)
+            ]
             median = timed(lambda c=changes: ingestor.apply(c), runs)["median_ms"]
             bare = bare_throughput(embedder, batch, runs)
             got = batch / (median / 1000.0)
-            rows.append({"batch": batch, "s3": "moto + latency" if client is slow_s3 else "moto",
-                         "embed_chunk": ingest.embed_chunk,
-                         "images_per_s": round(got, 1), "bare_model_images_per_s": round(bare, 1),
-                         "ratio_to_bare": round(got / bare, 2)})
+            rows.append(
+                {
+                    "batch": batch,
+                    "s3": "moto + latency" if client is slow_s3 else "moto",
+                    "embed_chunk": ingest.embed_chunk,
+                    "images_per_s": round(got, 1),
+                    "bare_model_images_per_s": round(bare, 1),
+                    "ratio_to_bare": round(got / bare, 2),
+                }
+            )
         ingestor = Ingestor.configured(catalog, s3)
         refs = [("bench", f"p{n}/img.jpg") for n in range(32)]
         changes = [S3Change(*ref, "created", "ObjectCreated:Put") for ref in refs]
@@ -199,8 +229,12 @@ def synthetic_catalog(embedder, count: int, seed: int = 7):
     for n in range(count):
         vector = base[n % len(base)] + rng.normal(0, 0.02, base.shape[1]).astype(np.float32)
         vector /= np.linalg.norm(vector)
-        metadata = {"product-id": f"sku-{n // 4}", "category": categories[(n // 4) % len(categories)],
-                    "brand": f"brand-{(n // 4) % 25}", "price": f"{1 + (n // 4) % 50:.2f}"}
+        metadata = {
+            "product-id": f"sku-{n // 4}",
+            "category": categories[(n // 4) % len(categories)],
+            "brand": f"brand-{(n // 4) % 25}",
+            "price": f"{1 + (n // 4) % 50:.2f}",
+        }
         source = ImageSource("bench", f"sku-{n // 4}/{n}.jpg", b"", metadata)
         points.append(ImagePoint("bench", source.key, vector, build_payload(source, embedder.model_id)))
     return points
@@ -225,18 +259,26 @@ def search_latency(repeat: int, sizes=(1000, 10000)) -> dict:
     settings = load_settings()
     rows = []
     for size in sizes:
-        store = CatalogStore.open(StoreSettings(path=":memory:", collection=f"bench{size}"),
-                                  embedder.model_id, embedder.dim)
+        store = CatalogStore.open(
+            StoreSettings(path=":memory:", collection=f"bench{size}"), embedder.model_id, embedder.dim
+        )
         points = synthetic_catalog(embedder, size)
         for start in range(0, len(points), 1000):
-            store.upsert(points[start:start + 1000])
+            store.upsert(points[start : start + 1000])
         api = SearchApi(Catalog(embedder, store), s3_client(), settings)
-        for label, filters in (("none", {}), ("category+price", {
-                "category": "Milk", "price": {"gte": 5, "lte": 30}})):
-            event = {"httpMethod": "POST", "path": "/search", "resource": "/search",
-                     "headers": {"Content-Type": "application/json"},
-                     "body": json.dumps({"image": query, "top_k": 10, "filters": filters}),
-                     "isBase64Encoded": False, "requestContext": {"stage": "bench"}}
+        for label, filters in (
+            ("none", {}),
+            ("category+price", {"category": "Milk", "price": {"gte": 5, "lte": 30}}),
+        ):
+            event = {
+                "httpMethod": "POST",
+                "path": "/search",
+                "resource": "/search",
+                "headers": {"Content-Type": "application/json"},
+                "body": json.dumps({"image": query, "top_k": 10, "filters": filters}),
+                "isBase64Encoded": False,
+                "requestContext": {"stage": "bench"},
+            }
             totals, parts = [], {"decode": [], "embed": [], "search": []}
             api.resolve(event, None)
             for _ in range(repeat):
@@ -251,10 +293,16 @@ def search_latency(repeat: int, sizes=(1000, 10000)) -> dict:
                     parts[part].append(body["timings_ms"][part])
             totals.sort()
             median = statistics.median(totals)
-            rows.append({"points": size, "filter": label, "median_ms": round(median, 2),
-                         "p99_ms": round(totals[min(len(totals) - 1, int(0.99 * len(totals)))], 2),
-                         **{f"{k}_ms": round(statistics.median(v), 2) for k, v in parts.items()},
-                         "median_vs_bare_run": round(median / bare, 2)})
+            rows.append(
+                {
+                    "points": size,
+                    "filter": label,
+                    "median_ms": round(median, 2),
+                    "p99_ms": round(totals[min(len(totals) - 1, int(0.99 * len(totals)))], 2),
+                    **{f"{k}_ms": round(statistics.median(v), 2) for k, v in parts.items()},
+                    "median_vs_bare_run": round(median / bare, 2),
+                }
+            )
         store.close()
     return {"search": rows, "search_bare_session_run_ms": bare}
 
@@ -270,22 +318,30 @@ def store_scaling(repeat: int, sizes=(1000, 10000, 100000)) -> dict:
     query = embedder.embed(sample_photos(1)[0])
     rows = []
     for size in sizes:
-        store = CatalogStore.open(StoreSettings(path=":memory:", collection=f"scale{size}"),
-                                  embedder.model_id, embedder.dim)
+        store = CatalogStore.open(
+            StoreSettings(path=":memory:", collection=f"scale{size}"), embedder.model_id, embedder.dim
+        )
         started = time.perf_counter()
         points = synthetic_catalog(embedder, size)
         for start in range(0, size, 2000):
-            store.upsert(points[start:start + 2000])
+            store.upsert(points[start : start + 2000])
         load_s = time.perf_counter() - started
         del points
-        for label, filters in (("none", {}), ("category+price", {
-                "category": "Milk", "price": {"gte": 5, "lte": 30}})):
+        for label, filters in (
+            ("none", {}),
+            ("category+price", {"category": "Milk", "price": {"gte": 5, "lte": 30}}),
+        ):
             q = Query(top_k=10, filters=filters)
-            stats = timed(lambda s=store, q=q: s.search(query, q),
-                          max(5, repeat // (size // 1000 or 1)))
-            rows.append({"points": size, "filter": label, **stats,
-                         "median_vs_bare_run": round(stats["median_ms"] / bare, 2),
-                         "load_s": round(load_s, 1)})
+            stats = timed(lambda s=store, q=q: s.search(query, q), max(5, repeat // (size // 1000 or 1)))
+            rows.append(
+                {
+                    "points": size,
+                    "filter": label,
+                    **stats,
+                    "median_vs_bare_run": round(stats["median_ms"] / bare, 2),
+                    "load_s": round(load_s, 1),
+                }
+            )
         store.close()
     return {"scale": rows, "scale_bare_session_run_ms": bare}
 
@@ -328,8 +384,9 @@ print(json.dumps({"imports_ms": round((t1 - t0) * 1000, 1),
     photo = scan(DEMO_CATALOG)[0].path
     runs = []
     for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", code, str(photo)], capture_output=True,
-                             text=True, timeout=120, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(photo)], capture_output=True, text=True, timeout=120, check=True
+        )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     best = min(runs, key=lambda r: r["total_ms"])
     return {"cold_start": best, "cold_start_runs": len(runs)}
@@ -338,61 +395,127 @@ print(json.dumps({"imports_ms": round((t1 - t0) * 1000, 1),
 def machine() -> dict:
     import onnxruntime
 
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpus": available_cpus(),
-            "onnxruntime": onnxruntime.__version__}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": available_cpus(),
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def markdown(headers: tuple[str, ...], rows: list[tuple]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(f"{v:,}" if isinstance(v, int) else str(v) for v in row) + " |"
-              for row in rows]
+    lines += [
+        "| " + " | ".join(f"{v:,}" if isinstance(v, int) else str(v) for v in row) + " |" for row in rows
+    ]
     return "\n".join(lines)
 
 
 def print_table(report: dict) -> None:
-    print(f"model {report['model']}, bare session.run {report['bare_session_run_ms']} ms "
-          f"({report['threads']} threads)")
-    print(markdown(("image", "bytes", "decode+prep ms", "naive decode+prep ms", "inference ms",
-                    "total ms", "decode/infer", "total/bare run"),
-                   [(r["image"], r["bytes"], r["decode_preprocess_ms"],
-                     r["naive_decode_preprocess_ms"], r["inference_ms"], r["total_ms"],
-                     r["decode_vs_inference"], r["total_vs_bare_run"]) for r in report["embed"]]))
+    print(
+        f"model {report['model']}, bare session.run {report['bare_session_run_ms']} ms "
+        f"({report['threads']} threads)"
+    )
+    print(
+        markdown(
+            (
+                "image",
+                "bytes",
+                "decode+prep ms",
+                "naive decode+prep ms",
+                "inference ms",
+                "total ms",
+                "decode/infer",
+                "total/bare run",
+            ),
+            [
+                (
+                    r["image"],
+                    r["bytes"],
+                    r["decode_preprocess_ms"],
+                    r["naive_decode_preprocess_ms"],
+                    r["inference_ms"],
+                    r["total_ms"],
+                    r["decode_vs_inference"],
+                    r["total_vs_bare_run"],
+                )
+                for r in report["embed"]
+            ],
+        )
+    )
 
 
 def print_ingest(report: dict) -> None:
     print()
-    print(markdown(("batch", "S3", "embed chunk", "ingest images/s", "bare model images/s", "ratio"),
-                   [(r["batch"], r["s3"], r["embed_chunk"], r["images_per_s"], r["bare_model_images_per_s"],
-                     r["ratio_to_bare"]) for r in report["ingest"]]))
+    print(
+        markdown(
+            ("batch", "S3", "embed chunk", "ingest images/s", "bare model images/s", "ratio"),
+            [
+                (
+                    r["batch"],
+                    r["s3"],
+                    r["embed_chunk"],
+                    r["images_per_s"],
+                    r["bare_model_images_per_s"],
+                    r["ratio_to_bare"],
+                )
+                for r in report["ingest"]
+            ],
+        )
+    )
     cpu = report["ingest_cpu_core_ms_32"]
-    print(f"\nCPU (core-ms) for 32 images: model {cpu['model']}, decode {cpu['decode']}, "
-          f"S3 GET {cpu['s3_get']}, S3 HEAD {cpu['s3_head']}; a whole apply {cpu['whole_apply']} "
-          f"-> ratio ceiling with every core busy {cpu['ceiling_ratio']}")
+    print(
+        f"\nCPU (core-ms) for 32 images: model {cpu['model']}, decode {cpu['decode']}, "
+        f"S3 GET {cpu['s3_get']}, S3 HEAD {cpu['s3_head']}; a whole apply {cpu['whole_apply']} "
+        f"-> ratio ceiling with every core busy {cpu['ceiling_ratio']}"
+    )
 
 
 def print_search(report: dict) -> None:
     print(f"\nbare session.run {report['search_bare_session_run_ms']} ms")
-    print(markdown(("points", "filter", "median ms", "p99 ms", "decode", "embed", "search",
-                    "median/bare run"),
-                   [(r["points"], r["filter"], r["median_ms"], r["p99_ms"], r["decode_ms"],
-                     r["embed_ms"], r["search_ms"], r["median_vs_bare_run"])
-                    for r in report["search"]]))
+    print(
+        markdown(
+            ("points", "filter", "median ms", "p99 ms", "decode", "embed", "search", "median/bare run"),
+            [
+                (
+                    r["points"],
+                    r["filter"],
+                    r["median_ms"],
+                    r["p99_ms"],
+                    r["decode_ms"],
+                    r["embed_ms"],
+                    r["search_ms"],
+                    r["median_vs_bare_run"],
+                )
+                for r in report["search"]
+            ],
+        )
+    )
 
 
 def print_scale(report: dict) -> None:
-    print(f"\nembedded Qdrant, vector search only "
-          f"(bare session.run {report['scale_bare_session_run_ms']} ms)")
-    print(markdown(("points", "filter", "median ms", "p90 ms", "median/bare run", "load s"),
-                   [(r["points"], r["filter"], r["median_ms"], r["p90_ms"],
-                     r["median_vs_bare_run"], r["load_s"]) for r in report["scale"]]))
+    print(
+        f"\nembedded Qdrant, vector search only (bare session.run {report['scale_bare_session_run_ms']} ms)"
+    )
+    print(
+        markdown(
+            ("points", "filter", "median ms", "p90 ms", "median/bare run", "load s"),
+            [
+                (r["points"], r["filter"], r["median_ms"], r["p90_ms"], r["median_vs_bare_run"], r["load_s"])
+                for r in report["scale"]
+            ],
+        )
+    )
 
 
 def print_cold(report: dict) -> None:
     c = report["cold_start"]
-    print(f"\ncold start (best of {report['cold_start_runs']}): imports {c['imports_ms']} ms, "
-          f"model + store init {c['init_ms']} ms, first answer {c['first_answer_ms']} ms, "
-          f"total {c['total_ms']} ms; peak RSS {c['peak_rss_mb']} MB")
+    print(
+        f"\ncold start (best of {report['cold_start_runs']}): imports {c['imports_ms']} ms, "
+        f"model + store init {c['init_ms']} ms, first answer {c['first_answer_ms']} ms, "
+        f"total {c['total_ms']} ms; peak RSS {c['peak_rss_mb']} MB"
+    )
 
 
 # section: (measure it, print its table)
@@ -410,12 +533,10 @@ def run_bench(args) -> int:
 
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     get_settings()
-    wanted = {name.strip() for name in args.only.split(",") if name.strip()} if args.only \
-        else set(SECTIONS)
+    wanted = {name.strip() for name in args.only.split(",") if name.strip()} if args.only else set(SECTIONS)
     unknown = sorted(wanted - set(SECTIONS))
     if unknown:
-        raise ValueError(f"unknown bench section(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(SECTIONS)}")
+        raise ValueError(f"unknown bench section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     report: dict = {"machine": machine()}
     for name, (measure, show) in SECTIONS.items():
         if name in wanted:

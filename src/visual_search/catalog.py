@@ -4,6 +4,7 @@
 how an S3 object's metadata becomes a product payload, and it times each stage of a search so
 the API can report where the milliseconds went.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -25,14 +26,44 @@ from .store import CatalogStore, Hit, ImagePoint, Query
 
 # User metadata with a meaning of its own; every other key is kept as a string under "metadata".
 KNOWN_METADATA = ("product-id", "category", "brand", "title", "price")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif",
-                    ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 # Known not to be photos: skipped without downloading. Any other suffix (a dotted file name
 # such as IMG_2024.05.01, a version like front.v2) is fetched and its content type decides.
-NON_IMAGE_EXTENSIONS = (".txt", ".csv", ".tsv", ".json", ".jsonl", ".xml", ".html", ".htm",
-                        ".md", ".pdf", ".svg", ".zip", ".gz", ".tar", ".7z", ".mp4", ".mov",
-                        ".avi", ".webm", ".mp3", ".wav", ".doc", ".docx", ".xls", ".xlsx",
-                        ".ppt", ".pptx", ".js", ".css", ".yaml", ".yml", ".log", ".parquet")
+NON_IMAGE_EXTENSIONS = (
+    ".txt",
+    ".csv",
+    ".tsv",
+    ".json",
+    ".jsonl",
+    ".xml",
+    ".html",
+    ".htm",
+    ".md",
+    ".pdf",
+    ".svg",
+    ".zip",
+    ".gz",
+    ".tar",
+    ".7z",
+    ".mp4",
+    ".mov",
+    ".avi",
+    ".webm",
+    ".mp3",
+    ".wav",
+    ".doc",
+    ".docx",
+    ".xls",
+    ".xlsx",
+    ".ppt",
+    ".pptx",
+    ".js",
+    ".css",
+    ".yaml",
+    ".yml",
+    ".log",
+    ".parquet",
+)
 
 
 @dataclass
@@ -94,8 +125,8 @@ def parse_price(raw: str | None) -> float | None:
     match = _AMOUNT.search(text)
     if not match:
         return None
-    around = (text[:match.start()] + " " + text[match.end():]).strip()
-    if "-" in text[:match.start()] or not re.fullmatch(r"[^\w\d]*|[A-Za-z]{3}", around):
+    around = (text[: match.start()] + " " + text[match.end() :]).strip()
+    if "-" in text[: match.start()] or not re.fullmatch(r"[^\w\d]*|[A-Za-z]{3}", around):
         return None
     number = re.sub(r"[' ]", "", match.group())
     if "," in number and "." in number:  # the last separator is the decimal one
@@ -177,11 +208,15 @@ class Catalog:
         settings = settings or get_settings()
         embedder = embedder or get_embedder()
         reranker = load_reranker(settings)
-        store = CatalogStore.open(settings.store, embedder.model_id, embedder.dim,
-                                  embedder.card.distance,
-                                  reranker.model_id if reranker else None,
-                                  reranker.dim if reranker else None,
-                                  model_fingerprint=embedder.fingerprint)
+        store = CatalogStore.open(
+            settings.store,
+            embedder.model_id,
+            embedder.dim,
+            embedder.card.distance,
+            reranker.model_id if reranker else None,
+            reranker.dim if reranker else None,
+            model_fingerprint=embedder.fingerprint,
+        )
         return cls(embedder, store, reranker)
 
     @property
@@ -196,8 +231,9 @@ class Catalog:
         for i, item in zip(todo, self.embedder.preprocess_many([sources[i].data for i in todo])):
             decoded[i] = item
         embedded = self.embedder.embed_prepared(decoded)
-        reranked = (self.reranker.embed_many([s.data for s in sources]) if self.reranker
-                    else [None] * len(sources))
+        reranked = (
+            self.reranker.embed_many([s.data for s in sources]) if self.reranker else [None] * len(sources)
+        )
         embedded_at = time.perf_counter()
         results, points = [], []
         for source, item, second in zip(sources, embedded, reranked):
@@ -205,8 +241,15 @@ class Catalog:
             if isinstance(error, ImageError):
                 results.append(IndexResult(source, error))
                 continue
-            points.append(ImagePoint(source.bucket, source.key, item,
-                                     build_payload(source, self.model_id), rerank_vector=second))
+            points.append(
+                ImagePoint(
+                    source.bucket,
+                    source.key,
+                    item,
+                    build_payload(source, self.model_id),
+                    rerank_vector=second,
+                )
+            )
             results.append(IndexResult(source))
         self.store.upsert(points)
         return IndexBatch(results, _ms(embedded_at - started), _ms(time.perf_counter() - embedded_at))
@@ -225,16 +268,24 @@ class Catalog:
         embedded = time.perf_counter()
         hits = self.store.search(vector, query)
         done = time.perf_counter()
-        return SearchResult(hits, self.model_id, {
-            "decode": _ms(decoded - started), "embed": _ms(embedded - decoded),
-            "search": _ms(done - embedded), "total": _ms(done - started)})
+        return SearchResult(
+            hits,
+            self.model_id,
+            {
+                "decode": _ms(decoded - started),
+                "embed": _ms(embedded - decoded),
+                "search": _ms(done - embedded),
+                "total": _ms(done - started),
+            },
+        )
 
     def similar(self, product_id: str, query: Query) -> SearchResult:
         started = time.perf_counter()
         hits = self.store.similar(product_id, query)
         total = _ms(time.perf_counter() - started)
-        return SearchResult(hits, self.model_id,
-                            {"decode": 0.0, "embed": 0.0, "search": total, "total": total})
+        return SearchResult(
+            hits, self.model_id, {"decode": 0.0, "embed": 0.0, "search": total, "total": total}
+        )
 
 
 def _ms(seconds: float) -> float:

@@ -1,4 +1,5 @@
 """The ``visual-search`` command line: demo, ingest, search, info and bench."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,9 @@ def _progress(iterable, total: int | None, desc: str, quiet: bool = False):
     return tqdm(iterable, total=total, desc=desc, unit="img", disable=quiet, file=sys.stderr)
 
 
-def ingest_folder(catalog, folder: Path, bucket: str, batch: int = 16, quiet: bool = False,
-                  prune: bool = False) -> dict:
+def ingest_folder(
+    catalog, folder: Path, bucket: str, batch: int = 16, quiet: bool = False, prune: bool = False
+) -> dict:
     """Index every image of a local catalogue folder through the normal indexing path.
 
     Resumable and idempotent: an image whose content hash matches its stored ETag, and whose
@@ -33,17 +35,17 @@ def ingest_folder(catalog, folder: Path, bucket: str, batch: int = 16, quiet: bo
     counts = {"indexed": 0, "unchanged": 0, "failed": 0}
     bar = _progress(None, len(images), f"indexing {folder.name}", quiet)
     for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
+        chunk = images[start : start + batch]
         stored = catalog.store.get_images([(bucket, img.key) for img in chunk])
         sources = []
         for img in chunk:
             data = img.path.read_bytes()
             etag = md5_etag(data)
-            source = ImageSource(bucket, img.key, data, img.metadata,
-                                 content_type=img.content_type, etag=etag)
+            source = ImageSource(
+                bucket, img.key, data, img.metadata, content_type=img.content_type, etag=etag
+            )
             point = stored.get((bucket, img.key), {})
-            if (bare_etag(point.get("etag")) == etag
-                    and describes_same(point, source, catalog.model_id)):
+            if bare_etag(point.get("etag")) == etag and describes_same(point, source, catalog.model_id):
                 counts["unchanged"] += 1
                 continue
             sources.append(source)
@@ -57,8 +59,11 @@ def ingest_folder(catalog, folder: Path, bucket: str, batch: int = 16, quiet: bo
     bar.close()
     if prune:
         present = {img.key for img in images}
-        gone = [(bucket, h.payload["key"]) for h in catalog.store.scroll({"bucket": bucket})
-                if h.payload.get("key") not in present]
+        gone = [
+            (bucket, h.payload["key"])
+            for h in catalog.store.scroll({"bucket": bucket})
+            if h.payload.get("key") not in present
+        ]
         catalog.remove(gone)
         counts["deleted"] = len(gone)
     return counts
@@ -78,12 +83,20 @@ def _query_from_args(args):
 
 
 def _print_hits(result, as_json: bool) -> None:
-    rows = [{"product_id": h.payload.get("product_id"), "score": round(h.score, 4),
-             "key": h.payload.get("key"), "category": h.payload.get("category"),
-             "price": h.payload.get("price")} for h in result.hits]
+    rows = [
+        {
+            "product_id": h.payload.get("product_id"),
+            "score": round(h.score, 4),
+            "key": h.payload.get("key"),
+            "category": h.payload.get("category"),
+            "price": h.payload.get("price"),
+        }
+        for h in result.hits
+    ]
     if as_json:
-        print(json.dumps({"results": rows, "model": result.model_id,
-                          "timings_ms": result.timings_ms}, indent=2))
+        print(
+            json.dumps({"results": rows, "model": result.model_id, "timings_ms": result.timings_ms}, indent=2)
+        )
         return
     for rank, row in enumerate(rows, 1):
         print(f"{rank:>3}. {row['score']:.4f}  {row['product_id']:<34} {row['key']}")
@@ -103,11 +116,15 @@ def cmd_demo(args) -> int:
     if not os.environ.get("QDRANT_URL") and not args.persist:
         os.environ["QDRANT_PATH"] = ":memory:"  # a throwaway catalogue, apart from the dev stack's
     catalog = get_catalog()
-    print(f"model {catalog.model_id}; store {catalog.store.settings.mode} "
-          f"collection {catalog.store.collection!r}")
+    print(
+        f"model {catalog.model_id}; store {catalog.store.settings.mode} "
+        f"collection {catalog.store.collection!r}"
+    )
     counts = ingest_folder(catalog, folder, args.bucket)
-    print(f"indexed {counts['indexed']} images ({counts['failed']} failed); "
-          f"{catalog.store.count()} images in the catalogue")
+    print(
+        f"indexed {counts['indexed']} images ({counts['failed']} failed); "
+        f"{catalog.store.count()} images in the catalogue"
+    )
     query_image = Path(args.query) if args.query else images[0].path
     print(f"\nsample query: {query_image}")
     result = catalog.search_image(query_image.read_bytes(), _query_from_args(args))
@@ -133,16 +150,19 @@ def cmd_ingest(args) -> int:
     source = args.source
     if source.startswith("s3://"):
         if args.prune:
-            raise ValueError("--prune is for folders; for a bucket, `visual-search reconcile` "
-                             "deletes the points whose object is gone")
+            raise ValueError(
+                "--prune is for folders; for a bucket, `visual-search reconcile` "
+                "deletes the points whose object is gone"
+            )
         bucket, prefix = parse_s3_url(source)
         syncer, bar = _syncer(args.quiet, f"backfilling {source}")
         report = syncer.backfill(bucket, prefix, batch=args.batch).as_dict()
         bar.close()
         print(json.dumps(report, indent=2))
         return 0 if not report["failed"] and not report["retry"] else 1
-    counts = ingest_folder(get_catalog(), Path(source), args.bucket, batch=args.batch,
-                           quiet=args.quiet, prune=args.prune)
+    counts = ingest_folder(
+        get_catalog(), Path(source), args.bucket, batch=args.batch, quiet=args.quiet, prune=args.prune
+    )
     print(json.dumps(counts))
     return 0 if counts["failed"] == 0 else 1
 
@@ -191,8 +211,14 @@ def cmd_reindex(args) -> int:
 
     sources = [parse_s3_url(s) for s in args.source] or None
     bar = _progress(None, None, "re-indexing", args.quiet)
-    result = reindex(get_catalog(), s3_client(), sources, keep_old=args.keep_old,
-                     progress=bar.update, log=lambda m: print(m, file=sys.stderr))
+    result = reindex(
+        get_catalog(),
+        s3_client(),
+        sources,
+        keep_old=args.keep_old,
+        progress=bar.update,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     bar.close()
     print(json.dumps(result, indent=2))
     problems = sum(r["failed"] + r["retry"] for r in result["sources"].values())
@@ -212,21 +238,40 @@ def cmd_info(args) -> int:
 
     catalog = get_catalog()
     card = catalog.embedder.card
-    print(json.dumps({"model": {"id": card.id, "version": card.version,
-                                "embedding_dim": card.embedding_dim, "distance": card.distance,
-                                "dir": str(catalog.embedder.model_dir)},
-                      "store": {"mode": catalog.store.settings.mode,
-                                "collection": catalog.store.collection,
-                                "points": catalog.store.count()}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": {
+                    "id": card.id,
+                    "version": card.version,
+                    "embedding_dim": card.embedding_dim,
+                    "distance": card.distance,
+                    "dir": str(catalog.embedder.model_dir),
+                },
+                "store": {
+                    "mode": catalog.store.settings.mode,
+                    "collection": catalog.store.collection,
+                    "points": catalog.store.count(),
+                },
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
 def cmd_dev(args) -> int:
     from .devstack.stack import DevStack, StackError, StackOptions
 
-    options = StackOptions(host="127.0.0.1", api_port=args.api_port, s3_port=args.s3_port,
-                           data_dir=Path(args.data_dir), bucket=args.bucket, demo=not args.no_demo,
-                           verbose=args.verbose)
+    options = StackOptions(
+        host="127.0.0.1",
+        api_port=args.api_port,
+        s3_port=args.s3_port,
+        data_dir=Path(args.data_dir),
+        bucket=args.bucket,
+        demo=not args.no_demo,
+        verbose=args.verbose,
+    )
     try:
         return DevStack(options, log=lambda m: print(m, flush=True)).run()
     except StackError as exc:
@@ -243,17 +288,25 @@ def cmd_eval(args) -> int:
     if args.baseline == "pixels":
         embedder = PixelEmbedder()
     else:
-        embedder = Embedder(Path(args.model_dir) if args.model_dir else settings.model_dir,
-                            threads=settings.ort_threads, max_batch=settings.max_batch,
-                            limits=settings.images, flip_tta=args.flip or settings.flip_tta,
-                            crop=args.crop)
+        embedder = Embedder(
+            Path(args.model_dir) if args.model_dir else settings.model_dir,
+            threads=settings.ort_threads,
+            max_batch=settings.max_batch,
+            limits=settings.images,
+            flip_tta=args.flip or settings.flip_tta,
+            crop=args.crop,
+        )
     reranker = None
     if args.rerank_model_dir:
-        reranker = Embedder(Path(args.rerank_model_dir), threads=settings.ort_threads,
-                            max_batch=settings.max_batch, limits=settings.images, crop=args.crop)
+        reranker = Embedder(
+            Path(args.rerank_model_dir),
+            threads=settings.ort_threads,
+            max_batch=settings.max_batch,
+            limits=settings.images,
+            crop=args.crop,
+        )
     bar = _progress(None, None, f"evaluating {embedder.model_id}", args.json or args.quiet)
-    result = evaluate(Path(args.folder), embedder, limit=args.limit, progress=bar.update,
-                      reranker=reranker)
+    result = evaluate(Path(args.folder), embedder, limit=args.limit, progress=bar.update, reranker=reranker)
     bar.close()
     if args.json:
         print(json.dumps(result.as_json()))
@@ -263,8 +316,9 @@ def cmd_eval(args) -> int:
     for key in ("recall@1", "recall@5", "recall@10", "mAP@R"):
         print(f"  {key:<10} {out[key]:.4f}")
     print(f"  indexing   {out['index_images_per_s']} images/s")
-    print(f"  query      {out['query_latency_ms']['median']} ms median, "
-          f"{out['query_latency_ms']['p99']} ms p99")
+    print(
+        f"  query      {out['query_latency_ms']['median']} ms median, {out['query_latency_ms']['p99']} ms p99"
+    )
     return 0
 
 
@@ -276,6 +330,7 @@ def cmd_bench(args) -> int:
 
 def _int_in(low: int, high: int | None = None):
     """An argparse type: a whole number from low to high."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -285,18 +340,19 @@ def _int_in(low: int, high: int | None = None):
             bound = f"from {low} to {high}" if high is not None else f"at least {low}"
             raise argparse.ArgumentTypeError(f"{value} is out of range: give {bound}")
         return value
+
     return parse
 
 
 def _add_query_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--top-k", type=_int_in(1, 100), default=5,
-                        help="results to return, 1..100 (default 5)")
+    parser.add_argument(
+        "--top-k", type=_int_in(1, 100), default=5, help="results to return, 1..100 (default 5)"
+    )
     parser.add_argument("--category", help="only this category")
     parser.add_argument("--brand", help="only this brand")
     parser.add_argument("--price-min", type=float, help="lowest price")
     parser.add_argument("--price-max", type=float, help="highest price")
-    parser.add_argument("--no-group", action="store_true",
-                        help="return images, not one result per product")
+    parser.add_argument("--no-group", action="store_true", help="return images, not one result per product")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -304,12 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="visual-search",
         description="Visual product search: index product photos and find products by photo. "
-                    "The store is chosen by QDRANT_URL / QDRANT_PATH / COLLECTION (see README).")
+        "The store is chosen by QDRANT_URL / QDRANT_PATH / COLLECTION (see README).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="index the demo catalogue in memory and answer a sample query")
-    demo.add_argument("--persist", action="store_true",
-                      help="index into the configured store (QDRANT_PATH) instead of memory")
+    demo.add_argument(
+        "--persist",
+        action="store_true",
+        help="index into the configured store (QDRANT_PATH) instead of memory",
+    )
     demo.add_argument("--folder", help="catalogue folder (default: data/demo-catalog)")
     demo.add_argument("--bucket", default="demo-catalog", help="bucket name recorded per image")
     demo.add_argument("--query", help="query image (default: the folder's first image)")
@@ -317,36 +377,45 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     ingest = sub.add_parser(
-        "ingest", help="index existing images in bulk: s3://bucket/prefix or a local folder",
+        "ingest",
+        help="index existing images in bulk: s3://bucket/prefix or a local folder",
         description="Backfill: index every image under s3://bucket/prefix (through the ingest "
-                    "function's code path; objects already indexed with their ETag are skipped, "
-                    "so an interrupted run resumes) or of a local folder (one subfolder per "
-                    "product, products.csv as metadata).")
+        "function's code path; objects already indexed with their ETag are skipped, "
+        "so an interrupted run resumes) or of a local folder (one subfolder per "
+        "product, products.csv as metadata).",
+    )
     ingest.add_argument("source", help="s3://bucket/prefix or a local folder")
-    ingest.add_argument("--bucket", default="local",
-                        help="for a folder: the bucket name recorded per image (default: local)")
-    ingest.add_argument("--batch", type=_int_in(1, 1024), default=32,
-                        help="images per batch (default 32)")
-    ingest.add_argument("--prune", action="store_true",
-                        help="for a folder: delete the points of --bucket whose file is gone "
-                             "from the folder (use one --bucket label per folder)")
+    ingest.add_argument(
+        "--bucket", default="local", help="for a folder: the bucket name recorded per image (default: local)"
+    )
+    ingest.add_argument("--batch", type=_int_in(1, 1024), default=32, help="images per batch (default 32)")
+    ingest.add_argument(
+        "--prune",
+        action="store_true",
+        help="for a folder: delete the points of --bucket whose file is gone "
+        "from the folder (use one --bucket label per folder)",
+    )
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest.set_defaults(func=cmd_ingest)
 
     reconcile = sub.add_parser(
-        "reconcile", help="compare a bucket with the collection and repair any drift",
+        "reconcile",
+        help="compare a bucket with the collection and repair any drift",
         description="Index images missing from (or stale in) the collection and delete points "
-                    "whose object is gone. Exit code 3 with --dry-run when there is drift.")
+        "whose object is gone. Exit code 3 with --dry-run when there is drift.",
+    )
     reconcile.add_argument("source", help="s3://bucket/prefix")
     reconcile.add_argument("--dry-run", action="store_true", help="only report the drift")
     reconcile.add_argument("--quiet", action="store_true", help="no progress bar")
     reconcile.set_defaults(func=cmd_reconcile)
 
     redrive = sub.add_parser(
-        "redrive", help="send the ingest DLQ's messages back to the ingest queue",
+        "redrive",
+        help="send the ingest DLQ's messages back to the ingest queue",
         description="Move every message from the dead-letter queue back to the queue it came "
-                    "from (or --to), once the cause of the failures is fixed. Messages are sent "
-                    "before they are deleted: nothing is lost. --dry-run lists them instead.")
+        "from (or --to), once the cause of the failures is fixed. Messages are sent "
+        "before they are deleted: nothing is lost. --dry-run lists them instead.",
+    )
     redrive.add_argument("--dlq", required=True, help="dead-letter queue name or URL")
     redrive.add_argument("--to", help="target queue name or URL (default: the DLQ's source queue)")
     redrive.add_argument("--max", type=_int_in(1), help="move at most this many messages")
@@ -355,12 +424,18 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.set_defaults(func=cmd_redrive)
 
     reindex = sub.add_parser(
-        "reindex", help="rebuild the collection with the current model and switch the alias",
+        "reindex",
+        help="rebuild the collection with the current model and switch the alias",
         description="Build a new collection with the current model from the bucket(s), switch "
-                    "the COLLECTION alias to it atomically, catch up and drop the old one.")
-    reindex.add_argument("--source", action="append", default=[],
-                         help="s3://bucket/prefix to index (repeatable; default: the buckets "
-                              "recorded in the current collection)")
+        "the COLLECTION alias to it atomically, catch up and drop the old one.",
+    )
+    reindex.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        help="s3://bucket/prefix to index (repeatable; default: the buckets "
+        "recorded in the current collection)",
+    )
     reindex.add_argument("--keep-old", action="store_true", help="keep the previous collection")
     reindex.add_argument("--quiet", action="store_true", help="no progress bar")
     reindex.set_defaults(func=cmd_reindex)
@@ -371,43 +446,60 @@ def build_parser() -> argparse.ArgumentParser:
     search.set_defaults(func=cmd_search)
 
     dev = sub.add_parser(
-        "dev", help="run the whole system locally: S3 emulator, ingest, REST API, search page",
+        "dev",
+        help="run the whole system locally: S3 emulator, ingest, REST API, search page",
         description="Start, on 127.0.0.1 and without AWS or Docker: an S3 endpoint (moto) with "
-                    "the product-images bucket; delivery of its create/delete notifications to "
-                    "the ingest function; the REST API (API Gateway proxy events for the search "
-                    "function) and a search page at /; an embedded Qdrant under --data-dir, kept "
-                    "between runs. By default the demo catalogue is uploaded into the bucket and "
-                    "indexed through the normal ingest path. Ctrl-C stops everything cleanly.")
-    dev.add_argument("--api-port", type=_int_in(0, 65535), default=8000,
-                     help="port of the REST API and search page (default 8000; 0 = any free)")
-    dev.add_argument("--s3-port", type=_int_in(0, 65535), default=9000,
-                     help="port of the S3 endpoint (default 9000; 0 = any free)")
-    dev.add_argument("--data-dir", default=".data",
-                     help="folder for the embedded Qdrant and the bucket's files (default .data)")
+        "the product-images bucket; delivery of its create/delete notifications to "
+        "the ingest function; the REST API (API Gateway proxy events for the search "
+        "function) and a search page at /; an embedded Qdrant under --data-dir, kept "
+        "between runs. By default the demo catalogue is uploaded into the bucket and "
+        "indexed through the normal ingest path. Ctrl-C stops everything cleanly.",
+    )
+    dev.add_argument(
+        "--api-port",
+        type=_int_in(0, 65535),
+        default=8000,
+        help="port of the REST API and search page (default 8000; 0 = any free)",
+    )
+    dev.add_argument(
+        "--s3-port",
+        type=_int_in(0, 65535),
+        default=9000,
+        help="port of the S3 endpoint (default 9000; 0 = any free)",
+    )
+    dev.add_argument(
+        "--data-dir",
+        default=".data",
+        help="folder for the embedded Qdrant and the bucket's files (default .data)",
+    )
     dev.add_argument("--bucket", default="product-images", help="bucket name (default product-images)")
     dev.add_argument("--no-demo", action="store_true", help="do not upload the demo catalogue")
     dev.add_argument("--verbose", action="store_true", help="show the functions' JSON logs")
     dev.set_defaults(func=cmd_dev)
 
     ev = sub.add_parser(
-        "eval", help="measure retrieval quality on an image folder (leave-one-out)",
+        "eval",
+        help="measure retrieval quality on an image folder (leave-one-out)",
         description="Index every image of DIR (one subfolder per product) into a temporary "
-                    "collection and query with each image against all the others: recall@1, "
-                    "recall@5, recall@10, mAP@R, indexing images/s and query latency.")
+        "collection and query with each image against all the others: recall@1, "
+        "recall@5, recall@10, mAP@R, indexing images/s and query latency.",
+    )
     ev.add_argument("folder", metavar="DIR", help="one subfolder per product")
-    ev.add_argument("--json", action="store_true",
-                    help="print one JSON object (metric keys, model id, timings)")
-    ev.add_argument("--limit", type=_int_in(2),
-                    help="evaluate an even subset of this many images")
+    ev.add_argument(
+        "--json", action="store_true", help="print one JSON object (metric keys, model id, timings)"
+    )
+    ev.add_argument("--limit", type=_int_in(2), help="evaluate an even subset of this many images")
     ev.add_argument("--model-dir", help="another model folder (model.onnx + model.json)")
     ev.add_argument("--baseline", choices=["pixels"], help="evaluate the raw-pixel baseline")
-    ev.add_argument("--rerank-model-dir",
-                    help="rerank the candidates with this second model (RERANK_MODEL_DIR)")
-    ev.add_argument("--flip", action="store_true",
-                    help="average each embedding with its mirror image's")
-    ev.add_argument("--crop", choices=["center", "full"],
-                    help="override the card's crop: center = ImageNet's 87.5%% centre crop, "
-                         "full = the whole image")
+    ev.add_argument(
+        "--rerank-model-dir", help="rerank the candidates with this second model (RERANK_MODEL_DIR)"
+    )
+    ev.add_argument("--flip", action="store_true", help="average each embedding with its mirror image's")
+    ev.add_argument(
+        "--crop",
+        choices=["center", "full"],
+        help="override the card's crop: center = ImageNet's 87.5%% centre crop, full = the whole image",
+    )
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
 
@@ -415,11 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     bench = sub.add_parser("bench", help="measure decoding, inference and search speed")
-    bench.add_argument("--repeat", type=_int_in(1), default=30,
-                       help="timed runs per case (default 30)")
+    bench.add_argument("--repeat", type=_int_in(1), default=30, help="timed runs per case (default 30)")
     bench.add_argument("--json", action="store_true", help="print only JSON")
-    bench.add_argument("--only", help="comma-separated sections: embed, ingest, search, scale "
-                                      "(embedded Qdrant at 1k/10k/100k points), cold")
+    bench.add_argument(
+        "--only",
+        help="comma-separated sections: embed, ingest, search, scale "
+        "(embedded Qdrant at 1k/10k/100k points), cold",
+    )
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -5,6 +5,7 @@ README's configuration table). ``get_settings()`` reads them on first use and ca
 so a Lambda container pays the parsing once; tests call ``get_settings.cache_clear()`` after
 changing the environment.
 """
+
 from __future__ import annotations
 
 import os

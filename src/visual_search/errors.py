@@ -1,4 +1,5 @@
 """Typed errors the domain raises; the HTTP layer maps each to its status code."""
+
 from __future__ import annotations
 
 
@@ -71,8 +72,9 @@ class RequestError(VisualSearchError):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, status: int | None = None, code: str | None = None,
-                 details: list | None = None):
+    def __init__(
+        self, message: str, status: int | None = None, code: str | None = None, details: list | None = None
+    ):
         super().__init__(message)
         if status:
             self.status = status

@@ -6,6 +6,7 @@ the collection (leave-one-out: its own point is dropped from the answer) and we 
 recall@1/5/10 (a correct product among the first k others) and mAP@R (R = the number of other
 images of the query's product), with indexing throughput and query latency.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -42,8 +43,9 @@ class PixelEmbedder:
         from .images import open_image
 
         image = open_image(data, self.limits).convert("L")
-        array = np.asarray(image.resize((self.side, self.side), Image.Resampling.BILINEAR),
-                           np.float32).ravel()
+        array = np.asarray(
+            image.resize((self.side, self.side), Image.Resampling.BILINEAR), np.float32
+        ).ravel()
         array -= array.mean()
         return array / max(float(np.linalg.norm(array)), 1e-6)
 
@@ -71,9 +73,14 @@ class EvalResult:
     query_ms_p99: float
 
     def as_json(self) -> dict[str, Any]:
-        return {"model": self.model, **self.metrics, "images": self.images,
-                "products": self.products, "index_images_per_s": self.index_images_per_s,
-                "query_latency_ms": {"median": self.query_ms_median, "p99": self.query_ms_p99}}
+        return {
+            "model": self.model,
+            **self.metrics,
+            "images": self.images,
+            "products": self.products,
+            "index_images_per_s": self.index_images_per_s,
+            "query_latency_ms": {"median": self.query_ms_median, "p99": self.query_ms_p99},
+        }
 
 
 def product_of(image: LocalImage) -> str:
@@ -89,26 +96,36 @@ def average_precision_at_r(relevant: list[bool], r: int) -> float:
     return total / r if r else 0.0
 
 
-def evaluate(folder: Path, embedder: Embedder | PixelEmbedder, limit: int | None = None,
-             progress: Callable[[int], None] | None = None, batch: int = 32,
-             reranker: Embedder | None = None) -> EvalResult:
+def evaluate(
+    folder: Path,
+    embedder: Embedder | PixelEmbedder,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    batch: int = 32,
+    reranker: Embedder | None = None,
+) -> EvalResult:
     images = scan(folder)
     if limit:
         images = _subset(images, limit)
     products = {product_of(img) for img in images}
     if len(images) < 2 or len(products) < 2:
         raise ValueError(f"{folder} needs at least two products with images to evaluate")
-    store = CatalogStore.open(StoreSettings(path=":memory:", collection="eval"),
-                              embedder.model_id, embedder.dim,
-                              rerank_model_id=reranker.model_id if reranker else None,
-                              rerank_dim=reranker.dim if reranker else None)
+    store = CatalogStore.open(
+        StoreSettings(path=":memory:", collection="eval"),
+        embedder.model_id,
+        embedder.dim,
+        rerank_model_id=reranker.model_id if reranker else None,
+        rerank_dim=reranker.dim if reranker else None,
+    )
     catalog = Catalog(embedder, store, reranker)  # type: ignore[arg-type]
     progress = progress or (lambda n: None)
     started = time.perf_counter()
     for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
-        sources = [ImageSource("eval", img.key, img.path.read_bytes(),
-                               {"product-id": product_of(img)}) for img in chunk]
+        chunk = images[start : start + batch]
+        sources = [
+            ImageSource("eval", img.key, img.path.read_bytes(), {"product-id": product_of(img)})
+            for img in chunk
+        ]
         result = catalog.index(sources)
         for img, item in zip(chunk, result.results):
             if not item.ok:
@@ -134,9 +151,15 @@ def evaluate(folder: Path, embedder: Embedder | PixelEmbedder, limit: int | None
     latencies.sort()
     metrics = {f"recall@{k}": round(float(np.mean(v)), 4) for k, v in recalls.items()}
     metrics["mAP@R"] = round(float(np.mean(aps)), 4) if aps else 0.0
-    return EvalResult(store.space, len(images), len(products), metrics,
-                      round(index_rate, 1), round(statistics.median(latencies), 2),
-                      round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2))
+    return EvalResult(
+        store.space,
+        len(images),
+        len(products),
+        metrics,
+        round(index_rate, 1),
+        round(statistics.median(latencies), 2),
+        round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2),
+    )
 
 
 def _query(catalog: Catalog, data: bytes, top: int):

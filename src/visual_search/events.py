@@ -4,6 +4,7 @@ Every S3 record becomes an ``S3Change`` with its key URL-decoded (S3 sends ``+``
 and percent-encodes unicode). ``s3:TestEvent`` messages, sent when a notification is first
 configured, carry no change and are recognised so they can be acknowledged.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,13 +68,21 @@ def parse_s3_record(record: Mapping[str, Any]) -> S3Change:
     except (TypeError, ValueError, OverflowError):
         raise EventError(f"S3 record with a bad object size {obj.get('size')!r}") from None
     sequencer = obj.get("sequencer")
-    if sequencer is not None and not (isinstance(sequencer, str) and
-                                      all(c in "0123456789abcdefABCDEF" for c in sequencer)):
+    if sequencer is not None and not (
+        isinstance(sequencer, str) and all(c in "0123456789abcdefABCDEF" for c in sequencer)
+    ):
         raise EventError(f"S3 record with a bad sequencer {sequencer!r}")
     etag, version = obj.get("eTag"), obj.get("versionId")
-    return S3Change(bucket=bucket, key=key, kind=kind, event_name=name, sequencer=sequencer,
-                    size=size, etag=etag if isinstance(etag, str) else None,
-                    version_id=version if isinstance(version, str) else None)
+    return S3Change(
+        bucket=bucket,
+        key=key,
+        kind=kind,
+        event_name=name,
+        sequencer=sequencer,
+        size=size,
+        etag=etag if isinstance(etag, str) else None,
+        version_id=version if isinstance(version, str) else None,
+    )
 
 
 def is_test_event(message: Mapping[str, Any]) -> bool:
@@ -107,7 +116,7 @@ def parse_sqs_body(body: str) -> list[S3Change]:
 
 
 def event_kind(event: Mapping[str, Any]) -> str:
-    """"sqs", "s3" or "test" (a bare s3:TestEvent); raises EventError otherwise."""
+    """ "sqs", "s3" or "test" (a bare s3:TestEvent); raises EventError otherwise."""
     if not isinstance(event, Mapping):
         raise EventError("the event is not a JSON object")
     if is_test_event(event):
@@ -119,8 +128,11 @@ def event_kind(event: Mapping[str, Any]) -> str:
         source = records[0].get("eventSource") if isinstance(records[0], Mapping) else None
         if source == "aws:sqs":
             for record in records:
-                if not (isinstance(record, Mapping) and isinstance(record.get("messageId"), str)
-                        and isinstance(record.get("body"), str)):
+                if not (
+                    isinstance(record, Mapping)
+                    and isinstance(record.get("messageId"), str)
+                    and isinstance(record.get("body"), str)
+                ):
                     raise EventError("an SQS record without a messageId or body")
             return "sqs"
         if source == "aws:s3":

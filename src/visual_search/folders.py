@@ -4,6 +4,7 @@ A catalogue folder has one subfolder per product (folder name = product id) and,
 ``products.csv`` whose columns (``product_id`` plus e.g. ``category``, ``brand``, ``title``,
 ``price``) become each image's metadata, exactly as S3 user metadata would.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,7 +42,9 @@ def read_products(folder: Path) -> dict[str, dict[str, str]]:
         if product_id:
             products[product_id] = {
                 ("product-id" if k == "product_id" else k.replace("_", "-")): v
-                for k, v in row.items() if k and v}
+                for k, v in row.items()
+                if k and v
+            }
     return products
 
 

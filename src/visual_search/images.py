@@ -6,6 +6,7 @@ scale (``Image.draft``, a DCT-domain downscale, see DRAFT_FLOOR) and every other
 decoded, so a decompression bomb costs nothing. Every failure is a typed ``ImageError`` with a
 message a user can act on.
 """
+
 from __future__ import annotations
 
 import io
@@ -60,8 +61,7 @@ def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
     if not data:
         raise EmptyImageError("the image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
-        raise ImageTooLargeError(
-            f"the image is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes")
+        raise ImageTooLargeError(f"the image is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -76,14 +76,16 @@ def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
         raise CorruptImageError(f"the image header cannot be read: {exc}") from None
     if image.format not in SUPPORTED_FORMATS:
         raise UnsupportedImageError(
-            f"{image.format} images are not supported; use JPEG, PNG, WebP, GIF, BMP or TIFF")
+            f"{image.format} images are not supported; use JPEG, PNG, WebP, GIF, BMP or TIFF"
+        )
     width, height = image.size
     if width < 1 or height < 1:
         raise CorruptImageError(f"the image has no pixels ({width}x{height})")
     if width * height > limits.max_pixels:
         raise ImageTooLargeError(
             f"the image is {width}x{height} = {width * height:,} pixels; "
-            f"the limit is {limits.max_pixels:,} pixels")
+            f"the limit is {limits.max_pixels:,} pixels"
+        )
     return image
 
 
@@ -148,8 +150,12 @@ def to_pixels(image: Image.Image, prep: Preprocess, fast: bool = True) -> np.nda
     image is over 3x the target, which is near-identical and several times cheaper.
     """
     box = _crop_box(*image.size, prep)
-    resized = image.resize((prep.size, prep.size), resample=_RESAMPLE[prep.interpolation],
-                           box=box, reducing_gap=3.0 if fast else None)
+    resized = image.resize(
+        (prep.size, prep.size),
+        resample=_RESAMPLE[prep.interpolation],
+        box=box,
+        reducing_gap=3.0 if fast else None,
+    )
     # Channels first while still 8-bit, then normalise in place: per-channel constants broadcast
     # over whole planes, which is 6x cheaper than over the 3-wide last axis of an HWC array.
     array = np.asarray(resized).transpose(2, 0, 1).astype(np.float32, order="C")

@@ -12,6 +12,7 @@ event, so they are retried and finally parked in a dead-letter queue; nothing is
 ``failed`` outcomes (a corrupt or oversized image) are permanent: logged and counted, never
 retried.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -62,14 +63,14 @@ def _error_code(exc: Exception) -> str:
 
 
 class Ingestor:
-    def __init__(self, catalog: Catalog, s3_client: Any, settings: IngestSettings,
-                 limits: ImageLimits):
+    def __init__(self, catalog: Catalog, s3_client: Any, settings: IngestSettings, limits: ImageLimits):
         self.catalog = catalog
         self.s3 = s3_client
         self.settings = settings
         self.limits = limits
-        self.pool = ThreadPoolExecutor(max_workers=max(1, settings.download_workers),
-                                       thread_name_prefix="s3-fetch")
+        self.pool = ThreadPoolExecutor(
+            max_workers=max(1, settings.download_workers), thread_name_prefix="s3-fetch"
+        )
         self.timings: dict[str, float] = {}
 
     @classmethod
@@ -104,14 +105,23 @@ class Ingestor:
             if _error_code(exc) in MISSING_CODES:
                 return Fetched(exists=False)
             return Fetched(exists=True, error=f"S3 GetObject failed: {exc}")
-        head = {"content_type": response.get("ContentType"), "etag": response.get("ETag"),
-                "version_id": response.get("VersionId"), "metadata": response.get("Metadata") or {},
-                "size": response.get("ContentLength")}
+        head = {
+            "content_type": response.get("ContentType"),
+            "etag": response.get("ETag"),
+            "version_id": response.get("VersionId"),
+            "metadata": response.get("Metadata") or {},
+            "size": response.get("ContentLength"),
+        }
         body = response["Body"]
         try:
             if (head["size"] or 0) > self.limits.max_bytes:
-                return Fetched(exists=True, head=head, too_large=(
-                    f"the object is {head['size']:,} bytes; the limit is {self.limits.max_bytes:,}"))
+                return Fetched(
+                    exists=True,
+                    head=head,
+                    too_large=(
+                        f"the object is {head['size']:,} bytes; the limit is {self.limits.max_bytes:,}"
+                    ),
+                )
             data = body.read()
         except Exception as exc:
             return Fetched(exists=True, error=f"S3 read failed: {exc}")
@@ -157,8 +167,9 @@ class Ingestor:
             self._apply_latest(changes, pending, outcomes)
         return [o for o in outcomes if o is not None]
 
-    def _apply_latest(self, changes: Sequence[S3Change], pending: list[int],
-                      outcomes: list[Outcome | None], round_: int = 0) -> None:
+    def _apply_latest(
+        self, changes: Sequence[S3Change], pending: list[int], outcomes: list[Outcome | None], round_: int = 0
+    ) -> None:
         """Download, embed and write the latest change of each key, as a pipeline.
 
         Images are embedded in chunks as soon as a chunk's worth has been downloaded and
@@ -188,13 +199,13 @@ class Ingestor:
         checks += self._index_then_check(changes, ready, outcomes)
         self._delete(changes, to_delete, outcomes)
         self._drop_unindexable(changes, list(downloads.values()), outcomes)
-        drifted = [i for i, source, check in checks
-                   if check.result() not in ("?", bare_etag(source.etag))]
+        drifted = [i for i, source, check in checks if check.result() not in ("?", bare_etag(source.etag))]
         if drifted:
             self._apply_latest(changes, drifted, outcomes, round_ + 1)
 
-    def _sort(self, change: S3Change, got: Fetched, i: int, outcomes: list[Outcome | None],
-              to_delete: list[int]) -> ImageSource | None:
+    def _sort(
+        self, change: S3Change, got: Fetched, i: int, outcomes: list[Outcome | None], to_delete: list[int]
+    ) -> ImageSource | None:
         """What one download means: an image to index, a point to delete, or an outcome now."""
         if got.error:
             outcomes[i] = Outcome(change, "retry", got.error)
@@ -206,10 +217,16 @@ class Ingestor:
             outcomes[i] = Outcome(change, "skipped", "not an image (by content type)")
         else:
             return ImageSource(
-                change.bucket, change.key, got.data, got.head["metadata"],
-                content_type=got.head["content_type"], etag=got.head["etag"],
-                version_id=got.head["version_id"], sequencer=change.sequencer,
-                pixels=got.pixels)
+                change.bucket,
+                change.key,
+                got.data,
+                got.head["metadata"],
+                content_type=got.head["content_type"],
+                etag=got.head["etag"],
+                version_id=got.head["version_id"],
+                sequencer=change.sequencer,
+                pixels=got.pixels,
+            )
         return None
 
     def _not_stale(self, changes, pending: list[int], outcomes) -> list[int]:
@@ -229,8 +246,9 @@ class Ingestor:
                 fresh.append(i)
         return fresh
 
-    def _index_then_check(self, changes, chunk: list[tuple[int, ImageSource]],
-                          outcomes) -> list[tuple[int, ImageSource, Future]]:
+    def _index_then_check(
+        self, changes, chunk: list[tuple[int, ImageSource]], outcomes
+    ) -> list[tuple[int, ImageSource, Future]]:
         """Index a chunk, then start looking at each written object again.
 
         The order check and the write are not atomic: two invocations handling two changes of
@@ -239,8 +257,11 @@ class Ingestor:
         stored, the key is applied again from what the bucket holds now.
         """
         self._index(changes, chunk, outcomes)
-        return [(i, source, self.pool.submit(self.current_etag, changes[i].ref))
-                for i, source in chunk if outcomes[i] and outcomes[i].status == "indexed"]
+        return [
+            (i, source, self.pool.submit(self.current_etag, changes[i].ref))
+            for i, source in chunk
+            if outcomes[i] and outcomes[i].status == "indexed"
+        ]
 
     def current_etag(self, ref: tuple[str, str]) -> str | None:
         """The object's ETag now; None when it is gone, "?" when S3 cannot tell."""
@@ -261,14 +282,20 @@ class Ingestor:
         for name, ms in (("embed_ms", batch.embed_ms), ("upsert_ms", batch.upsert_ms)):
             self.timings[name] = round(self.timings.get(name, 0.0) + ms, 3)
         for (i, _), result in zip(to_index, batch.results):
-            outcomes[i] = (Outcome(changes[i], "indexed") if result.ok
-                           else Outcome(changes[i], "failed", str(result.error)))
+            outcomes[i] = (
+                Outcome(changes[i], "indexed")
+                if result.ok
+                else Outcome(changes[i], "failed", str(result.error))
+            )
 
     def _drop_unindexable(self, changes, applied: list[int], outcomes) -> None:
         """An object replaced by something that is not an indexable image (another content
         type, a corrupt or oversized file) loses the point its earlier version left."""
-        self._remove(changes, [i for i in applied if outcomes[i]
-                               and outcomes[i].status in ("failed", "skipped")], outcomes)
+        self._remove(
+            changes,
+            [i for i in applied if outcomes[i] and outcomes[i].status in ("failed", "skipped")],
+            outcomes,
+        )
 
     def _delete(self, changes, to_delete, outcomes) -> None:
         if self._remove(changes, to_delete, outcomes):

@@ -1,5 +1,6 @@
 """Run the Lambda functions in this process: load ``functions/<name>/app.py`` fresh, as a new
 container would, and give them a context object. Used by the local stack and the tests."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -5,6 +5,7 @@ distance, preprocessing, output names, sha256 of the ONNX file). ``MODEL_DIR`` p
 folder to swap models (say a CLIP image tower) with no code change. The session is created once
 per process; Lambda handlers create it at import time so the init phase pays for it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,26 +47,33 @@ class ModelCard:
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ModelError(f"no model card at {path}; a model folder holds model.onnx and "
-                             f"model.json (set MODEL_DIR)") from None
+            raise ModelError(
+                f"no model card at {path}; a model folder holds model.onnx and model.json (set MODEL_DIR)"
+            ) from None
         except json.JSONDecodeError as exc:
             raise ModelError(f"model card {path} is not valid JSON: {exc}") from None
         try:
             inp = raw["input"]
             card = cls(
-                id=str(raw["id"]), version=str(raw.get("version", "1")),
-                embedding_dim=int(raw["embedding_dim"]), distance=str(raw["distance"]).lower(),
+                id=str(raw["id"]),
+                version=str(raw.get("version", "1")),
+                embedding_dim=int(raw["embedding_dim"]),
+                distance=str(raw["distance"]).lower(),
                 preprocess=Preprocess(
-                    size=int(inp["size"]), crop=inp.get("crop", "center"),
+                    size=int(inp["size"]),
+                    crop=inp.get("crop", "center"),
                     crop_fraction=float(inp.get("crop_fraction", 1.0)),
                     mean=tuple(float(v) for v in inp["mean"]),
                     std=tuple(float(v) for v in inp["std"]),
-                    interpolation=inp.get("interpolation", "bicubic")),
+                    interpolation=inp.get("interpolation", "bicubic"),
+                ),
                 input_name=inp.get("name", "pixels"),
                 embedding_output=raw["outputs"]["embedding"],
                 logits_output=raw["outputs"].get("logits"),
-                sha256=raw.get("sha256"), normalized=bool(raw.get("normalized", False)),
-                license=raw.get("license"), source=raw.get("source", {}),
+                sha256=raw.get("sha256"),
+                normalized=bool(raw.get("normalized", False)),
+                license=raw.get("license"),
+                source=raw.get("source", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"model card {path} is missing or has a bad field: {exc}") from None
@@ -85,9 +93,16 @@ def file_sha256(path: Path) -> str:
 class Embedder:
     """Owns the ONNX session and turns image bytes into unit-length embedding vectors."""
 
-    def __init__(self, model_dir: Path, threads: int = 1, max_batch: int = 16,
-                 limits: ImageLimits | None = None, verify: bool = True, flip_tta: bool = False,
-                 crop: str | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        threads: int = 1,
+        max_batch: int = 16,
+        limits: ImageLimits | None = None,
+        verify: bool = True,
+        flip_tta: bool = False,
+        crop: str | None = None,
+    ):
         import onnxruntime as ort  # heavy: imported only where a model is really loaded
 
         self.model_dir = Path(model_dir)
@@ -96,8 +111,9 @@ class Embedder:
             from dataclasses import replace
 
             fraction = 0.875 if crop == "center" else 1.0
-            self.card = replace(self.card, preprocess=replace(
-                self.card.preprocess, crop=crop, crop_fraction=fraction))
+            self.card = replace(
+                self.card, preprocess=replace(self.card.preprocess, crop=crop, crop_fraction=fraction)
+            )
         # Test-time augmentation: average the embeddings of the image and its mirror image.
         self.flip_tta = flip_tta
         onnx_path = self.model_dir / "model.onnx"
@@ -113,12 +129,10 @@ class Embedder:
         # the CPU from the decoding threads that run between inferences (measured: a single
         # embed is ~20% faster without spinning, docs/benchmarks.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(onnx_path), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.max_batch = max(1, max_batch)
         self.limits = limits or ImageLimits()
-        self._decoders = ThreadPoolExecutor(max_workers=max(1, threads),
-                                            thread_name_prefix="decode")
+        self._decoders = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="decode")
         self._lock = threading.Lock()
 
     @property
@@ -133,10 +147,16 @@ class Embedder:
         version and preprocessing, the output and pooling. A card edited without a new id
         still gets a different fingerprint, and its collection refuses the other's vectors."""
         card = self.card
-        parts = {"version": card.version, "sha256": card.sha256, "dim": card.embedding_dim,
-                 "distance": card.distance, "preprocess": asdict(card.preprocess),
-                 "output": card.embedding_output, "normalized": card.normalized,
-                 "flip": self.flip_tta}
+        parts = {
+            "version": card.version,
+            "sha256": card.sha256,
+            "dim": card.embedding_dim,
+            "distance": card.distance,
+            "preprocess": asdict(card.preprocess),
+            "output": card.embedding_output,
+            "normalized": card.normalized,
+            "flip": self.flip_tta,
+        }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -148,11 +168,13 @@ class Embedder:
 
     def preprocess_many(self, images: Sequence[bytes]) -> list[np.ndarray | ImageError]:
         """Decode in parallel (Pillow releases the GIL); bad images come back as their error."""
+
         def one(data: bytes) -> np.ndarray | ImageError:
             try:
                 return self.preprocess(data)
             except ImageError as exc:
                 return exc
+
         if len(images) == 1:
             return [one(images[0])]
         return list(self._decoders.map(one, images))
@@ -163,7 +185,7 @@ class Embedder:
             raise ValueError(f"expected a (N, C, H, W) batch, got shape {batch.shape}")
         outputs = []
         for start in range(0, len(batch), self.max_batch):
-            chunk = np.ascontiguousarray(batch[start:start + self.max_batch], dtype=np.float32)
+            chunk = np.ascontiguousarray(batch[start : start + self.max_batch], dtype=np.float32)
             outputs.append(self._run(chunk))
         vectors = np.concatenate(outputs) if outputs else np.zeros((0, self.dim), np.float32)
         if self.flip_tta or not self.card.normalized:
@@ -172,12 +194,14 @@ class Embedder:
         return vectors.astype(np.float32, copy=False)
 
     def _run(self, chunk: np.ndarray) -> np.ndarray:
-        run = lambda x: self.session.run([self.card.embedding_output],  # noqa: E731
-                                         {self.card.input_name: x})[0]
+        run = lambda x: self.session.run(
+            [self.card.embedding_output],  # noqa: E731
+            {self.card.input_name: x},
+        )[0]
         if not self.flip_tta:
             return run(chunk)
         both = run(np.concatenate([chunk, np.ascontiguousarray(chunk[..., ::-1])]))
-        return both[: len(chunk)] + both[len(chunk):]
+        return both[: len(chunk)] + both[len(chunk) :]
 
     def embed(self, data: bytes) -> np.ndarray:
         """One image's bytes -> its embedding; raises ImageError for bad input."""
@@ -200,9 +224,13 @@ class Embedder:
 
 def load_embedder(settings: Settings | None = None) -> Embedder:
     settings = settings or get_settings()
-    return Embedder(settings.model_dir, threads=settings.ort_threads,
-                    max_batch=settings.max_batch, limits=settings.images,
-                    flip_tta=settings.flip_tta)
+    return Embedder(
+        settings.model_dir,
+        threads=settings.ort_threads,
+        max_batch=settings.max_batch,
+        limits=settings.images,
+        flip_tta=settings.flip_tta,
+    )
 
 
 def load_reranker(settings: Settings | None = None) -> Embedder | None:
@@ -210,8 +238,12 @@ def load_reranker(settings: Settings | None = None) -> Embedder | None:
     settings = settings or get_settings()
     if not settings.rerank_model_dir:
         return None
-    return Embedder(settings.rerank_model_dir, threads=settings.ort_threads,
-                    max_batch=settings.max_batch, limits=settings.images)
+    return Embedder(
+        settings.rerank_model_dir,
+        threads=settings.ort_threads,
+        max_batch=settings.max_batch,
+        limits=settings.images,
+    )
 
 
 @lru_cache(maxsize=1)

@@ -3,6 +3,7 @@
 Names come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE when set; locally the
 tracer is disabled with POWERTOOLS_TRACE_DISABLED=true (the tests and the local stack set it).
 """
+
 from __future__ import annotations
 
 import os

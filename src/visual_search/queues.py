@@ -4,6 +4,7 @@ Messages land in the DLQ after failing ``maxReceiveCount`` times (Qdrant down fo
 Once the cause is fixed, ``visual-search redrive`` moves them back to the ingest queue, where the
 function applies them like any notification (idempotently: replays change nothing twice).
 """
+
 from __future__ import annotations
 
 import json
@@ -43,16 +44,21 @@ def describe(body: str) -> list[str]:
 
 
 def _receive(sqs: Any, url: str, visibility: int) -> list[dict]:
-    return sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                               VisibilityTimeout=visibility,
-                               AttributeNames=["ApproximateReceiveCount"],
-                               MessageAttributeNames=["All"]).get("Messages", [])
+    return sqs.receive_message(
+        QueueUrl=url,
+        MaxNumberOfMessages=10,
+        WaitTimeSeconds=1,
+        VisibilityTimeout=visibility,
+        AttributeNames=["ApproximateReceiveCount"],
+        MessageAttributeNames=["All"],
+    ).get("Messages", [])
 
 
 def waiting(sqs: Any, url: str) -> int:
     """How many messages the queue holds (SQS's approximate count, visible and in flight)."""
-    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
-        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
     return sum(int(v) for v in attributes.values())
 
 
@@ -68,12 +74,19 @@ def peek(sqs: Any, dlq_url: str, limit: int = 100) -> list[Parked]:
         for m in fresh:
             handles.append(m["ReceiptHandle"])
             seen[m["MessageId"]] = Parked(
-                m["MessageId"], int(m.get("Attributes", {}).get("ApproximateReceiveCount", 0)),
-                describe(m["Body"]), m["Body"])
+                m["MessageId"],
+                int(m.get("Attributes", {}).get("ApproximateReceiveCount", 0)),
+                describe(m["Body"]),
+                m["Body"],
+            )
     for start in range(0, len(handles), 10):
-        sqs.change_message_visibility_batch(QueueUrl=dlq_url, Entries=[
-            {"Id": str(n), "ReceiptHandle": h, "VisibilityTimeout": 0}
-            for n, h in enumerate(handles[start:start + 10])])
+        sqs.change_message_visibility_batch(
+            QueueUrl=dlq_url,
+            Entries=[
+                {"Id": str(n), "ReceiptHandle": h, "VisibilityTimeout": 0}
+                for n, h in enumerate(handles[start : start + 10])
+            ],
+        )
     return list(seen.values())[:limit]
 
 
@@ -106,13 +119,20 @@ def is_fifo(url: str) -> bool:
     return url.endswith(".fifo")
 
 
-def redrive(sqs: Any, dlq_url: str, target_url: str, limit: int | None = None,
-            progress: Callable[[int], None] | None = None) -> int:
+def redrive(
+    sqs: Any,
+    dlq_url: str,
+    target_url: str,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Move messages from the DLQ to the target queue: send first, then delete, so a failure
     in between duplicates a message (harmless: ingest is idempotent) but never loses one."""
     if is_fifo(dlq_url) or is_fifo(target_url):
-        raise ValueError("FIFO queues are not supported (S3 notifications reach only standard "
-                         "queues); use the SQS console's DLQ redrive for them")
+        raise ValueError(
+            "FIFO queues are not supported (S3 notifications reach only standard "
+            "queues); use the SQS console's DLQ redrive for them"
+        )
     moved = 0
     progress = progress or (lambda n: None)
     while limit is None or moved < limit:
@@ -121,28 +141,35 @@ def redrive(sqs: Any, dlq_url: str, target_url: str, limit: int | None = None,
             batch = batch[: limit - moved]
         if not batch:
             return moved
-        entries = [{"Id": str(n), "MessageBody": m["Body"],
-                    **({"MessageAttributes": m["MessageAttributes"]}
-                       if m.get("MessageAttributes") else {})} for n, m in enumerate(batch)]
+        entries = [
+            {
+                "Id": str(n),
+                "MessageBody": m["Body"],
+                **({"MessageAttributes": m["MessageAttributes"]} if m.get("MessageAttributes") else {}),
+            }
+            for n, m in enumerate(batch)
+        ]
         for group in _by_size(entries):
             moved += _send_then_delete(sqs, dlq_url, target_url, batch, group)
             progress(len(group))
     return moved
 
 
-def _send_then_delete(sqs: Any, dlq_url: str, target_url: str, batch: list[dict],
-                      group: list[dict]) -> int:
+def _send_then_delete(sqs: Any, dlq_url: str, target_url: str, batch: list[dict], group: list[dict]) -> int:
     sent = sqs.send_message_batch(QueueUrl=target_url, Entries=group)
     ok = sorted(int(s["Id"]) for s in sent.get("Successful", []))
     if ok:
-        deleted = sqs.delete_message_batch(QueueUrl=dlq_url, Entries=[
-            {"Id": str(n), "ReceiptHandle": batch[n]["ReceiptHandle"]} for n in ok])
+        deleted = sqs.delete_message_batch(
+            QueueUrl=dlq_url, Entries=[{"Id": str(n), "ReceiptHandle": batch[n]["ReceiptHandle"]} for n in ok]
+        )
         kept = deleted.get("Failed", [])
         if kept:  # sent but still in the DLQ: it would be sent again by a later run
-            raise RuntimeError(f"{len(kept)} messages were sent back but could not be deleted "
-                               f"from the DLQ (their 30 s hold ran out?): "
-                               f"{[f.get('Message', '') for f in kept]}; a later redrive would "
-                               f"send them twice, which ingest applies idempotently")
+            raise RuntimeError(
+                f"{len(kept)} messages were sent back but could not be deleted "
+                f"from the DLQ (their 30 s hold ran out?): "
+                f"{[f.get('Message', '') for f in kept]}; a later redrive would "
+                f"send them twice, which ingest applies idempotently"
+            )
     if len(ok) < len(group):
         failed = [f.get("Message", "") for f in sent.get("Failed", [])]
         raise RuntimeError(f"{len(group) - len(ok)} messages could not be sent back: {failed}")

@@ -6,6 +6,7 @@ quantisation, payload indexes and sharding live). A point is one image: its id i
 ``bucket/key`` so re-indexing an image overwrites it, and its payload carries the product's
 metadata. The collection records which model built it and refuses vectors from any other.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,7 @@ POINT_NAMESPACE = uuid.UUID("5f0c3a52-3c1e-4a8e-9a43-0e3b7f1d2c61")
 KEYWORD_FIELDS = ("product_id", "category", "brand", "bucket", "key")
 FLOAT_FIELDS = ("price",)
 RANGE_OPS = ("gt", "gte", "lt", "lte")
-_DISTANCE = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT,
-             "euclid": models.Distance.EUCLID}
+_DISTANCE = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT, "euclid": models.Distance.EUCLID}
 MAX_GROUP_FETCH = 4096
 _MISSING_LOCAL = re.compile(r"Collection .* not found")  # embedded mode's ValueError
 KEY_MAX_AGE_S = 300  # how long a key read from SSM / Secrets Manager is used before re-reading
@@ -92,19 +92,29 @@ def build_filter(filters: Mapping[str, Any], exclude_products: Sequence[str] = (
     """
     must: list[models.Condition] = []
     for name, value in filters.items():
-        key = name if name in KEYWORD_FIELDS + FLOAT_FIELDS or name.startswith("metadata.") \
+        key = (
+            name
+            if name in KEYWORD_FIELDS + FLOAT_FIELDS or name.startswith("metadata.")
             else f"metadata.{name}"
+        )
         if isinstance(value, Mapping):
-            must.append(models.FieldCondition(key=key, range=models.Range(
-                **{op: float(value[op]) for op in RANGE_OPS if value.get(op) is not None})))
+            must.append(
+                models.FieldCondition(
+                    key=key,
+                    range=models.Range(
+                        **{op: float(value[op]) for op in RANGE_OPS if value.get(op) is not None}
+                    ),
+                )
+            )
         elif isinstance(value, (list, tuple)):
             must.append(models.FieldCondition(key=key, match=models.MatchAny(any=list(value))))
         else:
             must.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
     must_not: list[models.Condition] = []
     if exclude_products:
-        must_not.append(models.FieldCondition(
-            key="product_id", match=models.MatchAny(any=list(exclude_products))))
+        must_not.append(
+            models.FieldCondition(key="product_id", match=models.MatchAny(any=list(exclude_products)))
+        )
     if not must and not must_not:
         return None
     return models.Filter(must=must or None, must_not=must_not or None)
@@ -116,13 +126,13 @@ def resolve_api_key(settings: StoreSettings, force: bool = False) -> str | None:
     if settings.api_key_parameter:
         from aws_lambda_powertools.utilities import parameters
 
-        return parameters.get_parameter(settings.api_key_parameter, decrypt=True,
-                                        max_age=KEY_MAX_AGE_S, force_fetch=force)
+        return parameters.get_parameter(
+            settings.api_key_parameter, decrypt=True, max_age=KEY_MAX_AGE_S, force_fetch=force
+        )
     if settings.api_key_secret:
         from aws_lambda_powertools.utilities import parameters
 
-        return parameters.get_secret(settings.api_key_secret, max_age=KEY_MAX_AGE_S,
-                                     force_fetch=force)
+        return parameters.get_secret(settings.api_key_secret, max_age=KEY_MAX_AGE_S, force_fetch=force)
     return settings.api_key
 
 
@@ -134,11 +144,15 @@ def key_is_stored(settings: StoreSettings) -> bool:
 def connect(settings: StoreSettings, api_key: str | None = None) -> QdrantClient:
     """A qdrant-client for the configured mode: server URL, embedded folder or memory."""
     if settings.url:
-        return QdrantClient(url=settings.url, api_key=api_key or resolve_api_key(settings),
-                            timeout=max(1, int(round(settings.timeout_s))), prefer_grpc=False,
-                            # no version round trip in the Lambda init phase; errors surface
-                            # on first use as StoreUnavailableError instead
-                            check_compatibility=False)
+        return QdrantClient(
+            url=settings.url,
+            api_key=api_key or resolve_api_key(settings),
+            timeout=max(1, int(round(settings.timeout_s))),
+            prefer_grpc=False,
+            # no version round trip in the Lambda init phase; errors surface
+            # on first use as StoreUnavailableError instead
+            check_compatibility=False,
+        )
     if settings.path == ":memory:":
         return QdrantClient(location=":memory:")
     try:
@@ -149,7 +163,8 @@ def connect(settings: StoreSettings, api_key: str | None = None) -> QdrantClient
         raise StoreUnavailableError(
             f"the embedded Qdrant folder {settings.path} is in use by another process (a running "
             f"`visual-search dev`?): embedded Qdrant allows one; stop it, use another QDRANT_PATH, "
-            f"or run a Qdrant server and set QDRANT_URL") from None
+            f"or run a Qdrant server and set QDRANT_URL"
+        ) from None
 
 
 class Connection:
@@ -184,8 +199,10 @@ class Connection:
         try:
             return self._use(resolve_api_key(self.settings, force=True))
         except Exception as exc:  # noqa: BLE001 - SSM / Secrets Manager unreachable or refusing
-            logger.warning("could not re-read the Qdrant API key; keeping the current one",
-                           extra={"error": type(exc).__name__})
+            logger.warning(
+                "could not re-read the Qdrant API key; keeping the current one",
+                extra={"error": type(exc).__name__},
+            )
             return False
 
     def _use(self, key: str | None) -> bool:
@@ -204,9 +221,17 @@ class Connection:
 class CatalogStore:
     """The product-image collection of one model."""
 
-    def __init__(self, client: QdrantClient, settings: StoreSettings, model_id: str, dim: int,
-                 distance: str = "cosine", rerank_model_id: str | None = None,
-                 rerank_dim: int | None = None, model_fingerprint: str | None = None):
+    def __init__(
+        self,
+        client: QdrantClient,
+        settings: StoreSettings,
+        model_id: str,
+        dim: int,
+        distance: str = "cosine",
+        rerank_model_id: str | None = None,
+        rerank_dim: int | None = None,
+        model_fingerprint: str | None = None,
+    ):
         self.model_fingerprint = model_fingerprint  # see Embedder.fingerprint
         self._conn = client if isinstance(client, Connection) else Connection(client, settings)
         self.rerank_model_id = rerank_model_id
@@ -222,11 +247,26 @@ class CatalogStore:
         self._ready = False
 
     @classmethod
-    def open(cls, settings: StoreSettings, model_id: str, dim: int, distance: str = "cosine",
-             rerank_model_id: str | None = None, rerank_dim: int | None = None,
-             model_fingerprint: str | None = None) -> "CatalogStore":
-        return cls(connect(settings), settings, model_id, dim, distance, rerank_model_id,
-                   rerank_dim, model_fingerprint)
+    def open(
+        cls,
+        settings: StoreSettings,
+        model_id: str,
+        dim: int,
+        distance: str = "cosine",
+        rerank_model_id: str | None = None,
+        rerank_dim: int | None = None,
+        model_fingerprint: str | None = None,
+    ) -> "CatalogStore":
+        return cls(
+            connect(settings),
+            settings,
+            model_id,
+            dim,
+            distance,
+            rerank_model_id,
+            rerank_dim,
+            model_fingerprint,
+        )
 
     @property
     def space(self) -> str:
@@ -254,13 +294,15 @@ class CatalogStore:
             if exc.status_code == 404 and b"ollection" in (exc.content or b""):
                 # Deleted under us (by an operator, or a re-index elsewhere): look again next time.
                 self._ready = False
-                raise StoreUnavailableError("the collection is missing; it will be re-created "
-                                            "on the next request") from None
+                raise StoreUnavailableError(
+                    "the collection is missing; it will be re-created on the next request"
+                ) from None
             if exc.status_code in (401, 403):
                 raise StoreUnavailableError(self._refused()) from None
             if exc.status_code in (429, 502, 503, 504) or exc.status_code >= 500:
                 raise StoreUnavailableError(
-                    f"Qdrant answered {exc.status_code}: {exc.reason_phrase}") from None
+                    f"Qdrant answered {exc.status_code}: {exc.reason_phrase}"
+                ) from None
             raise
         except (ConnectionError, TimeoutError) as exc:
             raise StoreUnavailableError(f"Qdrant is unreachable: {exc}") from None
@@ -268,8 +310,9 @@ class CatalogStore:
             if self.is_server or not _MISSING_LOCAL.search(str(exc)):
                 raise
             self._ready = False  # embedded mode says it so: the same recovery as a server's 404
-            raise StoreUnavailableError("the collection is missing; it will be re-created "
-                                        "on the next request") from None
+            raise StoreUnavailableError(
+                "the collection is missing; it will be re-created on the next request"
+            ) from None
         finally:
             if lock:
                 lock.release()
@@ -340,19 +383,30 @@ class CatalogStore:
         """Make COLLECTION an alias of ``target`` in one atomic step."""
         ops: list = []
         if self.collection in self.aliases():
-            ops.append(models.DeleteAliasOperation(
-                delete_alias=models.DeleteAlias(alias_name=self.collection)))
-        ops.append(models.CreateAliasOperation(create_alias=models.CreateAlias(
-            collection_name=target, alias_name=self.collection)))
+            ops.append(
+                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.collection))
+            )
+        ops.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=target, alias_name=self.collection)
+            )
+        )
         self.client.update_collection_aliases(change_aliases_operations=ops)
 
     def for_collection(self, name: str) -> "CatalogStore":
         """The same store over another (physical) collection, sharing the client."""
         from dataclasses import replace
 
-        other = CatalogStore(self._conn, replace(self.settings, collection=name), self.model_id,
-                             self.dim, self.distance, self.rerank_model_id, self.rerank_dim,
-                             self.model_fingerprint)
+        other = CatalogStore(
+            self._conn,
+            replace(self.settings, collection=name),
+            self.model_id,
+            self.dim,
+            self.distance,
+            self.rerank_model_id,
+            self.rerank_dim,
+            self.model_fingerprint,
+        )
         other._lock = self._lock
         return other
 
@@ -369,40 +423,58 @@ class CatalogStore:
             raise ModelMismatchError(self.collection, space, self.space)
         built_with = metadata.get("model_fingerprint")  # absent in collections made before it
         if built_with and self.model_fingerprint and built_with != self.model_fingerprint:
-            raise ModelMismatchError(self.collection, f"{built_by} (fingerprint {built_with})",
-                                     f"{self.space} (fingerprint {self.model_fingerprint})")
+            raise ModelMismatchError(
+                self.collection,
+                f"{built_by} (fingerprint {built_with})",
+                f"{self.space} (fingerprint {self.model_fingerprint})",
+            )
 
     def create_physical(self, name: str) -> None:
         """Create a collection for this model with the configured scale settings."""
         s = self.settings
         quantization = None
         if s.quantization == "int8":
-            quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
-                type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
-        vectors = {VECTOR: models.VectorParams(
-            size=self.dim, distance=_DISTANCE[self.distance], on_disk=s.vectors_on_disk)}
+            quantization = models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(
+                    type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+                )
+            )
+        vectors = {
+            VECTOR: models.VectorParams(
+                size=self.dim, distance=_DISTANCE[self.distance], on_disk=s.vectors_on_disk
+            )
+        }
         if self.rerank_dim:
-            vectors[RERANK] = models.VectorParams(size=self.rerank_dim, distance=models.Distance.COSINE,
-                                                  on_disk=True)
+            vectors[RERANK] = models.VectorParams(
+                size=self.rerank_dim, distance=models.Distance.COSINE, on_disk=True
+            )
         self.client.create_collection(
             name,
             vectors_config=vectors,
-            hnsw_config=models.HnswConfigDiff(m=s.hnsw_m, ef_construct=s.hnsw_ef_construct,
-                                              payload_m=s.hnsw_m),
+            hnsw_config=models.HnswConfigDiff(
+                m=s.hnsw_m, ef_construct=s.hnsw_ef_construct, payload_m=s.hnsw_m
+            ),
             quantization_config=quantization,
             shard_number=s.shards if self.is_server else None,
             replication_factor=s.replicas if self.is_server else None,
-            metadata={"model_id": self.model_id, "embedding_dim": self.dim,
-                      "distance": self.distance, "rerank_model_id": self.rerank_model_id,
-                      "model_fingerprint": self.model_fingerprint},
+            metadata={
+                "model_id": self.model_id,
+                "embedding_dim": self.dim,
+                "distance": self.distance,
+                "rerank_model_id": self.rerank_model_id,
+                "model_fingerprint": self.model_fingerprint,
+            },
         )
         if self.is_server:  # embedded mode scans everything and ignores payload indexes
             self._create_indexes(name, KEYWORD_FIELDS + FLOAT_FIELDS)
 
     def _create_indexes(self, name: str, fields: Sequence[str]) -> None:
         for field_name in fields:
-            schema = (models.PayloadSchemaType.FLOAT if field_name in FLOAT_FIELDS
-                      else models.PayloadSchemaType.KEYWORD)
+            schema = (
+                models.PayloadSchemaType.FLOAT
+                if field_name in FLOAT_FIELDS
+                else models.PayloadSchemaType.KEYWORD
+            )
             self.client.create_payload_index(name, field_name, schema)
 
     def drop_collection(self, name: str) -> None:
@@ -412,8 +484,9 @@ class CatalogStore:
     def count(self, filters: Mapping[str, Any] | None = None) -> int:
         self.ensure_collection()
         with self._call():
-            return self.client.count(self.collection, count_filter=build_filter(filters or {}),
-                                     exact=True).count
+            return self.client.count(
+                self.collection, count_filter=build_filter(filters or {}), exact=True
+            ).count
 
     def facets(self, fields: Sequence[str] = ("category", "brand"), limit: int = 100) -> dict:
         """Distinct values of keyword fields with their image counts (for filter pickers)."""
@@ -442,12 +515,13 @@ class CatalogStore:
         self.ensure_collection()
         for point in points:
             if point.vector.shape != (self.dim,):
-                raise ValueError(f"vector of {point.key} has shape {point.vector.shape}, "
-                                 f"the collection expects ({self.dim},)")
+                raise ValueError(
+                    f"vector of {point.key} has shape {point.vector.shape}, "
+                    f"the collection expects ({self.dim},)"
+                )
         if self.rerank_dim and any(p.rerank_vector is None for p in points):
             raise ValueError("this collection reranks: every point needs its rerank vector")
-        structs = [models.PointStruct(id=p.id, vector=self._vectors(p), payload=p.payload)
-                   for p in points]
+        structs = [models.PointStruct(id=p.id, vector=self._vectors(p), payload=p.payload) for p in points]
         with self._call():
             self.client.upsert(self.collection, structs, wait=True)
 
@@ -468,8 +542,11 @@ class CatalogStore:
     def delete_product(self, product_id: str) -> None:
         self.ensure_collection()
         with self._call():
-            self.client.delete(self.collection, models.FilterSelector(
-                filter=build_filter({"product_id": product_id})), wait=True)
+            self.client.delete(
+                self.collection,
+                models.FilterSelector(filter=build_filter({"product_id": product_id})),
+                wait=True,
+            )
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -483,16 +560,22 @@ class CatalogStore:
             records = self.client.retrieve(self.collection, list(by_id), with_payload=True)
         return {by_id[str(r.id)]: r.payload or {} for r in records}
 
-    def scroll(self, filters: Mapping[str, Any] | None = None, with_vectors: bool = False,
-               page: int = 256) -> Iterator[Hit]:
+    def scroll(
+        self, filters: Mapping[str, Any] | None = None, with_vectors: bool = False, page: int = 256
+    ) -> Iterator[Hit]:
         """Every point matching the filters, page by page."""
         self.ensure_collection()
         offset = None
         while True:
             with self._call():
                 records, offset = self.client.scroll(
-                    self.collection, scroll_filter=build_filter(filters or {}), limit=page,
-                    offset=offset, with_payload=True, with_vectors=[VECTOR] if with_vectors else False)
+                    self.collection,
+                    scroll_filter=build_filter(filters or {}),
+                    limit=page,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=[VECTOR] if with_vectors else False,
+                )
             for r in records:
                 vector = r.vector.get(VECTOR) if with_vectors and isinstance(r.vector, dict) else None
                 yield Hit(id=str(r.id), score=1.0, payload=r.payload or {}, vector=vector)
@@ -510,7 +593,8 @@ class CatalogStore:
         if self.settings.quantization == "int8":
             quantization = models.QuantizationSearchParams(
                 rescore=self.settings.quantization_rescore,
-                oversampling=self.settings.quantization_oversampling)
+                oversampling=self.settings.quantization_oversampling,
+            )
         return models.SearchParams(hnsw_ef=self.settings.search_hnsw_ef, quantization=quantization)
 
     def _stage(self, vector: np.ndarray, query: Query) -> dict[str, Any]:
@@ -522,31 +606,51 @@ class CatalogStore:
             # Candidates by the fast vector, then ordered by the precise one. The pool is the
             # same for every page (not grown with the offset), so pages of one query neither
             # repeat nor skip a result; pagination ends at RERANK_CANDIDATES images.
-            return dict(prefetch=models.Prefetch(
-                query=first, using=VECTOR, filter=query_filter, params=params,
-                limit=self.settings.rerank_candidates),
-                query=np.asarray(query.rerank, np.float32).tolist(), using=RERANK,
-                query_filter=query_filter)
+            return dict(
+                prefetch=models.Prefetch(
+                    query=first,
+                    using=VECTOR,
+                    filter=query_filter,
+                    params=params,
+                    limit=self.settings.rerank_candidates,
+                ),
+                query=np.asarray(query.rerank, np.float32).tolist(),
+                using=RERANK,
+                query_filter=query_filter,
+            )
         return dict(query=first, using=VECTOR, search_params=params, query_filter=query_filter)
 
     def _nearest(self, vector: np.ndarray, query: Query, limit: int, offset: int) -> list[Hit]:
         stage = self._stage(vector, query)
         with self._call():
             response = self.client.query_points(
-                self.collection, limit=limit, offset=offset or None,
-                score_threshold=query.score_threshold, with_payload=True, **stage)
-        return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {})
-                for p in response.points]
+                self.collection,
+                limit=limit,
+                offset=offset or None,
+                score_threshold=query.score_threshold,
+                with_payload=True,
+                **stage,
+            )
+        return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in response.points]
 
     def _best_of_groups(self, vector: np.ndarray, query: Query, groups: int) -> list[Hit]:
         """Qdrant's own grouping: the best image of each of the nearest ``groups`` products."""
         stage = self._stage(vector, query)
         with self._call():
             response = self.client.query_points_groups(
-                self.collection, group_by="product_id", limit=groups, group_size=1,
-                score_threshold=query.score_threshold, with_payload=True, **stage)
-        return [Hit(id=str(g.hits[0].id), score=float(g.hits[0].score),
-                    payload=g.hits[0].payload or {}) for g in response.groups if g.hits]
+                self.collection,
+                group_by="product_id",
+                limit=groups,
+                group_size=1,
+                score_threshold=query.score_threshold,
+                with_payload=True,
+                **stage,
+            )
+        return [
+            Hit(id=str(g.hits[0].id), score=float(g.hits[0].score), payload=g.hits[0].payload or {})
+            for g in response.groups
+            if g.hits
+        ]
 
     def search(self, vector: np.ndarray, query: Query) -> list[Hit]:
         """Nearest images, or with grouping the best image of each of the nearest products."""
@@ -571,9 +675,9 @@ class CatalogStore:
             for hit in hits:
                 best.setdefault(str(hit.payload.get("product_id")), hit)
             if len(best) >= wanted or len(hits) < limit:
-                return list(best.values())[query.offset:wanted]
+                return list(best.values())[query.offset : wanted]
             if limit >= MAX_GROUP_FETCH:
-                return self._best_of_groups(vector, query, wanted)[query.offset:wanted]
+                return self._best_of_groups(vector, query, wanted)[query.offset : wanted]
             limit = min(MAX_GROUP_FETCH, limit * 4)
 
     def similar(self, product_id: str, query: Query) -> list[Hit]:
@@ -581,6 +685,5 @@ class CatalogStore:
         vectors = self.product_vectors(product_id)
         centroid = vectors.mean(axis=0)
         centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
-        excluded = Query(**{**query.__dict__,
-                            "exclude_products": [*query.exclude_products, product_id]})
+        excluded = Query(**{**query.__dict__, "exclude_products": [*query.exclude_products, product_id]})
         return self.search(centroid, excluded)

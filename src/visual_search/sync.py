@@ -4,6 +4,7 @@ All of it goes through the ingest function's code path (``Ingestor.apply``), so 
 decoded, embedded and stored exactly as when its upload event arrives. Backfills are
 resumable and idempotent: an object whose ETag matches its stored point is not fetched again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -91,8 +92,12 @@ def _chunks(items: Iterator[SourceObject], size: int) -> Iterator[list[SourceObj
 class Syncer:
     """Backfill / reconcile / re-index, for one ingestor (and so one collection)."""
 
-    def __init__(self, ingestor: Ingestor, progress: Callable[[int], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        progress: Callable[[int], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.ingestor = ingestor
         self.progress = progress or (lambda n: None)
         self.sleep = sleep
@@ -112,7 +117,7 @@ class Syncer:
             pending = [o.change for o in outcomes if o.transient]
             if not pending or attempt == RETRIES:
                 break
-            self.sleep(min(8.0, 0.5 * 2 ** attempt))
+            self.sleep(min(8.0, 0.5 * 2**attempt))
         return [final[c.ref] for c in changes if c.ref in final]
 
     def backfill(self, bucket: str, prefix: str = "", batch: int = 32) -> SyncReport:
@@ -123,12 +128,12 @@ class Syncer:
             wanted = [o for o in chunk if not self.ingestor.skip_reason(o.key)]
             report.skipped += len(chunk) - len(wanted)
             stored = self.store.get_images([(o.bucket, o.key) for o in wanted])
-            todo = [o for o in wanted
-                    if bare_etag(stored.get((o.bucket, o.key), {}).get("etag")) != o.etag]
+            todo = [o for o in wanted if bare_etag(stored.get((o.bucket, o.key), {}).get("etag")) != o.etag]
             report.unchanged += len(wanted) - len(todo)
             if todo:
-                report.add(self.apply_with_retries([
-                    S3Change(o.bucket, o.key, "created", "Backfill") for o in todo]))
+                report.add(
+                    self.apply_with_retries([S3Change(o.bucket, o.key, "created", "Backfill") for o in todo])
+                )
             self.progress(len(chunk))
         return report
 
@@ -149,8 +154,7 @@ class Syncer:
         report.skipped += len(keys) - len(images)
         return images
 
-    def reconcile(self, bucket: str, prefix: str = "", dry_run: bool = False,
-                  batch: int = 32) -> SyncReport:
+    def reconcile(self, bucket: str, prefix: str = "", dry_run: bool = False, batch: int = 32) -> SyncReport:
         """Repair both kinds of drift: images missing or stale in the collection, and points
         whose object is gone. With ``dry_run`` only count them."""
         report = SyncReport()
@@ -161,9 +165,11 @@ class Syncer:
                 report.skipped += 1
             else:
                 objects[obj.key] = obj
-        points = {hit.payload.get("key"): bare_etag(hit.payload.get("etag"))
-                  for hit in self.store.scroll({"bucket": bucket})
-                  if str(hit.payload.get("key", "")).startswith(prefix)}
+        points = {
+            hit.payload.get("key"): bare_etag(hit.payload.get("etag"))
+            for hit in self.store.scroll({"bucket": bucket})
+            if str(hit.payload.get("key", "")).startswith(prefix)
+        }
         missing = self._images_among(bucket, [k for k in objects if k not in points], report)
         changed = [k for k in objects if k in points and points[k] != objects[k].etag]
         orphaned = [k for k in points if k not in objects]
@@ -171,10 +177,11 @@ class Syncer:
         report.unchanged = len(objects) - len(missing) - len(changed)
         if dry_run:
             return report
-        changes = ([S3Change(bucket, k, "created", "Reconcile") for k in missing + changed]
-                   + [S3Change(bucket, k, "removed", "Reconcile") for k in orphaned])
+        changes = [S3Change(bucket, k, "created", "Reconcile") for k in missing + changed] + [
+            S3Change(bucket, k, "removed", "Reconcile") for k in orphaned
+        ]
         for start in range(0, len(changes), batch):
-            part = changes[start:start + batch]
+            part = changes[start : start + batch]
             report.add(self.apply_with_retries(part))
             self.progress(len(part))
         return report
@@ -184,9 +191,13 @@ def written_to(store: CatalogStore, collection: str) -> Iterator[tuple[str, str,
     """(bucket, key, indexed_at) of every point of a collection, read without its vectors."""
     offset = None
     while True:
-        records, offset = store.client.scroll(collection, limit=512, offset=offset,
-                                              with_payload=["bucket", "key", "indexed_at"],
-                                              with_vectors=False)
+        records, offset = store.client.scroll(
+            collection,
+            limit=512,
+            offset=offset,
+            with_payload=["bucket", "key", "indexed_at"],
+            with_vectors=False,
+        )
         for record in records:
             payload = record.payload or {}
             if payload.get("bucket") and payload.get("key"):
@@ -215,13 +226,20 @@ def sources_in(store: CatalogStore, collection: str) -> list[tuple[str, str]]:
         top = (bucket, folder.partition("/")[0])
         shared[top] = _shared_folder(shared.get(top, folder), folder)
     whole = {bucket for (bucket, _), folder in shared.items() if not folder}
-    return sorted({(bucket, folder) for (bucket, _), folder in shared.items()
-                   if bucket not in whole} | {(bucket, "") for bucket in whole})
+    return sorted(
+        {(bucket, folder) for (bucket, _), folder in shared.items() if bucket not in whole}
+        | {(bucket, "") for bucket in whole}
+    )
 
 
-def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = None,
-            keep_old: bool = False, progress: Callable[[int], None] | None = None,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
+def reindex(
+    catalog: Catalog,
+    s3: Any,
+    sources: list[tuple[str, str]] | None = None,
+    keep_old: bool = False,
+    progress: Callable[[int], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Build a new collection with the current model from the bucket(s), switch the alias to it,
     catch up with what changed meanwhile, and drop the old collection.
 
@@ -247,14 +265,15 @@ def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = N
             log(f"indexing s3://{bucket}/{prefix} into {new}")
             reports[f"s3://{bucket}/{prefix}"] = syncer.backfill(bucket, prefix).as_dict()
     except BaseException:  # S3 or Qdrant gone, Ctrl-C: the alias never moved; leave no debris
-        log(f"re-index stopped before the switch: dropping {new}; {store.collection!r} is "
-            f"unchanged")
+        log(f"re-index stopped before the switch: dropping {new}; {store.collection!r} is unchanged")
         new_store.drop_collection(new)
         raise
     if old == store.collection:  # a plain collection, not yet an alias: replace it
         if keep_old:
-            log(f"{old!r} is a plain collection, not an alias: it must go for the alias to "
-                f"take its name, so it is dropped despite --keep-old")
+            log(
+                f"{old!r} is a plain collection, not an alias: it must go for the alias to "
+                f"take its name, so it is dropped despite --keep-old"
+            )
         store.drop_collection(old)
     store.point_alias(new)
     store._ready = False
@@ -265,8 +284,11 @@ def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = N
     if old and old != store.collection:  # what the live ingest function wrote meanwhile,
         # a metadata-only change (same ETag) included
         since = started.isoformat(timespec="seconds")
-        touched = [(b, k) for b, k, at in written_to(store, old) if at >= since
-                   and any(b == bucket and k.startswith(prefix) for bucket, prefix in sources)]
+        touched = [
+            (b, k)
+            for b, k, at in written_to(store, old)
+            if at >= since and any(b == bucket and k.startswith(prefix) for bucket, prefix in sources)
+        ]
         if touched:
             log(f"applying again {len(touched)} images changed during the re-index")
             catch_up.apply_with_retries([S3Change(b, k, "created", "Reindex") for b, k in touched])
@@ -274,4 +296,3 @@ def reindex(catalog: Catalog, s3: Any, sources: list[tuple[str, str]] | None = N
         store.drop_collection(old)
         log(f"dropped the old collection {old}")
     return {"collection": new, "previous": old, "sources": reports}
-

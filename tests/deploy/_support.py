@@ -4,6 +4,7 @@ The tools (aws-sam-cli, cfn-lint, a python3.12, the Lambda runtime interface cli
 .venv-sam/, installed by tools/install_deploy_tools.sh; tests that need them skip with the
 command to run when they are missing.
 """
+
 from __future__ import annotations
 
 import ast
@@ -40,13 +41,14 @@ load_template = lambda_size.load_template  # CloudFormation YAML, short-form tag
 
 # ---------------------------------------------------------------------------- the template
 
+
 def resources_of_type(template: dict, kind: str) -> dict[str, dict]:
     return {name: res for name, res in template["Resources"].items() if res["Type"] == kind}
 
 
 def function_environment(template: dict, function: str) -> dict:
     """Globals' variables merged with the function's own, as SAM merges them."""
-    glob = (((template.get("Globals") or {}).get("Function") or {}).get("Environment") or {})
+    glob = ((template.get("Globals") or {}).get("Function") or {}).get("Environment") or {}
     props = template["Resources"][function]["Properties"]
     own = (props.get("Environment") or {}).get("Variables") or {}
     return {**(glob.get("Variables") or {}), **own}
@@ -97,8 +99,11 @@ def env_names_in_source(paths: list[Path]) -> set[str]:
                 if isinstance(node, ast.Call) and node.args:
                     name = _call_name(node.func)
                     last = name.rsplit(".", 1)[-1]
-                    if (name.endswith(("environ.get", "environ.setdefault", "environ.pop"))
-                            or last == "getenv" or ENV_HELPER.match(last)):
+                    if (
+                        name.endswith(("environ.get", "environ.setdefault", "environ.pop"))
+                        or last == "getenv"
+                        or ENV_HELPER.match(last)
+                    ):
                         first = node.args[0]
                 elif isinstance(node, ast.Subscript) and _call_name(node.value).endswith("environ"):
                     first = node.slice
@@ -122,11 +127,15 @@ def powertools_env_names() -> frozenset[str]:
 
 # ---------------------------------------------------------------------------- the tools
 
+
 def _is_python312(path: str | Path) -> str | None:
     try:
         out = subprocess.run(
             [str(path), "-c", "import sys; print(sys.version_info[:2] == (3, 12), sys.executable)"],
-            capture_output=True, text=True, timeout=30)
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     ok, _, executable = out.stdout.strip().partition(" ")

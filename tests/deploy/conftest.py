@@ -1,4 +1,5 @@
 """Fixtures of the deploy tests: the parsed template and one `sam build` per session."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy._support import (INSTALL_HINT, REPO, TEMPLATE, find_python312, find_tool,
-                                   load_template, record, tool_env)
+from tests.deploy._support import (
+    INSTALL_HINT,
+    REPO,
+    TEMPLATE,
+    find_python312,
+    find_tool,
+    load_template,
+    record,
+    tool_env,
+)
 
 
 @pytest.fixture(scope="session")
@@ -38,13 +47,20 @@ def sam_build(tmp_path_factory):
         pytest.skip(f"aws-sam-cli is not installed: {INSTALL_HINT}")
     python312 = find_python312()
     if not python312:
-        pytest.skip("sam build needs a python3.12 for the python3.12 runtime: none found "
-                    "(pyenv install 3.12, or set SAM_PYTHON), then " + INSTALL_HINT)
+        pytest.skip(
+            "sam build needs a python3.12 for the python3.12 runtime: none found "
+            "(pyenv install 3.12, or set SAM_PYTHON), then " + INSTALL_HINT
+        )
     build_dir = tmp_path_factory.mktemp("sam") / "build"
     started = time.monotonic()
     proc = subprocess.run(
         [sam, "build", "--template-file", str(TEMPLATE), "--build-dir", str(build_dir)],
-        cwd=REPO, env=tool_env(python312), capture_output=True, text=True, timeout=1200)
+        cwd=REPO,
+        env=tool_env(python312),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     seconds = time.monotonic() - started
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:

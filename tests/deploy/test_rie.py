@@ -12,6 +12,7 @@ as /opt is read-only in Lambda, so the init time includes what the layers ship.
 The store is embedded in memory (QDRANT_PATH=:memory:), so no AWS and no Qdrant server are used:
 the search function answers the API events of events/, the ingest function an S3 test event.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,14 +29,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy._support import (INSTALL_HINT, REPO, function_environment, record,
-                                   resolve_defaults, rie_binary, runtime_python)
+from tests.deploy._support import (
+    INSTALL_HINT,
+    REPO,
+    function_environment,
+    record,
+    resolve_defaults,
+    rie_binary,
+    runtime_python,
+)
 
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 INIT_REPORT = re.compile(r"INIT REPORT\(durationMs: ([0-9.]+)\)")
 # What the test environment replaces: no Qdrant server, no SSM, no real bucket.
-OVERRIDES = {"QDRANT_PATH": ":memory:", "BUCKET": "product-images",
-             "UPLOAD_BUCKET": "product-images", "POWERTOOLS_TRACE_DISABLED": "true"}
+OVERRIDES = {
+    "QDRANT_PATH": ":memory:",
+    "BUCKET": "product-images",
+    "UPLOAD_BUCKET": "product-images",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+}
 DROPPED = ("QDRANT_URL", "QDRANT_API_KEY_PARAMETER", "QDRANT_API_KEY_SECRET")
 
 
@@ -83,8 +95,11 @@ class Emulator:
 
     def invoke(self, event: dict, timeout: float = 120) -> tuple[dict, float]:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{INVOKE_PATH}", data=json.dumps(event).encode(),
-            headers={"Content-Type": "application/json"}, method="POST")
+            f"http://127.0.0.1:{self.port}{INVOKE_PATH}",
+            data=json.dumps(event).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         started = time.monotonic()
         with urllib.request.urlopen(request, timeout=timeout) as response:
             payload = json.loads(response.read())
@@ -103,17 +118,24 @@ def run_emulator(build_dir: Path, template: dict, function: str, workdir: Path):
         pytest.skip(f"the Lambda runtime interface emulator or awslambdaric is missing: {INSTALL_HINT}")
     resources = template["Resources"]
     layers = [layer["Ref"] for layer in template["Globals"]["Function"]["Layers"]]
-    layer_dirs = [(build_dir / resources[name]["Properties"]["ContentUri"]).resolve()
-                  for name in layers]
+    layer_dirs = [(build_dir / resources[name]["Properties"]["ContentUri"]).resolve() for name in layers]
     function_dir = build_dir / resources[function]["Properties"]["CodeUri"]
     handler = resources[function]["Properties"]["Handler"]
 
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8",
-           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_LAMBDA_FUNCTION_NAME": function, "PYTHONDONTWRITEBYTECODE": "1",
-           "PYTHONPATH": os.pathsep.join([str(function_dir)] + [
-               str(d / "python") for d in layer_dirs if (d / "python").is_dir()])}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(workdir),
+        "LANG": "C.UTF-8",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_LAMBDA_FUNCTION_NAME": function,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": os.pathsep.join(
+            [str(function_dir)] + [str(d / "python") for d in layer_dirs if (d / "python").is_dir()]
+        ),
+    }
     for name, value in function_environment(template, function).items():
         resolved = resolve_defaults(value, template)
         if resolved is not None and name not in DROPPED:
@@ -127,11 +149,24 @@ def run_emulator(build_dir: Path, template: dict, function: str, workdir: Path):
     log = workdir / "rie.log"
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            [str(rie), "--runtime-interface-emulator-address", f"127.0.0.1:{port}",
-             "--runtime-api-address", f"127.0.0.1:{_free_port()}",
-             str(python), "-m", "awslambdaric", handler],
-            cwd=function_dir, env=env, stdout=sink, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                str(rie),
+                "--runtime-interface-emulator-address",
+                f"127.0.0.1:{port}",
+                "--runtime-api-address",
+                f"127.0.0.1:{_free_port()}",
+                str(python),
+                "-m",
+                "awslambdaric",
+                handler,
+            ],
+            cwd=function_dir,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         _wait_for_port(port, process)
         yield Emulator(process, port, log)
@@ -141,8 +176,9 @@ def run_emulator(build_dir: Path, template: dict, function: str, workdir: Path):
 
 @pytest.fixture(scope="module")
 def emulator(sam_build, tmp_path_factory):
-    with run_emulator(sam_build.dir, sam_build.template, "SearchFunction",
-                      tmp_path_factory.mktemp("rie-search")) as running:
+    with run_emulator(
+        sam_build.dir, sam_build.template, "SearchFunction", tmp_path_factory.mktemp("rie-search")
+    ) as running:
         yield running
 
 
@@ -168,10 +204,15 @@ def test_health_cold_start(emulator):
     assert body["model"]
     init_ms = emulator.init_ms()
     _, warm_seconds = emulator.invoke(_event("api-health.json"))
-    record(rie_init_ms=init_ms, rie_first_invoke_s=round(first_seconds, 3),
-           rie_warm_health_ms=round(warm_seconds * 1000, 1))
-    print(f"\nRIE: init {init_ms} ms, first invoke {first_seconds * 1000:.0f} ms (wall), "
-          f"warm health {warm_seconds * 1000:.1f} ms")
+    record(
+        rie_init_ms=init_ms,
+        rie_first_invoke_s=round(first_seconds, 3),
+        rie_warm_health_ms=round(warm_seconds * 1000, 1),
+    )
+    print(
+        f"\nRIE: init {init_ms} ms, first invoke {first_seconds * 1000:.0f} ms (wall), "
+        f"warm health {warm_seconds * 1000:.1f} ms"
+    )
     assert init_ms is not None, "the emulator logged no INIT REPORT"
 
 

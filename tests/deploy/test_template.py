@@ -1,5 +1,6 @@
 """template.yaml, read as data: handlers exist, the environment names only what the code reads,
 and the security and reliability settings the issue asks for are there. No tools needed."""
+
 from __future__ import annotations
 
 import ast
@@ -10,9 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy._support import (REPO, env_names_in_source, function_environment,
-                                   function_setting, powertools_env_names, resolve_defaults,
-                                   resources_of_type)
+from tests.deploy._support import (
+    REPO,
+    env_names_in_source,
+    function_environment,
+    function_setting,
+    powertools_env_names,
+    resolve_defaults,
+    resources_of_type,
+)
 
 FUNCTIONS = ("IngestFunction", "SearchFunction")
 BINARY_TYPES = {"image~1jpeg", "image~1png", "image~1webp", "multipart~1form-data"}
@@ -42,8 +49,14 @@ def env_read_by_code() -> set[str]:
 
 def test_the_env_scan_sees_the_configuration(env_read_by_code):
     # Guards the scanner itself: names read through os.environ.get and through _env*().
-    assert {"QDRANT_URL", "QDRANT_API_KEY_PARAMETER", "MODEL_DIR", "COLLECTION",
-            "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_LOG_LEVEL"} <= env_read_by_code
+    assert {
+        "QDRANT_URL",
+        "QDRANT_API_KEY_PARAMETER",
+        "MODEL_DIR",
+        "COLLECTION",
+        "POWERTOOLS_SERVICE_NAME",
+        "POWERTOOLS_LOG_LEVEL",
+    } <= env_read_by_code
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
@@ -75,12 +88,19 @@ def test_no_secret_in_the_environment(template, function):
 
 def test_parameters(template):
     params = template["Parameters"]
-    assert {"QdrantUrl", "QdrantApiKeyParameter", "Collection", "MemorySize", "LogLevel",
-            "NotificationPrefix"} <= set(params)
+    assert {
+        "QdrantUrl",
+        "QdrantApiKeyParameter",
+        "Collection",
+        "MemorySize",
+        "LogLevel",
+        "NotificationPrefix",
+    } <= set(params)
     assert "Default" not in params["QdrantUrl"], "the Qdrant URL must be given explicitly"
     for name, param in params.items():
         assert not re.search(r"api.?key$", name, re.I) or name == "QdrantApiKeyParameter", (
-            f"{name}: secrets are not template parameters")
+            f"{name}: secrets are not template parameters"
+        )
 
 
 def test_model_dir_matches_the_model_layer(template):
@@ -154,24 +174,31 @@ def test_dead_letter_queue_and_alarm(template):
     assert redrive["deadLetterTargetArn"] == getatt("IngestDeadLetterQueue", "Arn")
     assert 1 <= redrive["maxReceiveCount"] <= 10
     alarms = resources_of_type(template, "AWS::CloudWatch::Alarm").values()
-    assert any(alarm["Properties"]["Dimensions"] == [
-        {"Name": "QueueName", "Value": getatt("IngestDeadLetterQueue", "QueueName")}]
+    assert any(
+        alarm["Properties"]["Dimensions"]
+        == [{"Name": "QueueName", "Value": getatt("IngestDeadLetterQueue", "QueueName")}]
         and alarm["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
-        for alarm in alarms)
+        for alarm in alarms
+    )
 
 
 def test_bucket_is_private_encrypted_and_tls_only(template):
     resources = template["Resources"]
     bucket = resources["ImagesBucket"]["Properties"]
     block = bucket["PublicAccessBlockConfiguration"]
-    assert all(block[key] is True for key in ("BlockPublicAcls", "BlockPublicPolicy",
-                                              "IgnorePublicAcls", "RestrictPublicBuckets"))
+    assert all(
+        block[key] is True
+        for key in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")
+    )
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
     (policy,) = [r["Properties"] for r in resources_of_type(template, "AWS::S3::BucketPolicy").values()]
     assert policy["Bucket"] == ref("ImagesBucket")
-    tls = [s for s in policy["PolicyDocument"]["Statement"]
-           if s["Effect"] == "Deny" and s.get("Condition", {}).get("Bool", {}).get(
-               "aws:SecureTransport") in ("false", False)]
+    tls = [
+        s
+        for s in policy["PolicyDocument"]["Statement"]
+        if s["Effect"] == "Deny"
+        and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") in ("false", False)
+    ]
     assert tls, "no statement denies requests without TLS"
     assert tls[0]["Principal"] == "*" and tls[0]["Action"] in ("s3:*", ["s3:*"])
     assert getatt("ImagesBucket", "Arn") in tls[0]["Resource"]
@@ -185,8 +212,7 @@ def test_bucket_notifications_reach_only_the_queue_from_that_bucket(template):
     assert {c["Event"] for c in configs} == {"s3:ObjectCreated:*", "s3:ObjectRemoved:*"}
     for config in configs:
         assert config["Queue"] == getatt("IngestQueue", "Arn")
-        assert config["Filter"]["S3Key"]["Rules"] == [
-            {"Name": "prefix", "Value": ref("NotificationPrefix")}]
+        assert config["Filter"]["S3Key"]["Rules"] == [{"Name": "prefix", "Value": ref("NotificationPrefix")}]
     # No cycle: the bucket waits for the queue policy, which names the bucket by its ARN.
     assert bucket["DependsOn"] in ("IngestQueuePolicy", ["IngestQueuePolicy"])
     (statement,) = resources["IngestQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
@@ -202,19 +228,23 @@ def test_bucket_notifications_reach_only_the_queue_from_that_bucket(template):
 def test_query_uploads_expire_and_are_not_indexed(template):
     bucket = template["Resources"]["ImagesBucket"]["Properties"]
     rules = bucket["LifecycleConfiguration"]["Rules"]
-    assert any(r.get("Prefix") == ref("UploadPrefix") and r["ExpirationInDays"] == 1
-               and r["Status"] == "Enabled" for r in rules)
+    assert any(
+        r.get("Prefix") == ref("UploadPrefix") and r["ExpirationInDays"] == 1 and r["Status"] == "Enabled"
+        for r in rules
+    )
     env = function_environment(template, "SearchFunction")
     assert env["UPLOAD_PREFIX"] == ref("UploadPrefix")
     assert env["UPLOAD_BUCKET"] == env["BUCKET"] == ref("ImagesBucket")
     assert function_environment(template, "IngestFunction")["INGEST_PREFIX"] == ref("NotificationPrefix")
-    defaults = {name: template["Parameters"][name]["Default"]
-                for name in ("NotificationPrefix", "UploadPrefix")}
+    defaults = {
+        name: template["Parameters"][name]["Default"] for name in ("NotificationPrefix", "UploadPrefix")
+    }
     assert not defaults["UploadPrefix"].startswith(defaults["NotificationPrefix"])
     assert not defaults["NotificationPrefix"].startswith(defaults["UploadPrefix"])
     (rule,) = template["Rules"].values()
     assert rule["Assertions"][0]["Assert"] == {
-        "Fn::Not": [{"Fn::Equals": [ref("NotificationPrefix"), ref("UploadPrefix")]}]}
+        "Fn::Not": [{"Fn::Equals": [ref("NotificationPrefix"), ref("UploadPrefix")]}]
+    }
 
 
 def test_api_routes_binary_types_key_and_cors(template):
@@ -227,8 +257,11 @@ def test_api_routes_binary_types_key_and_cors(template):
     assert plan["CreateUsagePlan"] == "PER_API" and {"RateLimit", "BurstLimit"} <= set(plan["Throttle"])
     assert "AllowOrigin" in props["Cors"]
     events = template["Resources"]["SearchFunction"]["Properties"]["Events"].values()
-    routes = {(e["Properties"]["Method"].upper(), e["Properties"]["Path"]) for e in events
-              if e["Type"] == "Api" and e["Properties"]["RestApiId"] == ref("SearchApi")}
+    routes = {
+        (e["Properties"]["Method"].upper(), e["Properties"]["Path"])
+        for e in events
+        if e["Type"] == "Api" and e["Properties"]["RestApiId"] == ref("SearchApi")
+    }
     assert routes == api_routes(), "each route of the function is deployed, and no other"
 
 
@@ -242,9 +275,12 @@ def test_gateway_errors_have_the_service_error_shape(template):
         assert "RequestModel" not in event["Properties"]
     responses = props["GatewayResponses"]
     assert responses["MISSING_AUTHENTICATION_TOKEN"]["StatusCode"] == "404"
-    sample = {"$context.error.responseType": "THROTTLED",
-              "$context.error.messageString": '"Too Many Requests"',
-              "$context.httpMethod": "GET", "$context.path": "/nowhere"}
+    sample = {
+        "$context.error.responseType": "THROTTLED",
+        "$context.error.messageString": '"Too Many Requests"',
+        "$context.httpMethod": "GET",
+        "$context.path": "/nowhere",
+    }
     for name in ("DEFAULT_4XX", "DEFAULT_5XX", "MISSING_AUTHENTICATION_TOKEN"):
         response = responses[name]
         assert "Access-Control-Allow-Origin" in response["ResponseParameters"]["Headers"]
@@ -287,8 +323,12 @@ def test_least_privilege(template, function):
     assert len(ssm) == 1 and "${QdrantApiKeyParameter}" in ssm[0]["Resource"]["Fn::Sub"]
     kms = [s for s in statements if "kms:Decrypt" in _as_list(s["Action"])]
     assert kms and all("kms:ViaService" in s["Condition"]["StringEquals"] for s in kms)
-    s3_resources = [r for s in statements if any(a.startswith("s3:") for a in _as_list(s["Action"]))
-                    for r in _as_list(s["Resource"])]
+    s3_resources = [
+        r
+        for s in statements
+        if any(a.startswith("s3:") for a in _as_list(s["Action"]))
+        for r in _as_list(s["Resource"])
+    ]
     for resource in s3_resources:
         text = resource["Fn::Sub"] if isinstance(resource, dict) and "Fn::Sub" in resource else None
         assert text is None or text.startswith("${ImagesBucket.Arn}"), resource
@@ -302,8 +342,10 @@ def test_least_privilege(template, function):
         put = [s for s in statements if "s3:PutObject" in _as_list(s["Action"])]
         assert put[0]["Resource"] == {"Fn::Sub": "${ImagesBucket.Arn}/${UploadPrefix}*"}
         get = [s for s in statements if "s3:GetObject" in _as_list(s["Action"])]
-        assert get[0]["Resource"] == [{"Fn::Sub": "${ImagesBucket.Arn}/${NotificationPrefix}*"},
-                                      {"Fn::Sub": "${ImagesBucket.Arn}/${UploadPrefix}*"}]
+        assert get[0]["Resource"] == [
+            {"Fn::Sub": "${ImagesBucket.Arn}/${NotificationPrefix}*"},
+            {"Fn::Sub": "${ImagesBucket.Arn}/${UploadPrefix}*"},
+        ]
     lists = [s for s in statements if "s3:ListBucket" in _as_list(s["Action"])]
     assert len(lists) == 1, "ListBucket, so a missing key answers 404 rather than 403"
     # On the bucket, without an s3:prefix condition: object requests carry no prefix, so under

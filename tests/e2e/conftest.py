@@ -1,4 +1,5 @@
 """The local stack as a user runs it: `visual-search dev` in a subprocess on free ports."""
+
 from __future__ import annotations
 
 import json
@@ -28,15 +29,24 @@ class RunningStack:
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.s3_url = f"http://127.0.0.1:{self.s3_port}"
         self.data_dir = data_dir
-        args = [sys.executable, "-m", "visual_search", "dev", "--api-port", str(self.api_port),
-                "--s3-port", str(self.s3_port), "--data-dir", str(data_dir)]
+        args = [
+            sys.executable,
+            "-m",
+            "visual_search",
+            "dev",
+            "--api-port",
+            str(self.api_port),
+            "--s3-port",
+            str(self.s3_port),
+            "--data-dir",
+            str(data_dir),
+        ]
         if not demo:
             args.append("--no-demo")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "AWS_ENDPOINT"))}
         self.log_path = data_dir.parent / f"stack-{self.api_port}.log"
         self.log = self.log_path.open("w")
-        self.process = subprocess.Popen(args, cwd=REPO, env=env, stdout=self.log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(args, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         return self.log_path.read_text()

@@ -1,5 +1,6 @@
 """End to end on the local stack: boto3 uploads to its S3 endpoint become searchable through
 its REST API, deletions disappear, and the stack stops cleanly, releasing its data folder."""
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,19 @@ from tests.e2e.conftest import RunningStack
 
 
 def s3_for(stack):
-    return boto3.client("s3", endpoint_url=stack.s3_url, region_name="us-east-1",
-                        aws_access_key_id="local", aws_secret_access_key="local")
+    return boto3.client(
+        "s3",
+        endpoint_url=stack.s3_url,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
 
 
 def post_image(stack, data: bytes, query: str = "") -> tuple[int, dict]:
-    request = urllib.request.Request(f"{stack.api}/search?{query}", data=data, method="POST",
-                                     headers={"Content-Type": "image/jpeg"})
+    request = urllib.request.Request(
+        f"{stack.api}/search?{query}", data=data, method="POST", headers={"Content-Type": "image/jpeg"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -53,8 +60,13 @@ def test_upload_search_filter_delete(stack, demo_images):
     s3 = s3_for(stack)
     photo = demo_images[33].path.read_bytes()
     key = "catalog/e2e-sku/front photo é.jpg"
-    s3.put_object(Bucket="product-images", Key=key, Body=photo, ContentType="image/jpeg",
-                  Metadata={"category": "E2E", "brand": "Acme", "price": "9.99"})
+    s3.put_object(
+        Bucket="product-images",
+        Key=key,
+        Body=photo,
+        ContentType="image/jpeg",
+        Metadata={"category": "E2E", "brand": "Acme", "price": "9.99"},
+    )
 
     def found():
         status, body = post_image(stack, photo, "top_k=3&category=E2E")
@@ -73,13 +85,15 @@ def test_upload_search_filter_delete(stack, demo_images):
 
 def test_query_uploads_are_not_indexed(stack, demo_images):
     s3 = s3_for(stack)
-    s3.put_object(Bucket="product-images", Key="query-uploads/q.jpg",
-                  Body=demo_images[0].path.read_bytes())
+    s3.put_object(Bucket="product-images", Key="query-uploads/q.jpg", Body=demo_images[0].path.read_bytes())
     time.sleep(1.0)
     assert stack.get("/health")["points"] == 60
-    request = urllib.request.Request(f"{stack.api}/search", method="POST",
-                                     data=json.dumps({"s3_key": "q.jpg", "top_k": 1}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{stack.api}/search",
+        method="POST",
+        data=json.dumps({"s3_key": "q.jpg", "top_k": 1}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         body = json.loads(response.read())
     assert body["results"][0]["product_id"] == demo_images[0].metadata["product-id"]
@@ -90,15 +104,17 @@ def test_errors_come_back_as_json(stack):
     assert status == 400 and body["error"]["code"] == "unsupported_image"
 
 
-@pytest.mark.parametrize("framing,status", [("Content-Length: abc", 400),
-                                            ("Content-Length: -1", 400),
-                                            ("Transfer-Encoding: chunked", 411)])
+@pytest.mark.parametrize(
+    "framing,status",
+    [("Content-Length: abc", 400), ("Content-Length: -1", 400), ("Transfer-Encoding: chunked", 411)],
+)
 def test_a_body_the_gateway_cannot_frame_gets_an_error(stack, framing, status):
     import socket as sockets
 
     with sockets.create_connection(("127.0.0.1", stack.api_port), timeout=10) as conn:
-        conn.sendall(f"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                     f"{framing}\r\n\r\n".encode())
+        conn.sendall(
+            f"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n{framing}\r\n\r\n".encode()
+        )
         chunks = []
         while chunk := conn.recv(65536):  # the gateway closes the connection after answering
             chunks.append(chunk)
@@ -110,9 +126,22 @@ def test_a_body_the_gateway_cannot_frame_gets_an_error(stack, framing, status):
 def test_port_taken_is_a_clear_error(stack, tmp_path):
     import subprocess
     import sys
-    result = subprocess.run([sys.executable, "-m", "visual_search", "dev", "--api-port",
-                             str(stack.api_port), "--data-dir", str(tmp_path / "d")],
-                            capture_output=True, text=True, timeout=60)
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "visual_search",
+            "dev",
+            "--api-port",
+            str(stack.api_port),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert f"port {stack.api_port}" in result.stderr and "--api-port" in result.stderr
 
@@ -122,8 +151,9 @@ def test_restart_keeps_bucket_and_catalogue_and_releases_the_lock(tmp_path, demo
     first = RunningStack(data, demo=False)
     try:
         first.wait_ready()
-        s3_for(first).put_object(Bucket="product-images", Key="catalog/kept/a.jpg",
-                                 Body=demo_images[5].path.read_bytes())
+        s3_for(first).put_object(
+            Bucket="product-images", Key="catalog/kept/a.jpg", Body=demo_images[5].path.read_bytes()
+        )
         wait_for(lambda: first.get("/health")["points"] == 1)
     finally:
         assert first.stop() == 0
@@ -145,10 +175,25 @@ def test_a_second_stack_on_the_same_data_folder_is_refused(stack):
     import sys
 
     from tests.e2e.conftest import free_port
-    result = subprocess.run([sys.executable, "-m", "visual_search", "dev", "--no-demo",
-                             "--api-port", str(free_port()), "--s3-port", str(free_port()),
-                             "--data-dir", str(stack.data_dir)],
-                            capture_output=True, text=True, timeout=120)
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "visual_search",
+            "dev",
+            "--no-demo",
+            "--api-port",
+            str(free_port()),
+            "--s3-port",
+            str(free_port()),
+            "--data-dir",
+            str(stack.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "in use by another process" in result.stderr
     assert stack.get("/health")["store_reachable"]  # the running stack is unharmed

@@ -1,5 +1,6 @@
 """The search page in headless Chromium (Debian's chromium, driven by Playwright): upload a
 photo, see its product first, save a screenshot as a test artefact."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,12 +11,22 @@ from PIL import Image, ImageOps
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no chromium on this machine (scripts/test.sh installs Debian's "
-                             "chromium package when it can: apt-get as root)")
+    CHROMIUM is None,
+    reason="no chromium on this machine (scripts/test.sh installs Debian's "
+    "chromium package when it can: apt-get as root)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +52,16 @@ def test_upload_a_photo_and_see_its_product_first(stack, browser, demo_images, t
     assert first.get_attribute("data-product-id") == target.metadata["product-id"]
     assert page.locator("article.card").count() == 10  # one card per product
     page.wait_for_function(
-        "[...document.querySelectorAll('article.card img')].every(i => i.complete && i.naturalWidth > 0)")
+        "[...document.querySelectorAll('article.card img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "search-page.png"), full_page=True)
     # a filter narrows the grid, and an error shows as a message, not a broken page
     page.select_option("#category", "Juice")
     page.wait_for_function("document.querySelectorAll('article.card').length === 2")
-    page.set_input_files("#file", {"name": "notes.jpg", "mimeType": "image/jpeg",
-                                   "buffer": b"this is not a photo"})
+    page.set_input_files(
+        "#file", {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"this is not a photo"}
+    )
     page.wait_for_selector("#status.error")
     assert "400" in page.inner_text("#status")
     page.close()

@@ -1,5 +1,6 @@
 """`visual-search bench` runs and reports sane figures (never a speed assertion: timings are for
 docs/benchmarks.md, not for a test that could flake)."""
+
 from __future__ import annotations
 
 from visual_search import bench
@@ -11,8 +12,12 @@ def test_ingest_section_reports_every_row_and_the_cpu_budget(embedder):
     report = bench.ingest_throughput(repeat=1)
     rows = report["ingest"]
     assert [(r["batch"], r["s3"], r["embed_chunk"]) for r in rows] == [
-        (1, "moto", 8), (10, "moto", 8), (32, "moto", 8), (32, "moto + latency", 8),
-        (32, "moto + latency", 32)]
+        (1, "moto", 8),
+        (10, "moto", 8),
+        (32, "moto", 8),
+        (32, "moto + latency", 8),
+        (32, "moto + latency", 32),
+    ]
     for row in rows:
         assert row["images_per_s"] > 0 and row["bare_model_images_per_s"] > 0
         # The ratio is rounded from the unrounded rates, so it may differ from the ratio of the

@@ -1,5 +1,6 @@
 """`visual-search` on bad input: one `error:` line and exit 1 (or argparse's exit 2), never a
 traceback; and exit codes that tell a script whether the work was done."""
+
 from __future__ import annotations
 
 import boto3
@@ -44,10 +45,15 @@ def test_demo_on_a_folder_without_images(memory_store, tmp_path, capsys):
     assert "holds no images" in error_of(capsys)
 
 
-@pytest.mark.parametrize("argv", [["search", "x.jpg", "--top-k", "0"],
-                                  ["search", "x.jpg", "--top-k", "101"],
-                                  ["eval", "x", "--limit", "-5"],
-                                  ["dev", "--api-port", "80000"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search", "x.jpg", "--top-k", "0"],
+        ["search", "x.jpg", "--top-k", "101"],
+        ["eval", "x", "--limit", "-5"],
+        ["dev", "--api-port", "80000"],
+    ],
+)
 def test_out_of_range_numbers_are_refused_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)

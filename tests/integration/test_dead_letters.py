@@ -1,5 +1,6 @@
 """Poison messages: they end in the DLQ after maxReceiveCount, are visible there, and
 `visual-search redrive` sends them back once the cause is fixed; then the catalogue is right."""
+
 from __future__ import annotations
 
 import json
@@ -13,15 +14,25 @@ from visual_search.cli import main
 
 def poll_once(sqs, queue_url: str, handler) -> int:
     """What Lambda's SQS poller does: receive a batch, invoke, delete what succeeded."""
-    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                   AttributeNames=["All"]).get("Messages", [])
+    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"]).get(
+        "Messages", []
+    )
     if not messages:
         return 0
-    event = {"Records": [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"],
-                          "body": m["Body"], "attributes": m.get("Attributes", {}),
-                          "messageAttributes": {}, "eventSource": "aws:sqs",
-                          "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ingest"}
-                         for m in messages]}
+    event = {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m.get("Attributes", {}),
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ingest",
+            }
+            for m in messages
+        ]
+    }
     failed = {f["itemIdentifier"] for f in handler(event, None)["batchItemFailures"]}
     for m in messages:
         if m["MessageId"] not in failed:
@@ -37,21 +48,23 @@ def queues(monkeypatch, embedder, qdrant_shim):
     with ingest_world() as world:
         sqs = boto3.client("sqs", region_name="us-east-1")
         dlq = sqs.create_queue(QueueName="ingest-dlq")["QueueUrl"]
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
-            "Attributes"]["QueueArn"]
-        queue = sqs.create_queue(QueueName="ingest", Attributes={
-            "VisibilityTimeout": "0",
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"})})[
-            "QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        queue = sqs.create_queue(
+            QueueName="ingest",
+            Attributes={
+                "VisibilityTimeout": "0",
+                "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"}),
+            },
+        )["QueueUrl"]
         yield world, sqs, queue, dlq
         world.store.drop_collection(world.store.physical_collection())
 
 
-def test_poison_messages_park_in_the_dlq_and_redrive_fixes_them(queues, demo_images, qdrant_shim,
-                                                               capsys):
+def test_poison_messages_park_in_the_dlq_and_redrive_fixes_them(queues, demo_images, qdrant_shim, capsys):
     world, sqs, queue, dlq = queues
-    records = [world.put(f"catalog/p{n}/a.jpg", demo_images[n * 7].path.read_bytes())
-               for n in range(3)]
+    records = [world.put(f"catalog/p{n}/a.jpg", demo_images[n * 7].path.read_bytes()) for n in range(3)]
     for record in records:
         sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"Records": [record]}))
     qdrant_shim.fail_with = 503  # Qdrant is down for longer than the retries last
@@ -95,17 +108,22 @@ def test_redrive_moves_messages_too_large_to_send_ten_at_once(sqs, capsys):
     got = []
     while batch := sqs.receive_message(QueueUrl=target, MaxNumberOfMessages=10).get("Messages"):
         got += [m["Body"] for m in batch]
-        sqs.delete_message_batch(QueueUrl=target, Entries=[
-            {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(batch)])
+        sqs.delete_message_batch(
+            QueueUrl=target,
+            Entries=[{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(batch)],
+        )
     assert sorted(got) == sorted(bodies)  # each once
 
 
 def test_a_dry_run_counts_every_parked_message(sqs, capsys):
     dlq = sqs.create_queue(QueueName="many-dlq")["QueueUrl"]
     for start in range(0, 150, 10):
-        sqs.send_message_batch(QueueUrl=dlq, Entries=[
-            {"Id": str(n), "MessageBody": json.dumps({"Records": [], "n": start + n})}
-            for n in range(10)])
+        sqs.send_message_batch(
+            QueueUrl=dlq,
+            Entries=[
+                {"Id": str(n), "MessageBody": json.dumps({"Records": [], "n": start + n})} for n in range(10)
+            ],
+        )
     assert main(["redrive", "--dlq", "many-dlq", "--dry-run"]) == 0
     assert "150 messages in the dead-letter queue (100 shown)" in capsys.readouterr().out
 
@@ -125,8 +143,17 @@ def test_a_message_sent_back_but_not_deleted_is_reported(sqs):
             self.client = client
 
         def delete_message_batch(self, QueueUrl, Entries):
-            return {"Failed": [{"Id": e["Id"], "Code": "ReceiptHandleIsInvalid",
-                                "Message": "expired", "SenderFault": True} for e in Entries]}
+            return {
+                "Failed": [
+                    {
+                        "Id": e["Id"],
+                        "Code": "ReceiptHandleIsInvalid",
+                        "Message": "expired",
+                        "SenderFault": True,
+                    }
+                    for e in Entries
+                ]
+            }
 
         def __getattr__(self, name):
             return getattr(self.client, name)

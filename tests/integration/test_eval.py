@@ -1,4 +1,5 @@
 """`visual-search eval` as a user runs it, on a subset of the demo catalogue."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,13 @@ KEYS = {"recall@1", "recall@5", "recall@10", "mAP@R"}
 
 
 def run_eval(*extra: str) -> dict:
-    result = subprocess.run([sys.executable, "-m", "visual_search", "eval", str(DEMO), "--json",
-                             "--limit", "30", *extra], capture_output=True, text=True, timeout=300,
-                            cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "visual_search", "eval", str(DEMO), "--json", "--limit", "30", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -35,11 +40,14 @@ def test_eval_reports_the_metrics_and_beats_raw_pixels():
     assert model["recall@1"] > pixels["recall@1"]
 
 
-@pytest.mark.parametrize("relevant,r,expected", [
-    ([True, True, False], 2, 1.0),
-    ([False, True, True], 2, 0.25),
-    ([False, False, True], 2, 0.0),
-    ([True, False, True, False], 3, (1 + 2 / 3) / 3),
-])
+@pytest.mark.parametrize(
+    "relevant,r,expected",
+    [
+        ([True, True, False], 2, 1.0),
+        ([False, True, True], 2, 0.25),
+        ([False, False, True], 2, 0.0),
+        ([True, False, True, False], 3, (1 + 2 / 3) / 3),
+    ],
+)
 def test_average_precision_at_r(relevant, r, expected):
     assert average_precision_at_r(relevant, r) == pytest.approx(expected)

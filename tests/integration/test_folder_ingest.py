@@ -1,5 +1,6 @@
 """`visual-search ingest ./folder`: a local catalogue folder with its products.csv, indexed
 through the normal path, resumable, and following edits of the folder's metadata."""
+
 from __future__ import annotations
 
 import shutil
@@ -18,8 +19,7 @@ BUCKET = "local"
 @pytest.fixture
 def catalog(embedder):
     settings = StoreSettings(path=":memory:", collection="folder")
-    return Catalog(embedder, CatalogStore(connect(settings), settings, embedder.model_id,
-                                          embedder.dim))
+    return Catalog(embedder, CatalogStore(connect(settings), settings, embedder.model_id, embedder.dim))
 
 
 @pytest.fixture
@@ -36,8 +36,7 @@ def stored(catalog) -> dict:
 
 def test_a_rerun_skips_unchanged_images(catalog, folder):
     assert ingest_folder(catalog, folder, BUCKET, quiet=True)["indexed"] == 1
-    assert ingest_folder(catalog, folder, BUCKET, quiet=True) == {
-        "indexed": 0, "unchanged": 1, "failed": 0}
+    assert ingest_folder(catalog, folder, BUCKET, quiet=True) == {"indexed": 0, "unchanged": 1, "failed": 0}
 
 
 def test_an_edited_products_csv_is_applied_on_the_next_run(catalog, folder):
@@ -50,9 +49,9 @@ def test_an_edited_products_csv_is_applied_on_the_next_run(catalog, folder):
 
 def test_a_products_csv_saved_with_a_byte_order_mark(folder):
     (folder / "products.csv").write_bytes(
-        "\ufeffproduct_id,category,price\nsku-1,Milk,1.99\n".encode("utf-8"))
-    assert read_products(folder) == {"sku-1": {"product-id": "sku-1", "category": "Milk",
-                                               "price": "1.99"}}
+        "\ufeffproduct_id,category,price\nsku-1,Milk,1.99\n".encode("utf-8")
+    )
+    assert read_products(folder) == {"sku-1": {"product-id": "sku-1", "category": "Milk", "price": "1.99"}}
 
 
 def test_prune_deletes_the_points_of_files_gone_from_the_folder(catalog, folder, demo_images):

@@ -1,5 +1,6 @@
 """The ingest function end to end: moto S3, the real model, embedded Qdrant (and the REST path
 for outages). Every case ends by checking the catalogue against the bucket."""
+
 from __future__ import annotations
 
 import itertools
@@ -25,18 +26,32 @@ def next_sequencer() -> str:
 
 
 def s3_record(name: str, key: str, sequencer: str | None = None, bucket: str = BUCKET) -> dict:
-    return {"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": name,
-            "s3": {"bucket": {"name": bucket},
-                   "object": {"key": quote_plus(key, safe="/"),
-                              "sequencer": sequencer or next_sequencer()}}}
+    return {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "eventName": name,
+        "s3": {
+            "bucket": {"name": bucket},
+            "object": {"key": quote_plus(key, safe="/"), "sequencer": sequencer or next_sequencer()},
+        },
+    }
 
 
 def sqs(*messages: dict) -> dict:
-    return {"Records": [{"messageId": f"m{n}", "receiptHandle": f"r{n}", "body": json.dumps(m),
-                         "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
-                         "eventSource": "aws:sqs",
-                         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q"}
-                        for n, m in enumerate(messages)]}
+    return {
+        "Records": [
+            {
+                "messageId": f"m{n}",
+                "receiptHandle": f"r{n}",
+                "body": json.dumps(m),
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
+            }
+            for n, m in enumerate(messages)
+        ]
+    }
 
 
 class World:
@@ -46,10 +61,12 @@ class World:
         self.app, self.s3 = app, s3
         self.store = app.ingestor.catalog.store
 
-    def put(self, key: str, data: bytes, metadata: dict | None = None,
-            content_type: str = "image/jpeg") -> dict:
-        self.s3.put_object(Bucket=BUCKET, Key=key, Body=data, Metadata=metadata or {},
-                           ContentType=content_type)
+    def put(
+        self, key: str, data: bytes, metadata: dict | None = None, content_type: str = "image/jpeg"
+    ) -> dict:
+        self.s3.put_object(
+            Bucket=BUCKET, Key=key, Body=data, Metadata=metadata or {}, ContentType=content_type
+        )
         return s3_record("ObjectCreated:Put", key)
 
     def delete(self, key: str) -> dict:
@@ -102,9 +119,20 @@ def photos(demo_images):
 
 
 def test_upload_indexes_with_metadata(world, photos):
-    result = world.deliver(world.put("shop/any-folder/front.jpg", photos[0], {
-        "product-id": "SKU-1", "category": "Shoes", "brand": "Acme", "title": "Runner",
-        "price": "49.90", "colour": "red"}))
+    result = world.deliver(
+        world.put(
+            "shop/any-folder/front.jpg",
+            photos[0],
+            {
+                "product-id": "SKU-1",
+                "category": "Shoes",
+                "brand": "Acme",
+                "title": "Runner",
+                "price": "49.90",
+                "colour": "red",
+            },
+        )
+    )
     assert result == {"batchItemFailures": []}
     payload = world.payload("shop/any-folder/front.jpg")
     assert payload["product_id"] == "SKU-1" and payload["category"] == "Shoes"
@@ -116,8 +144,9 @@ def test_upload_indexes_with_metadata(world, photos):
 
 
 def test_product_id_from_key_convention(world, photos):
-    world.deliver(world.put("catalog/shoes/sku-123/front.jpg", photos[0]),
-                  world.put("loose-photo.jpg", photos[1]))
+    world.deliver(
+        world.put("catalog/shoes/sku-123/front.jpg", photos[0]), world.put("loose-photo.jpg", photos[1])
+    )
     assert world.payload("catalog/shoes/sku-123/front.jpg")["product_id"] == "sku-123"
     assert world.payload("loose-photo.jpg")["product_id"] == "loose-photo"
 
@@ -192,41 +221,50 @@ def test_non_images_are_skipped(world, photos):
     result = world.deliver(
         world.put("catalog/p1/notes.txt", b"hello", content_type="text/plain"),
         world.put("catalog/p1/README", b"hello", content_type="text/plain"),
-        world.put("catalog/p1/no-extension-photo", photos[0], content_type="image/jpeg"))
+        world.put("catalog/p1/no-extension-photo", photos[0], content_type="image/jpeg"),
+    )
     assert result == {"batchItemFailures": []}
     assert {h.payload["key"] for h in world.store.scroll()} == {"catalog/p1/no-extension-photo"}
 
 
 def test_dotted_names_with_an_image_content_type_are_indexed(world, photos):
     keys = ["catalog/p1/IMG_2024.05.01", "catalog/p2/front.v2", "catalog/p3/photo.jfif"]
-    world.deliver(*(world.put(k, photo) for k, photo in zip(keys, photos)),
-                  world.put("catalog/p4/sizes.v2", b"S,M,L", content_type="text/csv"))
+    world.deliver(
+        *(world.put(k, photo) for k, photo in zip(keys, photos)),
+        world.put("catalog/p4/sizes.v2", b"S,M,L", content_type="text/csv"),
+    )
     assert {h.payload["key"] for h in world.store.scroll()} == set(keys)
 
 
 def test_query_uploads_are_never_indexed(world, photos):
-    world.deliver(world.put("query-uploads/4f1c-query.jpg", photos[0]),
-                  world.put("catalog/p1/a.jpg", photos[1]))
+    world.deliver(
+        world.put("query-uploads/4f1c-query.jpg", photos[0]), world.put("catalog/p1/a.jpg", photos[1])
+    )
     assert {h.payload["key"] for h in world.store.scroll()} == {"catalog/p1/a.jpg"}
 
 
 def test_an_image_replaced_by_something_unindexable_loses_its_point(world, photos, monkeypatch):
-    world.deliver(world.put("catalog/p1/photo", photos[0]),
-                  world.put("catalog/p2/a.jpg", photos[1], {"price": "10"}),
-                  world.put("catalog/p3/b.jpg", photos[2]))
+    world.deliver(
+        world.put("catalog/p1/photo", photos[0]),
+        world.put("catalog/p2/a.jpg", photos[1], {"price": "10"}),
+        world.put("catalog/p3/b.jpg", photos[2]),
+    )
     assert world.store.count() == 3
     world.app.ingestor.limits = type(world.app.ingestor.limits)(max_bytes=len(photos[2]) + 10)
     result = world.deliver(
         world.put("catalog/p1/photo", b"now a text file", content_type="text/plain"),
         world.put("catalog/p2/a.jpg", photos[1][: len(photos[1]) // 3], {"price": "99"}),
-        world.put("catalog/p3/b.jpg", photos[2] + b"\0" * 100))
+        world.put("catalog/p3/b.jpg", photos[2] + b"\0" * 100),
+    )
     assert result == {"batchItemFailures": []}  # permanent: acknowledged, and the old points go
     assert world.store.count() == 0
 
 
 def test_a_malformed_metadata_value_fails_nothing(world, photos):
-    result = world.deliver(world.put("catalog/p1/good.jpg", photos[0]),
-                           world.put("catalog/p2/odd.jpg", photos[1], {"title": "=?UTF-8?B?a?="}))
+    result = world.deliver(
+        world.put("catalog/p1/good.jpg", photos[0]),
+        world.put("catalog/p2/odd.jpg", photos[1], {"title": "=?UTF-8?B?a?="}),
+    )
     assert result == {"batchItemFailures": []}
     assert world.payload("catalog/p2/odd.jpg")["title"] == "=?UTF-8?B?a?="  # kept as sent
     world.assert_in_sync()
@@ -237,28 +275,35 @@ def test_prefix_and_suffix_filter(monkeypatch, embedder, photos):
     monkeypatch.setenv("INGEST_PREFIX", "catalog/")
     monkeypatch.setenv("INGEST_SUFFIXES", ".jpg")
     with ingest_world() as w:
-        w.deliver(w.put("catalog/p/a.jpg", photos[0]), w.put("other/p/b.jpg", photos[1]),
-                  w.put("catalog/p/c.png", photos[2]))
+        w.deliver(
+            w.put("catalog/p/a.jpg", photos[0]),
+            w.put("other/p/b.jpg", photos[1]),
+            w.put("catalog/p/c.png", photos[2]),
+        )
         assert {h.payload["key"] for h in w.store.scroll()} == {"catalog/p/a.jpg"}
 
 
 def test_corrupt_and_oversized_images_are_permanent_failures(world, photos, monkeypatch):
     broken = photos[0][: len(photos[0]) // 3]
-    result = world.deliver(world.put("catalog/p1/broken.jpg", broken),
-                           world.put("catalog/p1/fake.jpg", b"<html>not a photo</html>"),
-                           world.put("catalog/p2/good.jpg", photos[1]))
+    result = world.deliver(
+        world.put("catalog/p1/broken.jpg", broken),
+        world.put("catalog/p1/fake.jpg", b"<html>not a photo</html>"),
+        world.put("catalog/p2/good.jpg", photos[1]),
+    )
     assert result == {"batchItemFailures": []}  # acknowledged: retrying cannot help
     assert {h.payload["key"] for h in world.store.scroll()} == {"catalog/p2/good.jpg"}
     world.app.ingestor.limits = type(world.app.ingestor.limits)(max_bytes=1000)
     outcomes = world.app.ingestor.apply(
-        [world.app.parse_sqs_body(json.dumps({"Records": [world.put("catalog/p3/big.jpg", photos[2])]}))[0]])
+        [world.app.parse_sqs_body(json.dumps({"Records": [world.put("catalog/p3/big.jpg", photos[2])]}))[0]]
+    )
     assert outcomes[0].status == "failed" and "limit" in outcomes[0].reason
 
 
 def test_test_events_are_acknowledged(world):
     assert world.invoke(json.loads((EVENTS / "s3-test-event.json").read_text())) == {"outcomes": []}
     assert world.invoke(json.loads((EVENTS / "sqs-s3-test-event.json").read_text())) == {
-        "batchItemFailures": []}
+        "batchItemFailures": []
+    }
 
 
 def test_an_event_without_records_is_acknowledged(world):
@@ -288,15 +333,22 @@ class FlakyS3:
 
     def get_object(self, **kwargs):
         if kwargs["Key"] in self.failing:
-            raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."},
-                               "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject")
+            raise ClientError(
+                {
+                    "Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."},
+                    "ResponseMetadata": {"HTTPStatusCode": 503},
+                },
+                "GetObject",
+            )
         return self.client.get_object(**kwargs)
 
 
 def test_s3_throttling_fails_only_that_record(world, photos):
     world.app.ingestor.s3 = FlakyS3(world.s3, {"catalog/p2/b.jpg"})
-    event = sqs({"Records": [world.put("catalog/p1/a.jpg", photos[0])]},
-                {"Records": [world.put("catalog/p2/b.jpg", photos[1])]})
+    event = sqs(
+        {"Records": [world.put("catalog/p1/a.jpg", photos[0])]},
+        {"Records": [world.put("catalog/p2/b.jpg", photos[1])]},
+    )
     assert world.invoke(event) == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
     assert world.payload("catalog/p1/a.jpg") and world.payload("catalog/p2/b.jpg") is None
     world.app.ingestor.s3 = world.s3  # throttling over: SQS redelivers the failed message
@@ -319,9 +371,11 @@ def test_qdrant_down_then_recovered(monkeypatch, embedder, photos, qdrant_shim):
     monkeypatch.setenv("QDRANT_TIMEOUT", "2")
     with ingest_world() as w:
         w.deliver(w.put("catalog/p0/gone.jpg", photos[2]))
-        event = sqs({"Records": [w.put("catalog/p1/a.jpg", photos[0])]},
-                    {"Records": [w.put("catalog/p2/b.jpg", photos[1])]},
-                    {"Records": [w.delete("catalog/p0/gone.jpg")]})
+        event = sqs(
+            {"Records": [w.put("catalog/p1/a.jpg", photos[0])]},
+            {"Records": [w.put("catalog/p2/b.jpg", photos[1])]},
+            {"Records": [w.delete("catalog/p0/gone.jpg")]},
+        )
         qdrant_shim.fail_with = 503
         try:
             result = w.invoke(event)
@@ -333,25 +387,40 @@ def test_qdrant_down_then_recovered(monkeypatch, embedder, photos, qdrant_shim):
         w.store.drop_collection(w.store.physical_collection())
 
 
-@pytest.mark.parametrize("name", ["s3-put.json", "s3-put-unicode-key.json", "sqs-s3-put.json",
-                                  "sqs-s3-batch.json", "s3-delete.json", "sqs-s3-delete.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "s3-put.json",
+        "s3-put-unicode-key.json",
+        "sqs-s3-put.json",
+        "sqs-s3-batch.json",
+        "s3-delete.json",
+        "sqs-s3-delete.json",
+    ],
+)
 def test_sample_events(world, name, photos):
     """Each sample event in events/ runs through the handler against objects it names."""
     event = json.loads((EVENTS / name).read_text())
     from visual_search.events import event_kind, parse_sqs_body, changes_in_message
-    changes = (changes_in_message(event) if event_kind(event) == "s3" else
-               [c for r in event["Records"] for c in parse_sqs_body(r["body"])])
+
+    changes = (
+        changes_in_message(event)
+        if event_kind(event) == "s3"
+        else [c for r in event["Records"] for c in parse_sqs_body(r["body"])]
+    )
     for change in changes:
         if change.kind == "created":
             world.s3.put_object(Bucket=change.bucket, Key=change.key, Body=photos[0])
     result = world.invoke(event)
     assert result in ({"batchItemFailures": []},) or all(
-        o["status"] in ("indexed", "deleted") for o in result["outcomes"])
+        o["status"] in ("indexed", "deleted") for o in result["outcomes"]
+    )
     world.assert_in_sync()
 
 
 def test_older_events_are_recognised_as_stale(world, photos):
     from visual_search.events import parse_s3_record
+
     key = "catalog/p1/a.jpg"
     old = parse_s3_record(world.put(key, photos[0]))
     new = parse_s3_record(world.put(key, photos[1]))
@@ -361,11 +430,17 @@ def test_older_events_are_recognised_as_stale(world, photos):
     assert world.payload(key)["sequencer"] == new.sequencer
 
 
-@pytest.mark.parametrize("older,newer", [("0055AED6DCD90281E5", "0055AED6DCD90281E6"),
-                                         ("0055AED6DCD90281E5", "0055AED6DCD90281E50001"),
-                                         ("A", "B0")])
+@pytest.mark.parametrize(
+    "older,newer",
+    [
+        ("0055AED6DCD90281E5", "0055AED6DCD90281E6"),
+        ("0055AED6DCD90281E5", "0055AED6DCD90281E50001"),
+        ("A", "B0"),
+    ],
+)
 def test_sequencer_order(older, newer):
     from visual_search.events import is_newer
+
     assert is_newer(newer, older) and not is_newer(older, newer) and not is_newer(older, older)
 
 
@@ -404,8 +479,9 @@ def test_a_batch_larger_than_the_embed_chunk(monkeypatch, embedder, demo_images)
         for n in range(5):
             key = f"catalog/p{n}/a.jpg"
             body = w.s3.get_object(Bucket=BUCKET, Key=key)
-            stored = w.store.client.retrieve(w.store.collection, [point_id(BUCKET, key)],
-                                             with_vectors=True)[0]
+            stored = w.store.client.retrieve(w.store.collection, [point_id(BUCKET, key)], with_vectors=True)[
+                0
+            ]
             assert stored.payload["etag"] == body["ETag"]
             vector = np.asarray(stored.vector["image"], np.float32)
             assert float(vector @ embedder.embed(body["Body"].read())) > 0.999

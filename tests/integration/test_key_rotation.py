@@ -5,6 +5,7 @@ that keeps both keys valid for that long fails no request; a key revoked at once
 retryable 503 per running function, never a stuck one. The shim checks the ``api-key`` header
 as a secured Qdrant does; SSM and Secrets Manager are moto.
 """
+
 from __future__ import annotations
 
 import base64
@@ -116,8 +117,9 @@ def test_a_wrong_key_is_reported_as_such(keys, shim, embedder):
 def test_a_key_from_the_environment_is_never_re_read(shim, embedder, monkeypatch):
     monkeypatch.setattr(store_module, "KEY_MAX_AGE_S", 0)
     shim.accepted_keys = {"env-key"}
-    store = CatalogStore.open(StoreSettings(url=shim.url, api_key="env-key", collection="env"),
-                              embedder.model_id, embedder.dim)
+    store = CatalogStore.open(
+        StoreSettings(url=shim.url, api_key="env-key", collection="env"), embedder.model_id, embedder.dim
+    )
     assert store.count() == 0
     shim.accepted_keys = {"other"}
     with pytest.raises(StoreUnavailableError, match=r"from QDRANT_API_KEY\): check"):
@@ -126,8 +128,13 @@ def test_a_key_from_the_environment_is_never_re_read(shim, embedder, monkeypatch
 
 @pytest.fixture
 def search_function(keys, shim, embedder, monkeypatch):
-    env = {"QDRANT_URL": shim.url, "COLLECTION": "rotation-api", "BUCKET": "product-images",
-           "QDRANT_TIMEOUT": "2", **keys.env()}
+    env = {
+        "QDRANT_URL": shim.url,
+        "COLLECTION": "rotation-api",
+        "BUCKET": "product-images",
+        "QDRANT_TIMEOUT": "2",
+        **keys.env(),
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("QDRANT_API_KEY", raising=False)

@@ -1,4 +1,5 @@
 """The real shipped model on real product photos."""
+
 from __future__ import annotations
 
 import io
@@ -19,7 +20,7 @@ def variants(data: bytes) -> dict[str, bytes]:
     w, h = image.size
     return {
         "flipped": jpeg_bytes(ImageOps.mirror(image)),
-        "cropped": jpeg_bytes(image.crop((int(w * .1), int(h * .1), int(w * .9), int(h * .9)))),
+        "cropped": jpeg_bytes(image.crop((int(w * 0.1), int(h * 0.1), int(w * 0.9), int(h * 0.9)))),
         "recompressed": jpeg_bytes(image, quality=35),
         "rescaled": jpeg_bytes(image.resize((w * 3, h * 3), Image.Resampling.BICUBIC)),
     }
@@ -54,8 +55,9 @@ def test_altered_copy_is_nearer_its_original_than_any_other_product(embedder, de
         for name, copy in variants(original.path.read_bytes()).items():
             vector = embedder.embed(copy)
             to_original = float(vector @ original_vector)
-            foreign = [float(vector @ v) for img, v in zip(others, other_vectors)
-                       if img.key.split("/")[0] != product]
+            foreign = [
+                float(vector @ v) for img, v in zip(others, other_vectors) if img.key.split("/")[0] != product
+            ]
             if to_original <= max(foreign):
                 failures.append((product, name, to_original, max(foreign)))
     assert not failures, failures
@@ -74,8 +76,17 @@ def test_model_card_describes_the_shipped_onnx(embedder):
     assert card.preprocess.size == 224 and card.preprocess.interpolation == "bicubic"
     assert file_sha256(embedder.model_dir / "model.onnx") == card.sha256
     raw = json.loads((embedder.model_dir / "model.json").read_text())
-    for field in ("id", "version", "embedding_dim", "distance", "input", "outputs", "sha256",
-                  "license", "source"):
+    for field in (
+        "id",
+        "version",
+        "embedding_dim",
+        "distance",
+        "input",
+        "outputs",
+        "sha256",
+        "license",
+        "source",
+    ):
         assert field in raw
 
 
@@ -108,6 +119,7 @@ def test_another_model_folder_loads_with_no_code_change(embedder, tmp_path, monk
     monkeypatch.setenv("MODEL_DIR", str(folder))
     from visual_search.config import load_settings
     from visual_search.model import load_embedder
+
     other = load_embedder(load_settings())
     assert other.model_id == "my-shop-model" and other.card.preprocess.crop == "full"
 
@@ -133,8 +145,7 @@ def test_a_card_edited_without_a_new_id_cannot_share_a_collection(embedder, tmp_
     client = connect(settings)
 
     def store(model):
-        return CatalogStore(client, settings, model.model_id, model.dim,
-                            model_fingerprint=model.fingerprint)
+        return CatalogStore(client, settings, model.model_id, model.dim, model_fingerprint=model.fingerprint)
 
     assert store(embedder).count() == 0
     with pytest.raises(ModelMismatchError, match="fingerprint"):

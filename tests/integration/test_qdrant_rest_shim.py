@@ -182,15 +182,23 @@ def test_aliases_route_queries_and_switch(client: QdrantClient) -> None:
     create_products(client, "products_v2", seed=False)
     client.upsert("products_v2", [models.PointStruct(id=IDS[5], vector={"image": one_hot(5)}, payload={})])
     client.update_collection_aliases(
-        [models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name="products_v1", alias_name="products"))]
+        [
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name="products_v1", alias_name="products")
+            )
+        ]
     )
-    assert [(a.alias_name, a.collection_name) for a in client.get_aliases().aliases] == [("products", "products_v1")]
+    assert [(a.alias_name, a.collection_name) for a in client.get_aliases().aliases] == [
+        ("products", "products_v1")
+    ]
     assert client.query_points("products", query=one_hot(1), using="image", limit=1).points[0].id == IDS[1]
 
     client.update_collection_aliases(
         [
             models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name="products")),
-            models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name="products_v2", alias_name="products")),
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name="products_v2", alias_name="products")
+            ),
         ]
     )
     assert [a.alias_name for a in client.get_collection_aliases("products_v2").aliases] == ["products"]

@@ -1,6 +1,7 @@
 """The search function through API Gateway REST proxy events: every input form, filter,
 grouping, threshold, pagination, similar products, uploads, health and each error code, against
 embedded Qdrant holding the demo catalogue embedded by the real model."""
+
 from __future__ import annotations
 
 import base64
@@ -83,10 +84,12 @@ def products(body) -> list[str]:
 
 # -- input forms -------------------------------------------------------------------------------
 
+
 def test_json_base64(env, catalog, demo_images):
     photo = query_photo(demo_images, 13)
-    status, body, _ = call(env, json_event("POST", "/search", {
-        "image": base64.b64encode(photo).decode(), "top_k": 5}))
+    status, body, _ = call(
+        env, json_event("POST", "/search", {"image": base64.b64encode(photo).decode(), "top_k": 5})
+    )
     assert status == 200
     assert products(body)[0] == product_of(demo_images, 13)
     assert len(body["results"]) == 5 and body["model"] == "efficientnet-lite0-imagenet-gem"
@@ -103,22 +106,23 @@ def test_json_base64(env, catalog, demo_images):
 
 def test_json_data_url(env, catalog, demo_images):
     photo = base64.b64encode(query_photo(demo_images, 40)).decode()
-    status, body, _ = call(env, json_event("POST", "/search", {
-        "image": f"data:image/jpeg;base64,{photo}"}))
+    status, body, _ = call(env, json_event("POST", "/search", {"image": f"data:image/jpeg;base64,{photo}"}))
     assert status == 200 and products(body)[0] == product_of(demo_images, 40)
 
 
 def test_raw_binary_body_with_query_options(env, catalog, demo_images):
     photo = query_photo(demo_images, 25)
-    status, body, _ = call(env, rest_event("POST", "/search?top_k=3&brand=Arla,Oatly", body=photo,
-                                           content_type="image/jpeg"))
+    status, body, _ = call(
+        env, rest_event("POST", "/search?top_k=3&brand=Arla,Oatly", body=photo, content_type="image/jpeg")
+    )
     assert status == 200 and len(body["results"]) == 3
     assert {catalog[p]["brand"] for p in products(body)} <= {"Arla", "Oatly"}
 
 
 def test_multipart_form(env, catalog, demo_images):
-    data, content_type = multipart_body({"top_k": "4", "category": "Milk", "price_max": "1.6"},
-                                        query_photo(demo_images, 0))
+    data, content_type = multipart_body(
+        {"top_k": "4", "category": "Milk", "price_max": "1.6"}, query_photo(demo_images, 0)
+    )
     status, body, _ = call(env, rest_event("POST", "/search", body=data, content_type=content_type))
     assert status == 200 and body["results"]
     for p in products(body):
@@ -129,8 +133,9 @@ def test_s3_key_of_an_upload(env, catalog, demo_images):
     app, s3 = env
     status, upload, _ = call(env, json_event("POST", "/uploads", {"content_type": "image/jpeg"}))
     assert status == 200 and upload["s3_key"].startswith("query-uploads/")
-    s3.put_object(Bucket=BUCKET, Key=upload["s3_key"], Body=query_photo(demo_images, 50),
-                  ContentType="image/jpeg")
+    s3.put_object(
+        Bucket=BUCKET, Key=upload["s3_key"], Body=query_photo(demo_images, 50), ContentType="image/jpeg"
+    )
     status, body, _ = call(env, json_event("POST", "/search", {"s3_key": upload["s3_key"]}))
     assert status == 200 and products(body)[0] == product_of(demo_images, 50)
     status, body, _ = call(env, json_event("POST", "/search", {"s3_key": "query-uploads/none.jpg"}))
@@ -157,12 +162,16 @@ FILTERS = [
     ({"category": ["Juice", "Yoghurt"]}, lambda m: m["category"] in ("Juice", "Yoghurt")),
     ({"brand": "Alpro"}, lambda m: m["brand"] == "Alpro"),
     ({"brand": ["Arla", "Valio"]}, lambda m: m["brand"] in ("Arla", "Valio")),
-    ({"product_id": ["Oatly-Oat-Milk", "Bravo-Apple-Juice"]},
-     lambda m: m["product-id"] in ("Oatly-Oat-Milk", "Bravo-Apple-Juice")),
+    (
+        {"product_id": ["Oatly-Oat-Milk", "Bravo-Apple-Juice"]},
+        lambda m: m["product-id"] in ("Oatly-Oat-Milk", "Bravo-Apple-Juice"),
+    ),
     ({"price": {"gte": 2.0, "lte": 2.5}}, lambda m: 2.0 <= float(m["price"]) <= 2.5),
     ({"price": {"gt": 2.49}}, lambda m: float(m["price"]) > 2.49),
-    ({"category": "Yoghurt", "price": {"lte": 2.8}},
-     lambda m: m["category"] == "Yoghurt" and float(m["price"]) <= 2.8),
+    (
+        {"category": "Yoghurt", "price": {"lte": 2.8}},
+        lambda m: m["category"] == "Yoghurt" and float(m["price"]) <= 2.8,
+    ),
 ]
 
 
@@ -170,9 +179,19 @@ FILTERS = [
 @pytest.mark.parametrize("group", [True, False])
 def test_filters_never_leak(env, catalog, demo_images, filters, allowed, group):
     expected = {p for p, m in catalog.items() if allowed(m)}
-    status, body, _ = call(env, json_event("POST", "/search", {
-        "image": base64.b64encode(query_photo(demo_images, 7)).decode(), "top_k": 100,
-        "group_by_product": group, "filters": filters}))
+    status, body, _ = call(
+        env,
+        json_event(
+            "POST",
+            "/search",
+            {
+                "image": base64.b64encode(query_photo(demo_images, 7)).decode(),
+                "top_k": 100,
+                "group_by_product": group,
+                "filters": filters,
+            },
+        ),
+    )
     assert status == 200
     found = set(products(body))
     assert found == expected  # everything allowed is found, nothing else
@@ -181,17 +200,33 @@ def test_filters_never_leak(env, catalog, demo_images, filters, allowed, group):
 
 
 def test_metadata_filter(env, catalog, demo_images):
-    status, body, _ = call(env, json_event("POST", "/search", {
-        "image": base64.b64encode(query_photo(demo_images, 7)).decode(), "top_k": 100,
-        "group_by_product": False, "filters": {"colour": "red"}}))
+    status, body, _ = call(
+        env,
+        json_event(
+            "POST",
+            "/search",
+            {
+                "image": base64.b64encode(query_photo(demo_images, 7)).decode(),
+                "top_k": 100,
+                "group_by_product": False,
+                "filters": {"colour": "red"},
+            },
+        ),
+    )
     assert status == 200 and len(body["results"]) == 30
     assert all(r["metadata"]["colour"] == "red" for r in body["results"])
 
 
 def test_price_range_in_query_string(env, catalog, demo_images):
-    status, body, _ = call(env, rest_event(
-        "POST", "/search?top_k=100&price_min=1.5&price_max=2.2", body=query_photo(demo_images, 3),
-        content_type="image/jpeg"))
+    status, body, _ = call(
+        env,
+        rest_event(
+            "POST",
+            "/search?top_k=100&price_min=1.5&price_max=2.2",
+            body=query_photo(demo_images, 3),
+            content_type="image/jpeg",
+        ),
+    )
     assert status == 200
     assert set(products(body)) == {p for p, m in catalog.items() if 1.5 <= float(m["price"]) <= 2.2}
 
@@ -199,17 +234,23 @@ def test_price_range_in_query_string(env, catalog, demo_images):
 def test_grouping_on_and_off(env, catalog, demo_images):
     photo = base64.b64encode(query_photo(demo_images, 5)).decode()
     _, grouped, _ = call(env, json_event("POST", "/search", {"image": photo, "top_k": 20}))
-    _, flat, _ = call(env, json_event("POST", "/search", {"image": photo, "top_k": 20,
-                                                          "group_by_product": False}))
+    _, flat, _ = call(
+        env, json_event("POST", "/search", {"image": photo, "top_k": 20, "group_by_product": False})
+    )
     assert len(products(grouped)) == len(set(products(grouped))) == 10
     assert len(flat["results"]) == 20 and len(set(products(flat))) < 20
 
 
 def test_score_threshold(env, catalog, demo_images):
     photo = base64.b64encode(query_photo(demo_images, 5)).decode()
-    _, body, _ = call(env, json_event("POST", "/search", {"image": photo, "top_k": 100,
-                                                          "group_by_product": False,
-                                                          "score_threshold": 0.75}))
+    _, body, _ = call(
+        env,
+        json_event(
+            "POST",
+            "/search",
+            {"image": photo, "top_k": 100, "group_by_product": False, "score_threshold": 0.75},
+        ),
+    )
     scores = [r["score"] for r in body["results"]]
     assert scores and min(scores) >= 0.75 and len(scores) < 60
 
@@ -217,12 +258,17 @@ def test_score_threshold(env, catalog, demo_images):
 @pytest.mark.parametrize("group", [True, False])
 def test_pagination_has_no_duplicates_or_gaps(env, catalog, demo_images, group):
     photo = base64.b64encode(query_photo(demo_images, 9)).decode()
-    _, everything, _ = call(env, json_event("POST", "/search", {
-        "image": photo, "top_k": 100, "group_by_product": group}))
+    _, everything, _ = call(
+        env, json_event("POST", "/search", {"image": photo, "top_k": 100, "group_by_product": group})
+    )
     pages, offset = [], 0
     while offset is not None:
-        _, page, _ = call(env, json_event("POST", "/search", {
-            "image": photo, "top_k": 7, "offset": offset, "group_by_product": group}))
+        _, page, _ = call(
+            env,
+            json_event(
+                "POST", "/search", {"image": photo, "top_k": 7, "offset": offset, "group_by_product": group}
+            ),
+        )
         pages += [(r["product_id"], r["image"]["key"]) for r in page["results"]]
         offset = page["next_offset"]
     assert pages == [(r["product_id"], r["image"]["key"]) for r in everything["results"]]
@@ -234,32 +280,44 @@ def test_next_offset_never_points_past_the_offset_limit(env, catalog, demo_image
 
     monkeypatch.setattr(api_module, "MAX_OFFSET", 20)
     photo = base64.b64encode(query_photo(demo_images, 9)).decode()
-    pages = {offset: call(env, json_event("POST", "/search", {
-        "image": photo, "top_k": 10, "offset": offset, "group_by_product": False}))[1]
-        for offset in (10, 15)}
+    pages = {
+        offset: call(
+            env,
+            json_event(
+                "POST", "/search", {"image": photo, "top_k": 10, "offset": offset, "group_by_product": False}
+            ),
+        )[1]
+        for offset in (10, 15)
+    }
     assert pages[10]["next_offset"] == 20 and len(pages[15]["results"]) == 10
     assert pages[15]["next_offset"] is None  # offset 25 would be refused
 
 
-@pytest.mark.parametrize("query", [
-    "?price_min=1&filters=" + json.dumps({"price": {"gte": 2.5}}),
-    "?filters=" + json.dumps({"price": {"gte": 2.5}}) + "&price_min=1",
-    "?brand=Valio&filters=" + json.dumps({"brand": "Arla"}),
-    "?filters=" + json.dumps({"brand": "Arla"}) + "&brand=Valio",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?price_min=1&filters=" + json.dumps({"price": {"gte": 2.5}}),
+        "?filters=" + json.dumps({"price": {"gte": 2.5}}) + "&price_min=1",
+        "?brand=Valio&filters=" + json.dumps({"brand": "Arla"}),
+        "?filters=" + json.dumps({"brand": "Arla"}) + "&brand=Valio",
+    ],
+)
 def test_a_filter_given_twice_is_a_conflict_whatever_the_order(env, catalog, demo_images, query):
-    event = rest_event("POST", "/search" + query, body=query_photo(demo_images, 2),
-                       content_type="image/jpeg")
+    event = rest_event("POST", "/search" + query, body=query_photo(demo_images, 2), content_type="image/jpeg")
     status, body, _ = call(env, event)
     assert status == 422 and body["error"]["details"][0]["msg"] == "conflict", body
 
 
-@pytest.mark.parametrize("value,status", [("banana", 422), ("", 422), ("false", 200),
-                                          ("FALSE", 200), ("yes", 200)])
-def test_group_by_product_in_the_query_string_is_validated(env, catalog, demo_images, value,
-                                                           status):
-    event = rest_event("POST", f"/search?group_by_product={value}&top_k=20",
-                       body=query_photo(demo_images, 2), content_type="image/jpeg")
+@pytest.mark.parametrize(
+    "value,status", [("banana", 422), ("", 422), ("false", 200), ("FALSE", 200), ("yes", 200)]
+)
+def test_group_by_product_in_the_query_string_is_validated(env, catalog, demo_images, value, status):
+    event = rest_event(
+        "POST",
+        f"/search?group_by_product={value}&top_k=20",
+        body=query_photo(demo_images, 2),
+        content_type="image/jpeg",
+    )
     got, body, _ = call(env, event)
     assert got == status, body
     if value.lower() == "false":
@@ -268,21 +326,19 @@ def test_group_by_product_in_the_query_string_is_validated(env, catalog, demo_im
 
 def test_query_string_options_apply_to_json_and_form_bodies(env, catalog, demo_images):
     photo = query_photo(demo_images, 2)
-    as_json = json_event("POST", "/search?top_k=2&category=Milk",
-                         {"image": base64.b64encode(photo).decode()})
+    as_json = json_event("POST", "/search?top_k=2&category=Milk", {"image": base64.b64encode(photo).decode()})
     status, body, _ = call(env, as_json)
     assert status == 200 and len(body["results"]) == 2
     assert {catalog[p]["category"] for p in products(body)} == {"Milk"}
     form, content_type = multipart_body({"group_by_product": "false"}, photo)
-    status, body, _ = call(env, rest_event("POST", "/search?top_k=13", body=form,
-                                           content_type=content_type))
+    status, body, _ = call(env, rest_event("POST", "/search?top_k=13", body=form, content_type=content_type))
     assert status == 200 and len(body["results"]) == 13  # more than the 10 products
-    twice = json_event("POST", "/search?top_k=2", {"image": base64.b64encode(photo).decode(),
-                                                   "top_k": 5})
+    twice = json_event("POST", "/search?top_k=2", {"image": base64.b64encode(photo).decode(), "top_k": 5})
     status, body, _ = call(env, twice)
     assert status == 422 and body["error"]["details"][0] == {"loc": ["top_k"], "msg": "conflict"}
-    status, _, _ = call(env, json_event("POST", "/search?top_k=banana",
-                                        {"image": base64.b64encode(photo).decode()}))
+    status, _, _ = call(
+        env, json_event("POST", "/search?top_k=banana", {"image": base64.b64encode(photo).decode()})
+    )
     assert status == 422
 
 
@@ -295,32 +351,53 @@ def test_line_wrapped_base64_is_accepted(env, catalog, demo_images):
 
 def test_metadata_filter_keys_match_whatever_their_case(env, catalog, demo_images):
     photo = base64.b64encode(query_photo(demo_images, 2)).decode()
-    answers = [call(env, json_event("POST", "/search", {
-        "image": photo, "top_k": 100, "group_by_product": False,
-        "filters": {key: "red"}}))[1] for key in ("colour", "Colour")]
-    assert len(answers[0]["results"]) == 30 and answers[0] == {**answers[1], "timings_ms": answers[0]["timings_ms"]}
+    answers = [
+        call(
+            env,
+            json_event(
+                "POST",
+                "/search",
+                {"image": photo, "top_k": 100, "group_by_product": False, "filters": {key: "red"}},
+            ),
+        )[1]
+        for key in ("colour", "Colour")
+    ]
+    assert len(answers[0]["results"]) == 30 and answers[0] == {
+        **answers[1],
+        "timings_ms": answers[0]["timings_ms"],
+    }
 
 
 def test_a_boolean_filter_matches_metadata_written_as_true(env, catalog, demo_images):
     app, _ = env
     key = "catalog/featured/a.jpg"
-    app.api.catalog.index([ImageSource(BUCKET, key, demo_images[3].path.read_bytes(),
-                                       {"product-id": "Featured", "featured": "true"})])
+    app.api.catalog.index(
+        [
+            ImageSource(
+                BUCKET, key, demo_images[3].path.read_bytes(), {"product-id": "Featured", "featured": "true"}
+            )
+        ]
+    )
     try:
         photo = base64.b64encode(query_photo(demo_images, 2)).decode()
-        found = {flag: products(call(env, json_event("POST", "/search", {
-            "image": photo, "filters": {"featured": flag}}))[1]) for flag in (True, False)}
+        found = {
+            flag: products(
+                call(env, json_event("POST", "/search", {"image": photo, "filters": {"featured": flag}}))[1]
+            )
+            for flag in (True, False)
+        }
         assert found == {True: ["Featured"], False: []}
     finally:
         app.api.catalog.remove([(BUCKET, key)])
 
 
-@pytest.mark.parametrize("price", [{"gte": 1, "gt": 3, "lt": 2}, {"gt": 2, "lte": 2},
-                                   {"gte": 2, "lt": 2}, {"gt": 1, "gte": 0, "lte": 0.5}])
+@pytest.mark.parametrize(
+    "price",
+    [{"gte": 1, "gt": 3, "lt": 2}, {"gt": 2, "lte": 2}, {"gte": 2, "lt": 2}, {"gt": 1, "gte": 0, "lte": 0.5}],
+)
 def test_contradictory_price_bounds_are_refused(env, catalog, demo_images, price):
     photo = base64.b64encode(query_photo(demo_images, 2)).decode()
-    status, body, _ = call(env, json_event("POST", "/search", {"image": photo,
-                                                               "filters": {"price": price}}))
+    status, body, _ = call(env, json_event("POST", "/search", {"image": photo, "filters": {"price": price}}))
     assert status == 422 and "lower price bound" in body["error"]["message"]
 
 
@@ -332,9 +409,12 @@ def test_similar_takes_the_decoded_product_id_of_an_encoded_path(env, catalog, d
     app.api.catalog.index([ImageSource(BUCKET, key, data, {"product-id": product})])
     try:
         # as API Gateway sends it: the path as the client encoded it, the parameter decoded
-        event = rest_event("GET", "/products/Caff%C3%A8%20Latte%2FLarge/similar?top_k=3",
-                           resource="/products/{product_id}/similar",
-                           path_params={"product_id": product})
+        event = rest_event(
+            "GET",
+            "/products/Caff%C3%A8%20Latte%2FLarge/similar?top_k=3",
+            resource="/products/{product_id}/similar",
+            path_params={"product_id": product},
+        )
         status, body, _ = call(env, event)
         assert status == 200 and len(body["results"]) == 3 and product not in products(body)
     finally:
@@ -343,36 +423,67 @@ def test_similar_takes_the_decoded_product_id_of_an_encoded_path(env, catalog, d
 
 # -- similar, health, openapi ------------------------------------------------------------------
 
+
 def test_similar_products(env, catalog):
-    status, body, _ = call(env, rest_event("GET", "/products/Oatly-Oat-Milk/similar?top_k=4",
-                                           resource="/products/{product_id}/similar",
-                                           path_params={"product_id": "Oatly-Oat-Milk"}))
+    status, body, _ = call(
+        env,
+        rest_event(
+            "GET",
+            "/products/Oatly-Oat-Milk/similar?top_k=4",
+            resource="/products/{product_id}/similar",
+            path_params={"product_id": "Oatly-Oat-Milk"},
+        ),
+    )
     assert status == 200 and len(body["results"]) == 4
     assert "Oatly-Oat-Milk" not in products(body) and len(set(products(body))) == 4
     assert body["timings_ms"]["embed"] == 0.0
-    status, body, _ = call(env, rest_event("GET", "/products/Arla-Sour-Cream/similar?category=Milk",
-                                           resource="/products/{product_id}/similar",
-                                           path_params={"product_id": "Arla-Sour-Cream"}))
+    status, body, _ = call(
+        env,
+        rest_event(
+            "GET",
+            "/products/Arla-Sour-Cream/similar?category=Milk",
+            resource="/products/{product_id}/similar",
+            path_params={"product_id": "Arla-Sour-Cream"},
+        ),
+    )
     assert status == 200 and {catalog[p]["category"] for p in products(body)} == {"Milk"}
 
 
 def test_similar_unknown_product_is_404(env, catalog):
-    status, body, _ = call(env, rest_event("GET", "/products/nope/similar",
-                                           resource="/products/{product_id}/similar",
-                                           path_params={"product_id": "nope"}))
+    status, body, _ = call(
+        env,
+        rest_event(
+            "GET",
+            "/products/nope/similar",
+            resource="/products/{product_id}/similar",
+            path_params={"product_id": "nope"},
+        ),
+    )
     assert status == 404 and body["error"]["code"] == "not_found" and "nope" in body["error"]["message"]
     long_id = "x" * 5000
-    status, body, _ = call(env, rest_event("GET", f"/products/{long_id}/similar",
-                                           resource="/products/{product_id}/similar",
-                                           path_params={"product_id": long_id}))
+    status, body, _ = call(
+        env,
+        rest_event(
+            "GET",
+            f"/products/{long_id}/similar",
+            resource="/products/{product_id}/similar",
+            path_params={"product_id": long_id},
+        ),
+    )
     assert status == 404 and len(body["error"]["message"]) < 200  # the id is not echoed whole
 
 
 def test_health(env, catalog):
     status, body, _ = call(env, rest_event("GET", "/health"))
     assert status == 200
-    assert body == {"status": "ok", "model": "efficientnet-lite0-imagenet-gem", "collection": "products",
-                    "store": "memory", "store_reachable": True, "points": 60}
+    assert body == {
+        "status": "ok",
+        "model": "efficientnet-lite0-imagenet-gem",
+        "collection": "products",
+        "store": "memory",
+        "store_reachable": True,
+        "points": 60,
+    }
 
 
 def test_openapi_document(env):
@@ -380,20 +491,34 @@ def test_openapi_document(env):
     assert status == 200 and body["openapi"].startswith("3.")
     assert {"/search", "/products/{product_id}/similar", "/uploads", "/health"} <= set(body["paths"])
     content = body["paths"]["/search"]["post"]["requestBody"]["content"]
-    assert {"application/json", "image/jpeg", "image/png", "image/webp",
-            "multipart/form-data"} <= set(content)
+    assert {"application/json", "image/jpeg", "image/png", "image/webp", "multipart/form-data"} <= set(
+        content
+    )
     assert "SearchRequest" in body["components"]["schemas"]
 
 
-@pytest.mark.parametrize("name", ["api-search-json.json", "api-search-json-filters.json",
-                                  "api-search-binary.json", "api-search-multipart.json",
-                                  "api-search-s3-key.json", "api-similar.json", "api-uploads.json",
-                                  "api-health.json", "api-openapi.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "api-search-json.json",
+        "api-search-json-filters.json",
+        "api-search-binary.json",
+        "api-search-multipart.json",
+        "api-search-s3-key.json",
+        "api-similar.json",
+        "api-uploads.json",
+        "api-health.json",
+        "api-openapi.json",
+    ],
+)
 def test_sample_events(env, catalog, name):
     app, s3 = env
     if name == "api-search-s3-key.json":
-        s3.put_object(Bucket=BUCKET, Key="query-uploads/example.jpg",
-                      Body=(EVENTS.parent / "data/demo-catalog/Oatly-Oat-Milk/Oatly-Oat-Milk_011.jpg").read_bytes())
+        s3.put_object(
+            Bucket=BUCKET,
+            Key="query-uploads/example.jpg",
+            Body=(EVENTS.parent / "data/demo-catalog/Oatly-Oat-Milk/Oatly-Oat-Milk_011.jpg").read_bytes(),
+        )
     status, body, _ = call(env, json.loads((EVENTS / name).read_text()))
     assert status == 200, body
     if name.startswith("api-search") or name == "api-similar.json":
@@ -404,6 +529,7 @@ def test_sample_events(env, catalog, name):
 
 # -- errors ------------------------------------------------------------------------------------
 
+
 def assert_error(status, body, expected_status, code=None):
     assert status == expected_status, body
     assert set(body) == {"error"} and ERROR_KEYS <= set(body["error"]) <= ERROR_KEYS | {"details"}
@@ -412,24 +538,27 @@ def assert_error(status, body, expected_status, code=None):
         assert body["error"]["code"] == code
 
 
-@pytest.mark.parametrize("payload,status,code", [
-    ({"image": base64.b64encode(b"plain text, not a photo").decode()}, 400, "unsupported_image"),
-    ({"image": "%%% not base64 %%%"}, 400, "invalid_image"),
-    ({"image": ""}, 400, "empty_image"),
-    ({"top_k": 5}, 422, "invalid_options"),
-    ({"image": "aGk=", "s3_key": "x.jpg"}, 422, "invalid_options"),
-    ({"image": "aGk=", "top_k": 0}, 422, "invalid_options"),
-    ({"image": "aGk=", "top_k": 10000}, 422, "invalid_options"),
-    ({"image": "aGk=", "top_k": "ten"}, 422, "invalid_options"),
-    ({"image": "aGk=", "offset": -1}, 422, "invalid_options"),
-    ({"image": "aGk=", "colour": "red"}, 422, "invalid_options"),
-    ({"image": "aGk=", "filters": {"price": "cheap"}}, 422, "invalid_options"),
-    ({"image": "aGk=", "filters": {"price": {"gte": 5, "lte": 1}}}, 422, "invalid_options"),
-    ({"image": "aGk=", "filters": {"category": {"nested": 1}}}, 422, "invalid_options"),
-    ({"image": "aGk=", "filters": {"bad key!": "x"}}, 422, "invalid_options"),
-    ({"image": "aGk=", "filters": {"sequencer": "x"}}, 422, "invalid_options"),
-    ({"image": "aGk=", "filters": "category=Milk"}, 422, "invalid_options"),
-])
+@pytest.mark.parametrize(
+    "payload,status,code",
+    [
+        ({"image": base64.b64encode(b"plain text, not a photo").decode()}, 400, "unsupported_image"),
+        ({"image": "%%% not base64 %%%"}, 400, "invalid_image"),
+        ({"image": ""}, 400, "empty_image"),
+        ({"top_k": 5}, 422, "invalid_options"),
+        ({"image": "aGk=", "s3_key": "x.jpg"}, 422, "invalid_options"),
+        ({"image": "aGk=", "top_k": 0}, 422, "invalid_options"),
+        ({"image": "aGk=", "top_k": 10000}, 422, "invalid_options"),
+        ({"image": "aGk=", "top_k": "ten"}, 422, "invalid_options"),
+        ({"image": "aGk=", "offset": -1}, 422, "invalid_options"),
+        ({"image": "aGk=", "colour": "red"}, 422, "invalid_options"),
+        ({"image": "aGk=", "filters": {"price": "cheap"}}, 422, "invalid_options"),
+        ({"image": "aGk=", "filters": {"price": {"gte": 5, "lte": 1}}}, 422, "invalid_options"),
+        ({"image": "aGk=", "filters": {"category": {"nested": 1}}}, 422, "invalid_options"),
+        ({"image": "aGk=", "filters": {"bad key!": "x"}}, 422, "invalid_options"),
+        ({"image": "aGk=", "filters": {"sequencer": "x"}}, 422, "invalid_options"),
+        ({"image": "aGk=", "filters": "category=Milk"}, 422, "invalid_options"),
+    ],
+)
 def test_json_errors(env, catalog, payload, status, code):
     s, body, _ = call(env, json_event("POST", "/search", payload))
     assert_error(s, body, status, code)
@@ -439,8 +568,9 @@ def test_json_errors(env, catalog, payload, status, code):
 
 def test_truncated_jpeg_is_400(env, demo_images):
     data = demo_images[0].path.read_bytes()
-    s, body, _ = call(env, rest_event("POST", "/search", body=data[: len(data) // 2],
-                                      content_type="image/jpeg"))
+    s, body, _ = call(
+        env, rest_event("POST", "/search", body=data[: len(data) // 2], content_type="image/jpeg")
+    )
     assert_error(s, body, 400, "corrupt_image")
 
 
@@ -460,18 +590,24 @@ def test_unsupported_media_type_is_415(env):
 
 
 def test_body_over_the_limit_is_413(env):
-    s, body, _ = call(env, rest_event("POST", "/search", body=b"\xff" * (7 * 1024 * 1024),
-                                      content_type="image/jpeg"))
+    s, body, _ = call(
+        env, rest_event("POST", "/search", body=b"\xff" * (7 * 1024 * 1024), content_type="image/jpeg")
+    )
     assert_error(s, body, 413, "body_too_large")
 
 
 def test_query_string_errors_are_422(env, demo_images):
-    s, body, _ = call(env, rest_event("POST", "/search?top_k=ten", body=query_photo(demo_images),
-                                      content_type="image/jpeg"))
+    s, body, _ = call(
+        env, rest_event("POST", "/search?top_k=ten", body=query_photo(demo_images), content_type="image/jpeg")
+    )
     assert_error(s, body, 422, "invalid_options")
     assert body["error"]["details"][0]["loc"] == ["top_k"]
-    s, body, _ = call(env, rest_event("POST", "/search?price_min=cheap", body=query_photo(demo_images),
-                                      content_type="image/jpeg"))
+    s, body, _ = call(
+        env,
+        rest_event(
+            "POST", "/search?price_min=cheap", body=query_photo(demo_images), content_type="image/jpeg"
+        ),
+    )
     assert_error(s, body, 422, "invalid_options")
 
 
@@ -489,15 +625,23 @@ def test_unknown_route_is_404(env):
 def test_store_unreachable_is_503_with_retry_after(env, qdrant_shim, embedder):
     app, s3 = env
     settings = load_settings()
-    store = CatalogStore.open(StoreSettings(url=qdrant_shim.url, collection="api-outage", timeout_s=2),
-                              embedder.model_id, embedder.dim)
+    store = CatalogStore.open(
+        StoreSettings(url=qdrant_shim.url, collection="api-outage", timeout_s=2),
+        embedder.model_id,
+        embedder.dim,
+    )
     catalog = type(app.api.catalog)(embedder, store)
     api = SearchApi(catalog, s3, settings)
     qdrant_shim.fail_with = 503
     try:
-        response = api.resolve(json_event("POST", "/search", {
-            "image": base64.b64encode(jpeg_bytes(Image.new("RGB", (64, 64), "red"))).decode()}),
-            LambdaContext())
+        response = api.resolve(
+            json_event(
+                "POST",
+                "/search",
+                {"image": base64.b64encode(jpeg_bytes(Image.new("RGB", (64, 64), "red"))).decode()},
+            ),
+            LambdaContext(),
+        )
         health = api.resolve(rest_event("GET", "/health"), LambdaContext())
     finally:
         qdrant_shim.fail_with = None
@@ -511,8 +655,9 @@ def test_cors_headers(env, monkeypatch):
     app, s3 = env
     monkeypatch.setenv("CORS_ORIGINS", "https://shop.example")
     api = SearchApi(app.api.catalog, s3, load_settings())
-    response = api.resolve(rest_event("GET", "/health", headers={"Origin": "https://shop.example"}),
-                           LambdaContext())
+    response = api.resolve(
+        rest_event("GET", "/health", headers={"Origin": "https://shop.example"}), LambdaContext()
+    )
     assert headers_of(response)["Access-Control-Allow-Origin"] == "https://shop.example"
 
 
@@ -521,8 +666,7 @@ def test_several_cors_origins_vary_on_origin(env, monkeypatch):
     monkeypatch.setenv("CORS_ORIGINS", "https://shop.example,https://admin.example")
     api = SearchApi(app.api.catalog, s3, load_settings())
     for origin in ("https://shop.example", "https://admin.example"):
-        response = api.resolve(rest_event("GET", "/health", headers={"Origin": origin}),
-                               LambdaContext())
+        response = api.resolve(rest_event("GET", "/health", headers={"Origin": origin}), LambdaContext())
         headers = headers_of(response)
         assert headers["Access-Control-Allow-Origin"] == origin and headers["Vary"] == "Origin"
 
@@ -538,11 +682,14 @@ def emitted_metrics(text: str) -> dict:
     return values
 
 
-@pytest.mark.parametrize("event,status", [
-    (rest_event("GET", "/nowhere"), 404),
-    ({"httpMethod": "POST", "path": None, "body": 5}, 400),
-    (json_event("POST", "/search", {"image": "!!"}), 400),
-])
+@pytest.mark.parametrize(
+    "event,status",
+    [
+        (rest_event("GET", "/nowhere"), 404),
+        ({"httpMethod": "POST", "path": None, "body": 5}, 400),
+        (json_event("POST", "/search", {"image": "!!"}), 400),
+    ],
+)
 def test_every_error_answer_is_counted(env, catalog, capsys, monkeypatch, event, status):
     from visual_search.observability import metrics
 

@@ -1,5 +1,6 @@
 """Nothing secret or internal leaves the service: not the Qdrant API key, not stack traces,
 not server paths, neither in responses nor in logs."""
+
 from __future__ import annotations
 
 import base64
@@ -55,11 +56,17 @@ def service_logs():
 
 
 def test_no_secret_or_trace_in_responses_or_logs(search_app, qdrant_shim, service_logs, monkeypatch):
-    events = [json_event("POST", "/search", {"image": photo()}),
-              json_event("POST", "/search", {"image": "not base64!"}),
-              rest_event("GET", "/health"),
-              rest_event("GET", "/products/x/similar", resource="/products/{product_id}/similar",
-                         path_params={"product_id": "x"})]
+    events = [
+        json_event("POST", "/search", {"image": photo()}),
+        json_event("POST", "/search", {"image": "not base64!"}),
+        rest_event("GET", "/health"),
+        rest_event(
+            "GET",
+            "/products/x/similar",
+            resource="/products/{product_id}/similar",
+            path_params={"product_id": "x"},
+        ),
+    ]
     responses = [search_app.handler(e, LambdaContext()) for e in events]
     qdrant_shim.fail_with = 503
     try:
@@ -74,8 +81,9 @@ def test_no_secret_or_trace_in_responses_or_logs(search_app, qdrant_shim, servic
     crash = search_app.handler(events[0], LambdaContext())
     responses.append(crash)
     assert crash["statusCode"] == 500
-    assert json.loads(crash["body"]) == {"error": {
-        "code": "internal_error", "message": "internal error; the request id is in the logs"}}
+    assert json.loads(crash["body"]) == {
+        "error": {"code": "internal_error", "message": "internal error; the request id is in the logs"}
+    }
     logs = service_logs.getvalue()
     for response in responses:
         body = response["body"]

@@ -1,5 +1,6 @@
 """The Qdrant store, embedded in memory and over qdrant-client's REST path, with real embeddings
 of real product photos."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,8 +57,9 @@ def test_upsert_is_idempotent_and_replaces(store, demo_points):
     assert store.count() == 60
     store.upsert(demo_points[:10])
     assert store.count() == 60
-    changed = ImagePoint(BUCKET, demo_points[0].key, demo_points[0].vector,
-                         {**demo_points[0].payload, "category": "Replaced"})
+    changed = ImagePoint(
+        BUCKET, demo_points[0].key, demo_points[0].vector, {**demo_points[0].payload, "category": "Replaced"}
+    )
     store.upsert([changed])
     assert store.count() == 60
     assert store.get_images([(BUCKET, changed.key)])[(BUCKET, changed.key)]["category"] == "Replaced"
@@ -118,16 +120,22 @@ def test_deep_grouped_pages_of_products_with_many_images(make_store, monkeypatch
         for image in range(6):
             vector = (centre + 0.3 * rng.normal(size=16)).astype(np.float32)
             vector /= np.linalg.norm(vector)
-            points.append(ImagePoint(BUCKET, f"p{product}/{image}.jpg", vector,
-                                     {"product_id": f"p{product}", "bucket": BUCKET,
-                                      "key": f"p{product}/{image}.jpg"}))
+            points.append(
+                ImagePoint(
+                    BUCKET,
+                    f"p{product}/{image}.jpg",
+                    vector,
+                    {"product_id": f"p{product}", "bucket": BUCKET, "key": f"p{product}/{image}.jpg"},
+                )
+            )
     store.upsert(points)
     query = rng.normal(size=16).astype(np.float32)
     query /= np.linalg.norm(query)
     best: dict[str, float] = {}
     for point in points:
-        best[point.payload["product_id"]] = max(best.get(point.payload["product_id"], -2.0),
-                                                float(point.vector @ query))
+        best[point.payload["product_id"]] = max(
+            best.get(point.payload["product_id"], -2.0), float(point.vector @ query)
+        )
     truth = sorted(best, key=lambda p: -best[p])
     monkeypatch.setattr(store_module, "MAX_GROUP_FETCH", 256)  # 150 x 6 images do not fit
     pages = []
@@ -149,29 +157,34 @@ def test_facets_count_images_per_category_and_brand(store, demo_points):
 
 
 def test_score_threshold(store, demo_points):
-    hits = store.search(query_vector(demo_points), Query(top_k=60, group_by_product=False,
-                                                         score_threshold=0.8))
+    hits = store.search(
+        query_vector(demo_points), Query(top_k=60, group_by_product=False, score_threshold=0.8)
+    )
     assert hits and all(h.score >= 0.8 for h in hits)
     assert len(hits) < 60
 
 
-@pytest.mark.parametrize("filters", [
-    {"category": "Milk"},
-    {"category": ["Juice", "Yoghurt"]},
-    {"brand": "Arla"},
-    {"product_id": ["Oatly-Oat-Milk", "Bravo-Apple-Juice"]},
-    {"price": {"gte": 2.0, "lte": 2.5}},
-    {"price": {"lt": 1.6}},
-    {"category": "Milk", "price": {"gte": 1.6}},
-])
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"category": "Milk"},
+        {"category": ["Juice", "Yoghurt"]},
+        {"brand": "Arla"},
+        {"product_id": ["Oatly-Oat-Milk", "Bravo-Apple-Juice"]},
+        {"price": {"gte": 2.0, "lte": 2.5}},
+        {"price": {"lt": 1.6}},
+        {"category": "Milk", "price": {"gte": 1.6}},
+    ],
+)
 def test_filters_never_leak(store, demo_points, filters):
     def matches(payload):
         for name, want in filters.items():
             have = payload.get(name)
             if isinstance(want, dict):
                 if have is None or not all(
-                        {"gt": have > v, "gte": have >= v, "lt": have < v, "lte": have <= v}[op]
-                        for op, v in want.items()):
+                    {"gt": have > v, "gte": have >= v, "lt": have < v, "lte": have <= v}[op]
+                    for op, v in want.items()
+                ):
                     return False
             elif isinstance(want, list):
                 if have not in want:
@@ -188,12 +201,14 @@ def test_filters_never_leak(store, demo_points, filters):
 
 def test_filter_on_other_metadata(make_store, embedder, demo_points):
     store = make_store()
-    tagged = [ImagePoint(p.bucket, p.key, p.vector,
-                         {**p.payload, "metadata": {"colour": "red" if i % 2 else "blue"}})
-              for i, p in enumerate(demo_points[:20])]
+    tagged = [
+        ImagePoint(
+            p.bucket, p.key, p.vector, {**p.payload, "metadata": {"colour": "red" if i % 2 else "blue"}}
+        )
+        for i, p in enumerate(demo_points[:20])
+    ]
     store.upsert(tagged)
-    hits = store.search(tagged[0].vector, Query(top_k=20, group_by_product=False,
-                                                filters={"colour": "red"}))
+    hits = store.search(tagged[0].vector, Query(top_k=20, group_by_product=False, filters={"colour": "red"}))
     assert len(hits) == 10 and all(h.payload["metadata"]["colour"] == "red" for h in hits)
 
 

@@ -1,4 +1,5 @@
 """An unreachable or failing Qdrant is a StoreUnavailableError (the API's 503), never a hang."""
+
 from __future__ import annotations
 
 import socket
@@ -27,8 +28,7 @@ def test_nothing_listening_is_unavailable():
 
 
 def test_server_errors_are_unavailable(qdrant_shim):
-    store = CatalogStore.open(StoreSettings(url=qdrant_shim.url, collection="faults", timeout_s=2),
-                              "m", 4)
+    store = CatalogStore.open(StoreSettings(url=qdrant_shim.url, collection="faults", timeout_s=2), "m", 4)
     store.ensure_collection()
     qdrant_shim.fail_with = 503
     try:
@@ -40,8 +40,7 @@ def test_server_errors_are_unavailable(qdrant_shim):
 
 
 def test_slow_server_times_out(qdrant_shim):
-    store = CatalogStore.open(StoreSettings(url=qdrant_shim.url, collection="slow", timeout_s=1),
-                              "m", 4)
+    store = CatalogStore.open(StoreSettings(url=qdrant_shim.url, collection="slow", timeout_s=1), "m", 4)
     store.ensure_collection()
     qdrant_shim.delay_seconds = 3
     started = time.perf_counter()
@@ -55,9 +54,13 @@ def test_slow_server_times_out(qdrant_shim):
 
 @pytest.mark.parametrize("mode", ["rest", "memory"])
 def test_a_collection_deleted_underneath_is_recreated(request, mode):
-    settings = (StoreSettings(path=":memory:", collection="vanishing") if mode == "memory" else
-                StoreSettings(url=request.getfixturevalue("qdrant_shim").url,
-                              collection="vanishing", timeout_s=2))
+    settings = (
+        StoreSettings(path=":memory:", collection="vanishing")
+        if mode == "memory"
+        else StoreSettings(
+            url=request.getfixturevalue("qdrant_shim").url, collection="vanishing", timeout_s=2
+        )
+    )
     store = CatalogStore.open(settings, "m", 4)
     assert store.count() == 0
     store.drop_collection(store.physical_collection())
@@ -76,8 +79,10 @@ def test_many_instances_using_a_new_collection_at_once(qdrant_shim):
     from visual_search.store import ImagePoint
 
     name = f"race-{uuid.uuid4().hex[:6]}"
-    stores = [CatalogStore.open(StoreSettings(url=qdrant_shim.url, collection=name, timeout_s=5),
-                                "m", 4) for _ in range(8)]
+    stores = [
+        CatalogStore.open(StoreSettings(url=qdrant_shim.url, collection=name, timeout_s=5), "m", 4)
+        for _ in range(8)
+    ]
     start, errors = threading.Barrier(len(stores)), []
 
     def first_write(store, n):

@@ -1,4 +1,5 @@
 """Backfill, reconcile and re-index against moto S3 and embedded Qdrant."""
+
 from __future__ import annotations
 
 import boto3
@@ -45,16 +46,21 @@ def s3():
 def upload(s3, demo_images):
     def put(count: int = 12, prefix: str = "catalog/"):
         for img in demo_images[:count]:
-            s3.put_object(Bucket=BUCKET, Key=prefix + img.key, Body=img.path.read_bytes(),
-                          Metadata=img.metadata, ContentType="image/jpeg")
+            s3.put_object(
+                Bucket=BUCKET,
+                Key=prefix + img.key,
+                Body=img.path.read_bytes(),
+                Metadata=img.metadata,
+                ContentType="image/jpeg",
+            )
         s3.put_object(Bucket=BUCKET, Key=prefix + "README.txt", Body=b"not an image")
+
     return put
 
 
 def make_syncer(embedder, s3_client, collection="sync", client=None, model_id=None):
     settings = StoreSettings(path=":memory:", collection=collection)
-    store = CatalogStore(client or connect(settings), settings, model_id or embedder.model_id,
-                         embedder.dim)
+    store = CatalogStore(client or connect(settings), settings, model_id or embedder.model_id, embedder.dim)
     ingestor = Ingestor(Catalog(embedder, store), s3_client, IngestSettings(), ImageLimits())
     return Syncer(ingestor, sleep=lambda s: None)
 
@@ -81,8 +87,9 @@ def test_backfill_is_idempotent_and_resumable(s3, upload, embedder):
 
 def test_transient_failures_are_retried_within_a_run(s3, upload, embedder):
     upload(4)
-    flaky = CountingS3(s3, {"catalog/" + img: 2 for img in
-                            ["Alpro-Blueberry-Soyghurt/Alpro-Blueberry-Soyghurt_001.jpg"]})
+    flaky = CountingS3(
+        s3, {"catalog/" + img: 2 for img in ["Alpro-Blueberry-Soyghurt/Alpro-Blueberry-Soyghurt_001.jpg"]}
+    )
     report = make_syncer(embedder, flaky).backfill(BUCKET, "catalog/")
     assert report.indexed == 4 and report.retry == 0
 
@@ -93,8 +100,7 @@ def test_reconcile_repairs_both_kinds_of_drift(s3, upload, embedder, demo_images
     syncer.backfill(BUCKET, "catalog/")
     # drift: one object deleted behind our back, one replaced, two new ones never announced
     s3.delete_object(Bucket=BUCKET, Key="catalog/" + demo_images[0].key)
-    s3.put_object(Bucket=BUCKET, Key="catalog/" + demo_images[1].key,
-                  Body=demo_images[20].path.read_bytes())
+    s3.put_object(Bucket=BUCKET, Key="catalog/" + demo_images[1].key, Body=demo_images[20].path.read_bytes())
     for img in demo_images[30:32]:
         s3.put_object(Bucket=BUCKET, Key="catalog/" + img.key, Body=img.path.read_bytes())
     dry = syncer.reconcile(BUCKET, "catalog/", dry_run=True)
@@ -102,21 +108,30 @@ def test_reconcile_repairs_both_kinds_of_drift(s3, upload, embedder, demo_images
     assert len(keys(syncer.store)) == 10  # dry run changed nothing
     fixed = syncer.reconcile(BUCKET, "catalog/")
     assert fixed.indexed == 3 and fixed.deleted == 1
-    listed = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]
-              if o["Key"].endswith(".jpg")}
+    listed = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"] if o["Key"].endswith(".jpg")}
     assert keys(syncer.store) == listed
     again = syncer.reconcile(BUCKET, "catalog/", dry_run=True)
     assert (again.missing, again.changed, again.orphaned) == (0, 0, 0)
 
 
-def test_reconcile_converges_when_the_bucket_holds_objects_that_are_not_images(s3, upload,
-                                                                              embedder):
+def test_reconcile_converges_when_the_bucket_holds_objects_that_are_not_images(s3, upload, embedder):
     upload(3)
     s3.put_object(Bucket=BUCKET, Key="catalog/p9/README", Body=b"text", ContentType="text/plain")
-    s3.put_object(Bucket=BUCKET, Key="catalog/p9/IMG_2024.05.01", ContentType="image/jpeg",
-                  Body=s3.get_object(Bucket=BUCKET, Key=next(iter(
-                      o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]
-                      if o["Key"].endswith(".jpg"))))["Body"].read())
+    s3.put_object(
+        Bucket=BUCKET,
+        Key="catalog/p9/IMG_2024.05.01",
+        ContentType="image/jpeg",
+        Body=s3.get_object(
+            Bucket=BUCKET,
+            Key=next(
+                iter(
+                    o["Key"]
+                    for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]
+                    if o["Key"].endswith(".jpg")
+                )
+            ),
+        )["Body"].read(),
+    )
     syncer = make_syncer(embedder, s3)
     dry = syncer.reconcile(BUCKET, "catalog/", dry_run=True)
     assert dry.missing == 4 and dry.skipped == 2  # README.txt by name, README by content type
@@ -141,9 +156,10 @@ def test_reindex_switches_the_alias_to_a_collection_of_the_current_model(s3, upl
     assert current.store.physical_collection() == result["collection"]
     assert current.store.count() == 8
     assert not client.collection_exists(old_physical)
-    hits = current.store.search(embedder.embed(s3.get_object(
-        Bucket=BUCKET, Key=next(iter(keys(current.store))))["Body"].read()),
-                                Query(top_k=3, group_by_product=False))
+    hits = current.store.search(
+        embedder.embed(s3.get_object(Bucket=BUCKET, Key=next(iter(keys(current.store))))["Body"].read()),
+        Query(top_k=3, group_by_product=False),
+    )
     assert len(hits) == 3
 
 
@@ -160,15 +176,28 @@ def test_a_metadata_change_during_a_reindex_reaches_the_new_collection(s3, uploa
     def change_price_once(_):
         if changed:
             return
-        s3.copy_object(Bucket=BUCKET, Key=key, CopySource={"Bucket": BUCKET, "Key": key},
-                       Metadata={"price": "9.99"}, MetadataDirective="REPLACE",
-                       ContentType="image/jpeg")
-        changed.append(live.ingestor.apply([S3Change(BUCKET, key, "created", "ObjectCreated:Copy",
-                                                     sequencer="00AA")])[0].status)
+        s3.copy_object(
+            Bucket=BUCKET,
+            Key=key,
+            CopySource={"Bucket": BUCKET, "Key": key},
+            Metadata={"price": "9.99"},
+            MetadataDirective="REPLACE",
+            ContentType="image/jpeg",
+        )
+        changed.append(
+            live.ingestor.apply([S3Change(BUCKET, key, "created", "ObjectCreated:Copy", sequencer="00AA")])[
+                0
+            ].status
+        )
 
     current = make_syncer(embedder, s3, "shop", client)
-    reindex(current.ingestor.catalog, s3, sources=[(BUCKET, "catalog/")],
-            progress=change_price_once, log=lambda m: None)
+    reindex(
+        current.ingestor.catalog,
+        s3,
+        sources=[(BUCKET, "catalog/")],
+        progress=change_price_once,
+        log=lambda m: None,
+    )
     assert changed == ["indexed"]
     assert current.store.get_images([(BUCKET, key)])[(BUCKET, key)]["price"] == 9.99
 
@@ -180,8 +209,12 @@ def test_a_reindex_that_fails_before_the_switch_leaves_nothing_behind(s3, upload
     live.backfill(BUCKET, "catalog/")
     before = {c.name for c in client.get_collections().collections}
     with pytest.raises(ClientError):
-        reindex(live.ingestor.catalog, s3, sources=[(BUCKET, "catalog/"), ("no-such-bucket", "")],
-                log=lambda m: None)
+        reindex(
+            live.ingestor.catalog,
+            s3,
+            sources=[(BUCKET, "catalog/"), ("no-such-bucket", "")],
+            log=lambda m: None,
+        )
     assert {c.name for c in client.get_collections().collections} == before
     assert live.store.count() == 4  # searches still answer from the old collection
 

@@ -3,6 +3,7 @@
 ``stack`` is the e2e suite's session fixture (``visual-search dev`` in a subprocess on free
 127.0.0.1 ports), re-exported so the load test runs against the same local stack a user runs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 ERROR_STATUSES = {400, 404, 405, 413, 415, 422}
 # Text that would mean an exception leaked into a response.
-LEAK_MARKERS = ("Traceback", 'File "', "site-packages", ".py\", line", str(REPO))
+LEAK_MARKERS = ("Traceback", 'File "', "site-packages", '.py", line', str(REPO))
 
 
 @pytest.fixture(scope="session")
@@ -31,8 +32,13 @@ def samples() -> Samples:
     return Samples()
 
 
-def assert_error(status: int, raw_body: str, headers: dict, expected_status: int | set[int],
-                 codes: str | set[str] | None = None) -> dict:
+def assert_error(
+    status: int,
+    raw_body: str,
+    headers: dict,
+    expected_status: int | set[int],
+    codes: str | set[str] | None = None,
+) -> dict:
     """The documented status and the one error shape ``{"error": {"code", "message"[,
     "details"]}}``, as JSON, with no traceback or server path anywhere in the body."""
     expected = {expected_status} if isinstance(expected_status, int) else expected_status
@@ -63,7 +69,7 @@ def max_rss_mb() -> float:
 def rss_now_mb() -> float:
     """Resident memory of this process right now (Linux)."""
     with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / 2 ** 20
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def write_artifact(name: str, figures: dict[str, Any]) -> Path:

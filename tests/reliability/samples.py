@@ -1,5 +1,6 @@
 """Hostile and edge-case payloads shared by the reliability tests: broken, disguised and
 oversized images, and small valid ones of extreme shapes. Every factory is deterministic."""
+
 from __future__ import annotations
 
 import io
@@ -19,8 +20,9 @@ def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
@@ -30,8 +32,7 @@ def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
     row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
     data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data)
-            + png_chunk(b"IEND", b""))
+    return PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
 
 
 def jpeg_claiming(width: int, height: int, base: bytes) -> bytes:
@@ -39,7 +40,7 @@ def jpeg_claiming(width: int, height: int, base: bytes) -> bytes:
     at = base.find(b"\xff\xc0")
     assert at > 0, "baseline JPEG expected"
     patched = bytearray(base)
-    patched[at + 5:at + 9] = struct.pack(">HH", height, width)
+    patched[at + 5 : at + 9] = struct.pack(">HH", height, width)
     return bytes(patched)
 
 
@@ -61,14 +62,20 @@ def noise_photo(size: tuple[int, int] = (96, 72), seed: int = 1) -> Image.Image:
     image = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
     draw = ImageDraw.Draw(image)
     for _ in range(6):
-        box = sorted(rng.randrange(size[0]) for _ in range(2)), sorted(rng.randrange(size[1]) for _ in range(2))
-        draw.rectangle((box[0][0], box[1][0], box[0][1], box[1][1]),
-                       fill=tuple(rng.randrange(256) for _ in range(3)))
+        box = (
+            sorted(rng.randrange(size[0]) for _ in range(2)),
+            sorted(rng.randrange(size[1]) for _ in range(2)),
+        )
+        draw.rectangle(
+            (box[0][0], box[1][0], box[0][1], box[1][1]), fill=tuple(rng.randrange(256) for _ in range(3))
+        )
     return image
 
 
-SVG = (b'<?xml version="1.0" encoding="UTF-8"?>\n<svg xmlns="http://www.w3.org/2000/svg" '
-       b'width="20000" height="20000"><script>alert(1)</script><rect width="10" height="10"/></svg>')
+SVG = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<svg xmlns="http://www.w3.org/2000/svg" '
+    b'width="20000" height="20000"><script>alert(1)</script><rect width="10" height="10"/></svg>'
+)
 HTML = b"<!DOCTYPE html><html><body><img src=x onerror=alert(1)><p>not a photo</p></body></html>"
 TEXT = b"SKU-123, Oat milk, 1.99 EUR\nthis is a text file with a .jpg name\n"
 
@@ -84,9 +91,11 @@ class Samples:
             "empty": (b"", {"empty_image"}, 400),
             "truncated-jpeg": (self.jpeg[: len(self.jpeg) // 2], {"corrupt_image"}, 400),
             "truncated-png": (self.png[: len(self.png) // 2], {"corrupt_image"}, 400),
-            "corrupt-jpeg": (b"\xff\xd8\xff\xe0" + bytes(random.Random(3).randrange(256)
-                                                         for _ in range(700)),
-                             {"corrupt_image", "unsupported_image"}, 400),
+            "corrupt-jpeg": (
+                b"\xff\xd8\xff\xe0" + bytes(random.Random(3).randrange(256) for _ in range(700)),
+                {"corrupt_image", "unsupported_image"},
+                400,
+            ),
             "corrupt-png": (corrupt_png(self.png), {"corrupt_image"}, 400),
             "text-as-jpeg": (TEXT, {"unsupported_image"}, 400),
             "svg": (SVG, {"unsupported_image"}, 400),

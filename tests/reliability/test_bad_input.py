@@ -18,6 +18,7 @@ What it proves:
 The tests at the end are regressions for the product bugs this suite found (each docstring says
 what the bug was); they were pinned as strict xfails until the fix in 09fb913.
 """
+
 from __future__ import annotations
 
 import base64
@@ -49,6 +50,7 @@ def figures():
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
 
 def raw_call(env, event) -> tuple[int, str, dict]:
     app, _ = env
@@ -119,8 +121,12 @@ def search_cases(s):
         # media types
         ("text-plain", search_text("hello", "text/plain"), 415, "unsupported_media_type"),
         ("image-gif-media-type", raw_image(s.jpeg, "image/gif"), 415, "unsupported_media_type"),
-        ("no-content-type-not-json", rest_event("POST", "/search", body=b"\xff\xd8binary"), 415,
-         "unsupported_media_type"),
+        (
+            "no-content-type-not-json",
+            rest_event("POST", "/search", body=b"\xff\xd8binary"),
+            415,
+            "unsupported_media_type",
+        ),
         # too large
         ("raw-body-over-limit", raw_image(b"\xff" * (7 * 1024 * 1024)), 413, "body_too_large"),
         ("json-body-over-limit", search_json({"image": "A" * (7 * 1024 * 1024)}), 413, "body_too_large"),
@@ -128,8 +134,12 @@ def search_cases(s):
         ("json-unterminated", search_text('{"image": '), 400, "invalid_json"),
         ("json-single-quotes", search_text("{'image': 'aGk='}"), 400, "invalid_json"),
         ("json-trailing-comma", search_text('{"image": "aGk=",}'), 400, "invalid_json"),
-        ("json-invalid-utf8", {**search_text("{}"), "body": b64(b'{"image": "\xff\xfe"}'),
-                               "isBase64Encoded": True}, 400, "invalid_json"),
+        (
+            "json-invalid-utf8",
+            {**search_text("{}"), "body": b64(b'{"image": "\xff\xfe"}'), "isBase64Encoded": True},
+            400,
+            "invalid_json",
+        ),
         ("json-array", search_text("[1, 2]"), 400, "invalid_json"),
         ("json-string", search_text('"aGk="'), 400, "invalid_json"),
         ("json-null", search_text("null"), 400, "invalid_json"),
@@ -144,9 +154,14 @@ def search_cases(s):
         ("group-by-maybe", options(group_by_product="maybe"), 422, "invalid_options"),
         ("offset-is-text", options(offset="x"), 422, "invalid_options"),
         ("offset-negative", options(offset=-1), 422, "invalid_options"),
-        ("offset-huge", options(offset=10 ** 30), 422, "invalid_options"),
+        ("offset-huge", options(offset=10**30), 422, "invalid_options"),
         ("threshold-is-text", options(score_threshold="high"), 422, "invalid_options"),
-        ("threshold-nan", search_text(f'{{"image": "{GOOD}", "score_threshold": NaN}}'), 422, "invalid_options"),
+        (
+            "threshold-nan",
+            search_text(f'{{"image": "{GOOD}", "score_threshold": NaN}}'),
+            422,
+            "invalid_options",
+        ),
         ("filters-is-list", filtered([["category", "Milk"]]), 422, "invalid_options"),
         ("filters-is-string", filtered("category=Milk"), 422, "invalid_options"),
         ("filters-is-null", filtered(None), 422, "invalid_options"),
@@ -185,40 +200,69 @@ def search_cases(s):
         ("price-unknown-op", filtered({"price": {"ne": 1}}), 422, "invalid_options"),
         ("price-empty", filtered({"price": {}}), 422, "invalid_options"),
         ("price-inverted", filtered({"price": {"gte": 5, "lte": 1}}), 422, "invalid_options"),
-        ("price-infinite", search_text(f'{{"image": "{GOOD}", "filters": {{"price": {{"lte": Infinity}}}}}}'),
-         422, "invalid_options"),
-        ("price-huge-int", filtered({"price": {"gte": 10 ** 400}}), 422, "invalid_options"),
+        (
+            "price-infinite",
+            search_text(f'{{"image": "{GOOD}", "filters": {{"price": {{"lte": Infinity}}}}}}'),
+            422,
+            "invalid_options",
+        ),
+        ("price-huge-int", filtered({"price": {"gte": 10**400}}), 422, "invalid_options"),
         ("metadata-object", filtered({"colour": {"a": 1}}), 422, "invalid_options"),
         ("metadata-null", filtered({"colour": None}), 422, "invalid_options"),
         ("metadata-empty-list", filtered({"colour": []}), 422, "invalid_options"),
-        ("metadata-51-values", filtered({"colour": list(map(str, range(51)))}),
-         422, "invalid_options"),
+        ("metadata-51-values", filtered({"colour": list(map(str, range(51)))}), 422, "invalid_options"),
         ("metadata-nested-list", filtered({"colour": [["red"]]}), 422, "invalid_options"),
         ("qs-price-min-text", raw_image(s.jpeg, query="?price_min=cheap"), 422, "invalid_options"),
         ("qs-filters-not-json", raw_image(s.jpeg, query="?filters=category%3DMilk"), 422, "invalid_options"),
         ("qs-filters-array", raw_image(s.jpeg, query="?filters=%5B1%5D"), 422, "invalid_options"),
-        ("qs-51-brands", raw_image(s.jpeg, query="?brand=" + ",".join(f"b{i}" for i in range(51))), 422,
-         "invalid_options"),
+        (
+            "qs-51-brands",
+            raw_image(s.jpeg, query="?brand=" + ",".join(f"b{i}" for i in range(51))),
+            422,
+            "invalid_options",
+        ),
         # very long strings
         ("category-10k", filtered({"category": LONG}), 422, "invalid_options"),
         ("brand-list-10k", filtered({"brand": ["Arla", LONG]}), 422, "invalid_options"),
-        ("metadata-10k-unicode", filtered({"colour": LONG_UNICODE}), 422,
-         "invalid_options"),
+        ("metadata-10k-unicode", filtered({"colour": LONG_UNICODE}), 422, "invalid_options"),
         ("qs-category-10k", raw_image(s.jpeg, query=f"?category={LONG}"), 422, "invalid_options"),
         ("form-brand-10k-unicode", multipart(s.jpeg, {"brand": LONG_UNICODE}), 422, "invalid_options"),
         ("option-name-10k", search_json({"image": GOOD, LONG: 1}), 422, "invalid_options"),
         ("s3-key-10k", search_json({"s3_key": LONG}), 422, "invalid_options"),
         # multipart
         ("form-without-file", multipart(None, {"top_k": "3"}), 400, "no_image"),
-        ("form-two-files", rest_event("POST", "/search", body=multipart_body({}, s.jpeg)[0].replace(
-            b"--XyZboundary--", b'--XyZboundary\r\nContent-Disposition: form-data; name="file"; '
-                                b'filename="b.jpg"\r\n\r\n' + s.jpeg + b"\r\n--XyZboundary--"),
-            content_type="multipart/form-data; boundary=XyZboundary"), 400, "too_many_images"),
-        ("form-wrong-boundary", rest_event("POST", "/search", body=multipart_body({}, s.jpeg)[0],
-                                           content_type="multipart/form-data; boundary=other"), 400,
-         {"bad_request", "no_image"}),
-        ("form-no-boundary", rest_event("POST", "/search", body=b"--x\r\n\r\nzz",
-                                        content_type="multipart/form-data"), 400, "bad_request"),
+        (
+            "form-two-files",
+            rest_event(
+                "POST",
+                "/search",
+                body=multipart_body({}, s.jpeg)[0].replace(
+                    b"--XyZboundary--",
+                    b'--XyZboundary\r\nContent-Disposition: form-data; name="file"; '
+                    b'filename="b.jpg"\r\n\r\n' + s.jpeg + b"\r\n--XyZboundary--",
+                ),
+                content_type="multipart/form-data; boundary=XyZboundary",
+            ),
+            400,
+            "too_many_images",
+        ),
+        (
+            "form-wrong-boundary",
+            rest_event(
+                "POST",
+                "/search",
+                body=multipart_body({}, s.jpeg)[0],
+                content_type="multipart/form-data; boundary=other",
+            ),
+            400,
+            {"bad_request", "no_image"},
+        ),
+        (
+            "form-no-boundary",
+            rest_event("POST", "/search", body=b"--x\r\n\r\nzz", content_type="multipart/form-data"),
+            400,
+            "bad_request",
+        ),
         ("form-empty-file", multipart(b""), 400, "empty_image"),
     ]
     # every bad image, through each way a query image arrives
@@ -229,7 +273,12 @@ def search_cases(s):
         cases += [
             (f"raw-{name}", raw_image(data, content_type), status, codes),
             (f"json-{name}", search_json({"image": b64(data)}), status, codes),
-            (f"data-url-{name}", search_json({"image": f"data:{content_type};base64,{b64(data)}"}), status, codes),
+            (
+                f"data-url-{name}",
+                search_json({"image": f"data:{content_type};base64,{b64(data)}"}),
+                status,
+                codes,
+            ),
             (f"form-{name}", multipart(data, filename=f"{name}.jpg"), status, codes),
         ]
     return cases
@@ -260,9 +309,11 @@ def test_bad_search_requests(env, catalog, demo_images, search_case):
 def test_extreme_but_valid_images_are_searchable(env, catalog, samples, name, form):
     data = samples.edge[name]
     content_type = "image/png" if name.endswith("png") else "image/jpeg"
-    event = {"raw": lambda: raw_image(data, content_type, "?top_k=5"),
-             "json": lambda: search_json({"image": b64(data), "top_k": 5}),
-             "form": lambda: multipart(data, {"top_k": "5"}, filename=f"{name}.{content_type[6:]}")}[form]()
+    event = {
+        "raw": lambda: raw_image(data, content_type, "?top_k=5"),
+        "json": lambda: search_json({"image": b64(data), "top_k": 5}),
+        "form": lambda: multipart(data, {"top_k": "5"}, filename=f"{name}.{content_type[6:]}"),
+    }[form]()
     status, raw, _ = raw_call(env, event)
     assert status == 200, raw[:300]
     assert len(json.loads(raw)["results"]) == 5
@@ -271,11 +322,16 @@ def test_extreme_but_valid_images_are_searchable(env, catalog, samples, name, fo
 
 def test_unicode_filter_values_are_valid(env, catalog, demo_images):
     photo = b64(query_photo(demo_images, 4))
-    status, raw, _ = raw_call(env, search_json({"image": photo, "filters": {
-        "category": "Crème brûlée ☕ 日本語", "colour": ["rouge-é", "赤"]}}))
+    status, raw, _ = raw_call(
+        env,
+        search_json(
+            {"image": photo, "filters": {"category": "Crème brûlée ☕ 日本語", "colour": ["rouge-é", "赤"]}}
+        ),
+    )
     assert status == 200 and json.loads(raw)["results"] == []  # valid, and nothing matches
-    status, raw, _ = raw_call(env, raw_image(query_photo(demo_images, 4),
-                                             query="?category=%E2%98%95&brand=%C3%BC,Arla"))
+    status, raw, _ = raw_call(
+        env, raw_image(query_photo(demo_images, 4), query="?category=%E2%98%95&brand=%C3%BC,Arla")
+    )
     assert status == 200 and json.loads(raw)["results"] == []
     FIGURES["search_cases"] += 2
 
@@ -283,11 +339,13 @@ def test_unicode_filter_values_are_valid(env, catalog, demo_images):
 def test_search_memory_stays_bounded(env, catalog, samples, demo_images):
     """20 bombs and oversized bodies in a row: peak RSS grows by less than the bound (one
     decoded bomb alone would add 400 MB - 1.2 GB)."""
-    heavy = [raw_image(samples.bad["png-bomb-20000px"][0], "image/png"),
-             search_json({"image": b64(samples.bad["png-bomb-20000px"][0])}),
-             raw_image(samples.bad["jpeg-claiming-60000px"][0]),
-             multipart(samples.bad["gif-claiming-65535px"][0]),
-             raw_image(b"\xff" * (7 * 1024 * 1024))]
+    heavy = [
+        raw_image(samples.bad["png-bomb-20000px"][0], "image/png"),
+        search_json({"image": b64(samples.bad["png-bomb-20000px"][0])}),
+        raw_image(samples.bad["jpeg-claiming-60000px"][0]),
+        multipart(samples.bad["gif-claiming-65535px"][0]),
+        raw_image(b"\xff" * (7 * 1024 * 1024)),
+    ]
     expected = [413, 413, 413, 413, 413]
     for event, status in zip(heavy, expected):  # warm-up: one-off allocations do not count
         assert raw_call(env, event)[0] == status
@@ -299,15 +357,22 @@ def test_search_memory_stays_bounded(env, catalog, samples, demo_images):
     assert_still_serving(env, demo_images)
     gc.collect()
     growth, kept = max_rss_mb() - before, rss_now_mb() - now_before
-    FIGURES["search_memory"] = {"requests": 20, "peak_rss_growth_mb": round(growth, 1),
-                                "rss_growth_mb": round(kept, 1), "bound_mb": MEMORY_BOUND_MB}
-    report(f"\nsearch: 20 bomb/oversized requests: peak RSS {before:.0f} -> +{growth:.1f} MB, "
-           f"RSS {now_before:.0f} -> {kept:+.1f} MB (bound {MEMORY_BOUND_MB} MB)")
+    FIGURES["search_memory"] = {
+        "requests": 20,
+        "peak_rss_growth_mb": round(growth, 1),
+        "rss_growth_mb": round(kept, 1),
+        "bound_mb": MEMORY_BOUND_MB,
+    }
+    report(
+        f"\nsearch: 20 bomb/oversized requests: peak RSS {before:.0f} -> +{growth:.1f} MB, "
+        f"RSS {now_before:.0f} -> {kept:+.1f} MB (bound {MEMORY_BOUND_MB} MB)"
+    )
     assert growth < MEMORY_BOUND_MB  # a spike: something decoded a bomb
     assert kept < MEMORY_BOUND_MB  # a leak: something kept what it read
 
 
 # -- ingest --------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def world(env, catalog):
@@ -319,23 +384,44 @@ def world(env, catalog):
 
 
 def failures_logged(caplog, key: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.levelno >= logging.WARNING
-            and r.getMessage() == f"failed {key}" and getattr(r, "reason", "")]
+    return [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.getMessage() == f"failed {key}" and getattr(r, "reason", "")
+    ]
 
 
 def good_photo(demo_images, n: int) -> bytes:
     return demo_images[n % len(demo_images)].path.read_bytes()
 
 
-@pytest.mark.parametrize("name", ["empty", "truncated-jpeg", "truncated-png", "corrupt-jpeg",
-                                  "corrupt-png", "text-as-jpeg", "svg", "html", "png-bomb-20000px",
-                                  "jpeg-claiming-60000px", "gif-claiming-65535px"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "empty",
+        "truncated-jpeg",
+        "truncated-png",
+        "corrupt-jpeg",
+        "corrupt-png",
+        "text-as-jpeg",
+        "svg",
+        "html",
+        "png-bomb-20000px",
+        "jpeg-claiming-60000px",
+        "gif-claiming-65535px",
+    ],
+)
 def test_bad_object_is_a_logged_permanent_failure(world, samples, demo_images, caplog, name):
     data, codes, _ = samples.bad[name]
     ext = "png" if "png" in name or name == "svg" else ("gif" if "gif" in name else "jpg")
-    bad_key, good_keys = f"bad-input/{name}/object.{ext}", [f"bad-input/{name}/good-{i}.jpg" for i in range(2)]
-    records = [world.put(bad_key, data, {"category": "Bad"}),
-               *(world.put(k, good_photo(demo_images, 5 + i)) for i, k in enumerate(good_keys))]
+    bad_key, good_keys = (
+        f"bad-input/{name}/object.{ext}",
+        [f"bad-input/{name}/good-{i}.jpg" for i in range(2)],
+    )
+    records = [
+        world.put(bad_key, data, {"category": "Bad"}),
+        *(world.put(k, good_photo(demo_images, 5 + i)) for i, k in enumerate(good_keys)),
+    ]
     random.Random(name).shuffle(records)
     caplog.clear()
     with caplog.at_level(logging.INFO):
@@ -345,7 +431,9 @@ def test_bad_object_is_a_logged_permanent_failure(world, samples, demo_images, c
     for key in good_keys:
         assert world.payload(key)["etag"] == world.s3.head_object(Bucket=BUCKET, Key=key)["ETag"]
     # a direct S3 event says the same per record, and does not raise (nothing to retry)
-    direct = world.invoke({"Records": [world.put(bad_key, data), world.put(good_keys[0], good_photo(demo_images, 9))]})
+    direct = world.invoke(
+        {"Records": [world.put(bad_key, data), world.put(good_keys[0], good_photo(demo_images, 9))]}
+    )
     statuses = {o["key"]: (o["status"], o["reason"]) for o in direct["outcomes"]}
     assert statuses[good_keys[0]][0] == "indexed"
     assert statuses[bad_key][0] == "failed" and statuses[bad_key][1]
@@ -358,8 +446,9 @@ def test_oversized_object_is_a_permanent_failure(world, demo_images, caplog):
     key = "bad-input/oversized/object.jpg"
     big = random.Random(1).randbytes(21 * 1024 * 1024)  # over MAX_IMAGE_BYTES (20 MiB)
     with caplog.at_level(logging.INFO):
-        result = world.deliver(world.put(key, big), world.put("bad-input/oversized/good.jpg",
-                                                              good_photo(demo_images, 3)))
+        result = world.deliver(
+            world.put(key, big), world.put("bad-input/oversized/good.jpg", good_photo(demo_images, 3))
+        )
     assert result == {"batchItemFailures": []}
     assert failures_logged(caplog, key) and "limit" in failures_logged(caplog, key)[0].reason
     assert world.payload(key) is None and world.payload("bad-input/oversized/good.jpg")
@@ -389,11 +478,13 @@ def test_full_batch_of_mixed_bad_and_good(world, samples, demo_images):
 def test_extreme_but_valid_objects_are_indexed(world, env, samples, name):
     key = f"bad-input/edge/{name}.{name.rsplit('-', 1)[1].replace('jpeg', 'jpg')}"
     assert world.deliver(world.put(key, samples.edge[name], {"product-id": f"edge-{name}"})) == {
-        "batchItemFailures": []}
+        "batchItemFailures": []
+    }
     assert world.payload(key)["product_id"] == f"edge-{name}"
     content_type = "image/png" if name.endswith("png") else "image/jpeg"
-    status, raw, _ = raw_call(env, raw_image(samples.edge[name], content_type,
-                                             f"?top_k=1&product_id=edge-{name}"))
+    status, raw, _ = raw_call(
+        env, raw_image(samples.edge[name], content_type, f"?top_k=1&product_id=edge-{name}")
+    )
     assert status == 200 and json.loads(raw)["results"][0]["image"]["key"] == key
     FIGURES["ingest_cases"] += 1
 
@@ -406,8 +497,14 @@ def test_unicode_key_with_long_metadata_is_indexed_and_searchable(world, env, de
     assert len(key.encode()) < 1024
     title = "Crème brûlée à la vanille ☕ 日本語 " * 12
     encoded_title = "=?UTF-8?B?" + b64(title.encode()) + "?="  # how S3 keeps non-ASCII metadata
-    metadata = {"category": "Desserts-" + "long" * 30, "brand": "Maison-U", "price": "4.20",
-                "title": encoded_title, "colour": "creme-" + "x" * 200, "notes": "n" * 900}
+    metadata = {
+        "category": "Desserts-" + "long" * 30,
+        "brand": "Maison-U",
+        "price": "4.20",
+        "title": encoded_title,
+        "colour": "creme-" + "x" * 200,
+        "notes": "n" * 900,
+    }
     assert sum(len(k) + len(v) for k, v in metadata.items()) < 2048
     photo = good_photo(demo_images, 44)
     record = world.put(key, photo, metadata)
@@ -417,9 +514,16 @@ def test_unicode_key_with_long_metadata_is_indexed_and_searchable(world, env, de
     assert payload["key"] == key and payload["product_id"] == product
     assert payload["title"] == title  # decoded from RFC 2047
     assert payload["metadata"]["colour"] == metadata["colour"]
-    status, raw, _ = raw_call(env, search_json({"image": b64(query_photo(demo_images, 44)), "top_k": 3,
-                                                "filters": {"product_id": product,
-                                                            "colour": metadata["colour"]}}))
+    status, raw, _ = raw_call(
+        env,
+        search_json(
+            {
+                "image": b64(query_photo(demo_images, 44)),
+                "top_k": 3,
+                "filters": {"product_id": product, "colour": metadata["colour"]},
+            }
+        ),
+    )
     assert status == 200, raw[:300]
     results = json.loads(raw)["results"]
     assert [r["image"]["key"] for r in results] == [key]
@@ -445,15 +549,22 @@ def test_ingest_memory_stays_bounded(world, samples):
     assert all(world.payload(k) is None for k in keys)
     for key in keys:
         world.s3.delete_object(Bucket=BUCKET, Key=key)
-    FIGURES["ingest_memory"] = {"bombs": 20, "peak_rss_growth_mb": round(growth, 1),
-                                "rss_growth_mb": round(kept, 1), "bound_mb": MEMORY_BOUND_MB}
-    report(f"\ningest: 20 bombs in 2 batches: peak RSS +{growth:.1f} MB, RSS {kept:+.1f} MB "
-           f"(bound {MEMORY_BOUND_MB} MB)")
+    FIGURES["ingest_memory"] = {
+        "bombs": 20,
+        "peak_rss_growth_mb": round(growth, 1),
+        "rss_growth_mb": round(kept, 1),
+        "bound_mb": MEMORY_BOUND_MB,
+    }
+    report(
+        f"\ningest: 20 bombs in 2 batches: peak RSS +{growth:.1f} MB, RSS {kept:+.1f} MB "
+        f"(bound {MEMORY_BOUND_MB} MB)"
+    )
     assert growth < MEMORY_BOUND_MB
     assert kept < MEMORY_BOUND_MB
 
 
 # -- regressions: bugs this suite found (fixed in 09fb913), kept as tests ---------------------
+
 
 def test_deeply_nested_json_body_is_400(env, demo_images):
     """Regression, fixed in 09fb913. Was: api.py _parse_json catches only
@@ -472,16 +583,18 @@ def test_deeply_nested_filters_query_is_4xx(env, samples):
 def test_filters_price_then_price_min_is_422(env, samples):
     """Regression, fixed in 09fb913. Was: api_models.py options_from_fields:
     ?filters={"price":"x"}&price_min=1 assigns into the str -> TypeError -> 500"""
-    code, raw, headers = raw_call(env, raw_image(
-        samples.jpeg, query="?filters=%7B%22price%22%3A%22x%22%7D&price_min=1"))
+    code, raw, headers = raw_call(
+        env, raw_image(samples.jpeg, query="?filters=%7B%22price%22%3A%22x%22%7D&price_min=1")
+    )
     assert_error(code, raw, headers, 422, "invalid_options")
 
 
 def test_uploads_malformed_json_is_400(env):
     """Regression, fixed in 09fb913. Was: api.py uploads(): json.loads(body)
     is not guarded -> malformed JSON is a 500"""
-    code, raw, headers = raw_call(env, rest_event("POST", "/uploads", body="{",
-                                                  content_type="application/json"))
+    code, raw, headers = raw_call(
+        env, rest_event("POST", "/uploads", body="{", content_type="application/json")
+    )
     assert_error(code, raw, headers, 400, "invalid_json")
 
 
@@ -489,8 +602,9 @@ def test_uploads_malformed_json_is_400(env):
 def test_metadata_filter_keys_with_dots_or_colons_do_not_500(env, catalog, demo_images, key):
     """Regression, fixed in 09fb913. Was: METADATA_KEY allows ':' and '..' but
     Qdrant's JSON path parser refuses them (ValueError: Invalid path) -> 500"""
-    code, raw, headers = raw_call(env, search_json({"image": b64(query_photo(demo_images, 1)),
-                                                    "filters": {key: "x"}}))
+    code, raw, headers = raw_call(
+        env, search_json({"image": b64(query_photo(demo_images, 1)), "filters": {key: "x"}})
+    )
     if code != 200:
         assert_error(code, raw, headers, 422, "invalid_options")
 
@@ -513,8 +627,13 @@ class KeyLimitS3:
         from botocore.exceptions import ClientError
 
         if len(kwargs["Key"].encode()) > 1024:
-            raise ClientError({"Error": {"Code": "400", "Message": "Bad Request"},
-                               "ResponseMetadata": {"HTTPStatusCode": 400}}, "HeadObject")
+            raise ClientError(
+                {
+                    "Error": {"Code": "400", "Message": "Bad Request"},
+                    "ResponseMetadata": {"HTTPStatusCode": 400},
+                },
+                "HeadObject",
+            )
         return self.s3.head_object(**kwargs)
 
     def __getattr__(self, name):
@@ -585,8 +704,10 @@ def test_deeply_nested_sqs_body_is_a_batch_item_failure(world, demo_images):
     assert invoke_batch(world, event) == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
 
 
-@pytest.mark.parametrize("broken", [{"eventSource": "aws:sqs", "messageId": "x"},
-                                    {"eventSource": "aws:sqs", "body": "{}"}, "not a record"])
+@pytest.mark.parametrize(
+    "broken",
+    [{"eventSource": "aws:sqs", "messageId": "x"}, {"eventSource": "aws:sqs", "body": "{}"}, "not a record"],
+)
 def test_malformed_sqs_envelope_is_an_event_error(world, broken):
     """Regression, fixed in 09fb913. Was: functions/ingest/app.py handle_sqs
     reads record.body / message_id outside any guard: an SQS record without them (or not an

@@ -21,6 +21,7 @@ sequencers, malformed SQS envelopes; fixed in 09fb913, with regression tests in
 test_bad_input.py): on the code before the fix the filter-object, SQS and whole-event properties
 fail. Sized to run in about half a minute on 2 cores; the counts land in test-artifacts/fuzz.json.
 """
+
 from __future__ import annotations
 
 import base64
@@ -43,14 +44,24 @@ from visual_search.api_models import METADATA_KEY
 from visual_search.events import EventError
 from visual_search.lambdas import LambdaContext, load_function
 
-pytestmark = [pytest.mark.filterwarnings("ignore:No application metrics"),
-              pytest.mark.filterwarnings("ignore::UserWarning:PIL")]  # corrupt TIFF/EXIF chatter
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:No application metrics"),
+    pytest.mark.filterwarnings("ignore::UserWarning:PIL"),
+]  # corrupt TIFF/EXIF chatter
 
 COUNTS: Counter = Counter()  # examples run per property, and their outcomes
-FUZZ = dict(deadline=None, database=None, derandomize=False, print_blob=True,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                   HealthCheck.function_scoped_fixture,
-                                   HealthCheck.filter_too_much])
+FUZZ = dict(
+    deadline=None,
+    database=None,
+    derandomize=False,
+    print_blob=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.filter_too_much,
+    ],
+)
 CLIENT_ERRORS = {400, 404, 413, 415, 422}
 
 
@@ -64,23 +75,32 @@ def figures():
 
 # -- strategies ----------------------------------------------------------------------------------
 
-json_leaves = (st.none() | st.booleans() | st.integers() | st.floats()
-               | st.text(max_size=40))
+json_leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
 json_values = st.recursive(
-    json_leaves, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
-        st.text(max_size=12), kids, max_size=4), max_leaves=16)
+    json_leaves,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=12), kids, max_size=4),
+    max_leaves=16,
+)
 
 
 def _seeds() -> list[bytes]:
     photo = noise_photo((24, 18), seed=11)
     frames = [noise_photo((16, 16), seed=s).convert("P") for s in (1, 2)]
     animated = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
-    return [encode(photo, "JPEG", quality=80), encode(photo, "JPEG", progressive=True),
-            encode(photo.convert("CMYK"), "JPEG"), encode(photo, "PNG"),
-            encode(photo.convert("RGBA"), "PNG"), encode(photo.convert("P"), "PNG", transparency=0),
-            encode(Image.new("I;16", (12, 12), 4000), "PNG"), animated,
-            encode(photo, "BMP"), encode(photo, "TIFF", compression="tiff_lzw"),
-            encode(photo, "TIFF"), encode(photo, "WEBP", quality=60)]
+    return [
+        encode(photo, "JPEG", quality=80),
+        encode(photo, "JPEG", progressive=True),
+        encode(photo.convert("CMYK"), "JPEG"),
+        encode(photo, "PNG"),
+        encode(photo.convert("RGBA"), "PNG"),
+        encode(photo.convert("P"), "PNG", transparency=0),
+        encode(Image.new("I;16", (12, 12), 4000), "PNG"),
+        animated,
+        encode(photo, "BMP"),
+        encode(photo, "TIFF", compression="tiff_lzw"),
+        encode(photo, "TIFF"),
+        encode(photo, "WEBP", quality=60),
+    ]
 
 
 SEEDS = _seeds()
@@ -102,27 +122,54 @@ def mutated_images(draw) -> bytes:
 image_bytes = st.binary(max_size=2048) | mutated_images()
 TINY = encode(noise_photo((8, 8), seed=4), "PNG")
 TINY_B64 = base64.b64encode(TINY).decode()
-OPTION_NAMES = ["top_k", "offset", "score_threshold", "group_by_product", "category", "brand",
-                "product_id", "price_min", "price_max", "filters"]
-filter_keys = (st.sampled_from(["category", "brand", "product_id", "price", "colour", "sequencer"])
-               | st.from_regex(METADATA_KEY, fullmatch=True)
-               | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,20}", fullmatch=True)  # dots, colons
-               | st.text(max_size=20))
+OPTION_NAMES = [
+    "top_k",
+    "offset",
+    "score_threshold",
+    "group_by_product",
+    "category",
+    "brand",
+    "product_id",
+    "price_min",
+    "price_max",
+    "filters",
+]
+filter_keys = (
+    st.sampled_from(["category", "brand", "product_id", "price", "colour", "sequencer"])
+    | st.from_regex(METADATA_KEY, fullmatch=True)
+    | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,20}", fullmatch=True)  # dots, colons
+    | st.text(max_size=20)
+)
 price_ranges = st.fixed_dictionaries({}, optional={op: json_leaves for op in ("gte", "lte", "gt", "lt")})
 filter_objects = st.dictionaries(filter_keys, json_values | price_ranges, max_size=4)
 search_objects = st.fixed_dictionaries(
     {"image": st.sampled_from([TINY_B64, f"data:image/png;base64,{TINY_B64}"]) | json_values},
-    optional={"top_k": st.integers(-5, 150) | json_values, "offset": st.integers(-5, 1200) | json_values,
-              "score_threshold": st.floats() | json_values, "group_by_product": json_values,
-              "filters": filter_objects | json_values, "s3_key": json_values,
-              "extra": json_values})
+    optional={
+        "top_k": st.integers(-5, 150) | json_values,
+        "offset": st.integers(-5, 1200) | json_values,
+        "score_threshold": st.floats() | json_values,
+        "group_by_product": json_values,
+        "filters": filter_objects | json_values,
+        "s3_key": json_values,
+        "extra": json_values,
+    },
+)
 query_fields = st.dictionaries(
     st.sampled_from(OPTION_NAMES) | st.text(min_size=1, max_size=15),
-    st.lists(st.text(max_size=30) | json_values.map(json.dumps) | st.floats().map(str)
-             | filter_objects.map(json.dumps), min_size=1, max_size=3), max_size=5)
+    st.lists(
+        st.text(max_size=30)
+        | json_values.map(json.dumps)
+        | st.floats().map(str)
+        | filter_objects.map(json.dumps),
+        min_size=1,
+        max_size=3,
+    ),
+    max_size=5,
+)
 
 
 # -- search --------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def quiet_codecs():
@@ -161,8 +208,9 @@ def check_search(env, event, *, expect_results: bool = False) -> int:
 @settings(max_examples=600, **FUZZ)
 @given(data=image_bytes, content_type=st.sampled_from(["image/jpeg", "image/png", "image/webp"]))
 def test_random_image_bodies(env, catalog, quiet_codecs, data, content_type):
-    status = check_search(env, rest_event("POST", "/search", body=data, content_type=content_type),
-                          expect_results=True)
+    status = check_search(
+        env, rest_event("POST", "/search", body=data, content_type=content_type), expect_results=True
+    )
     COUNTS["search raw image bodies"] += 1
     COUNTS[f"search raw image bodies -> {status}"] += 1
 
@@ -171,22 +219,29 @@ def test_random_image_bodies(env, catalog, quiet_codecs, data, content_type):
 def multipart_bodies(draw) -> tuple[bytes, str]:
     boundary = draw(st.sampled_from(["XyZboundary", "----WebKitFormBoundary7MA4YWxkTrZu0gW"]))
     if draw(st.integers(0, 3)) == 0:  # anything at all under a multipart content type
-        params = draw(st.sampled_from([f"; boundary={boundary}", "", "; boundary=", "; boundary=\"\""])
-                      | st.text(max_size=30))
+        params = draw(
+            st.sampled_from([f"; boundary={boundary}", "", "; boundary=", '; boundary=""'])
+            | st.text(max_size=30)
+        )
         return draw(st.binary(max_size=1024)), f"multipart/form-data{params}"
     parts = []
     for _ in range(draw(st.integers(0, 3))):
-        name = draw(st.sampled_from(["image", "file", "top_k", "category", "filters", "price_min"])
-                    | st.text(max_size=10))
+        name = draw(
+            st.sampled_from(["image", "file", "top_k", "category", "filters", "price_min"])
+            | st.text(max_size=10)
+        )
         filename = draw(st.none() | st.text(max_size=12))
         headers = f'Content-Disposition: form-data; name="{name}"'
         if filename is not None:
             headers += f'; filename="{filename}"'
         if draw(st.booleans()):
-            headers += "\r\nContent-Type: " + draw(st.sampled_from(["image/jpeg", "text/plain", ""])
-                                                   | st.text(max_size=15))
+            headers += "\r\nContent-Type: " + draw(
+                st.sampled_from(["image/jpeg", "text/plain", ""]) | st.text(max_size=15)
+            )
         if draw(st.integers(0, 5)) == 0:
-            headers += "\r\nContent-Transfer-Encoding: " + draw(st.sampled_from(["base64", "quoted-printable"]))
+            headers += "\r\nContent-Transfer-Encoding: " + draw(
+                st.sampled_from(["base64", "quoted-printable"])
+            )
         payload = draw(image_bytes | st.text(max_size=40).map(str.encode))
         parts.append(f"--{boundary}\r\n{headers}\r\n\r\n".encode("utf-8", "replace") + payload + b"\r\n")
     ending = draw(st.sampled_from([f"--{boundary}--\r\n".encode(), b"", b"--" + boundary.encode()]))
@@ -203,9 +258,10 @@ def test_random_multipart_bodies(env, catalog, quiet_codecs, body):
 
 
 @settings(max_examples=800, **FUZZ)
-@given(payload=json_values | search_objects,
-       content_type=st.sampled_from(["application/json", "application/json; charset=utf-8",
-                                     "text/json", None]))
+@given(
+    payload=json_values | search_objects,
+    content_type=st.sampled_from(["application/json", "application/json; charset=utf-8", "text/json", None]),
+)
 def test_random_json_bodies(env, catalog, payload, content_type):
     text = json.dumps(payload)
     event = rest_event("POST", "/search", body=text, content_type=content_type)
@@ -216,14 +272,20 @@ def test_random_json_bodies(env, catalog, payload, content_type):
 
 scalars = st.text(max_size=20) | st.integers() | st.floats(allow_nan=False) | st.booleans()
 filter_values = scalars | st.lists(scalars, max_size=4) | price_ranges
-CATALOGUE_VALUES = st.sampled_from(["Milk", "Juice", "Yoghurt", "Arla", "Alpro", "Oatly",
-                                    "Oatly-Oat-Milk", "Arla-Sour-Cream"])
+CATALOGUE_VALUES = st.sampled_from(
+    ["Milk", "Juice", "Yoghurt", "Arla", "Alpro", "Oatly", "Oatly-Oat-Milk", "Arla-Sour-Cream"]
+)
 
 
 @settings(max_examples=300, **FUZZ)
-@given(filters=st.dictionaries(filter_keys, filter_values | CATALOGUE_VALUES
-                               | st.lists(CATALOGUE_VALUES, min_size=1, max_size=3), max_size=3),
-       group=st.booleans())
+@given(
+    filters=st.dictionaries(
+        filter_keys,
+        filter_values | CATALOGUE_VALUES | st.lists(CATALOGUE_VALUES, min_size=1, max_size=3),
+        max_size=3,
+    ),
+    group=st.booleans(),
+)
 def test_random_filters(env, catalog, filters, group):
     """A valid image with any filter object: 200 or 422, never 5xx; and on 200 the results obey
     the category/brand/product_id/price filters (nothing leaks through)."""
@@ -251,14 +313,21 @@ def test_random_filters(env, catalog, filters, group):
 
 
 @settings(max_examples=600, **FUZZ)
-@given(fields=query_fields, route=st.sampled_from(["search", "similar"]),
-       product=st.sampled_from(["Oatly-Oat-Milk", "Arla-Sour-Cream"]) | st.text(min_size=1, max_size=20))
+@given(
+    fields=query_fields,
+    route=st.sampled_from(["search", "similar"]),
+    product=st.sampled_from(["Oatly-Oat-Milk", "Arla-Sour-Cream"]) | st.text(min_size=1, max_size=20),
+)
 def test_random_query_strings(env, catalog, fields, route, product):
     if route == "search":
         event = rest_event("POST", "/search", body=TINY, content_type="image/png")
     else:
-        event = rest_event("GET", "/products/x/similar", resource="/products/{product_id}/similar",
-                           path_params={"product_id": product})
+        event = rest_event(
+            "GET",
+            "/products/x/similar",
+            resource="/products/{product_id}/similar",
+            path_params={"product_id": product},
+        )
         event["path"] = f"/products/{product}/similar"
     event["queryStringParameters"] = {k: v[-1] for k, v in fields.items()} or None
     event["multiValueQueryStringParameters"] = fields or None
@@ -268,6 +337,7 @@ def test_random_query_strings(env, catalog, fields, route, product):
 
 
 # -- ingest --------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def world(env, catalog):
@@ -281,26 +351,58 @@ def world(env, catalog):
     return World(ingest, s3)
 
 
-KEYS = ["fuzz/good.jpg", "fuzz/corrupt.png", "fuzz/notes.txt", "fuzz/missing.jpg",
-        "catalog/Oatly-Oat-Milk/Oatly-Oat-Milk_011.jpg", "fuzz/caf%C3%A9+cr%C3%A8me.jpg", "fuzz/"]
+KEYS = [
+    "fuzz/good.jpg",
+    "fuzz/corrupt.png",
+    "fuzz/notes.txt",
+    "fuzz/missing.jpg",
+    "catalog/Oatly-Oat-Milk/Oatly-Oat-Milk_011.jpg",
+    "fuzz/caf%C3%A9+cr%C3%A8me.jpg",
+    "fuzz/",
+]
 
 
-EVENT_NAMES = ["ObjectCreated:Put", "ObjectCreated:CompleteMultipartUpload", "ObjectCreated:Copy",
-               "ObjectRemoved:Delete", "ObjectRemoved:DeleteMarkerCreated", "ObjectRestore:Completed"]
-FIELDS = [("eventName",), ("s3",), ("s3", "bucket"), ("s3", "bucket", "name"), ("s3", "object"),
-          ("s3", "object", "key"), ("s3", "object", "size"), ("s3", "object", "sequencer"),
-          ("s3", "object", "eTag"), ("s3", "object", "versionId")]
+EVENT_NAMES = [
+    "ObjectCreated:Put",
+    "ObjectCreated:CompleteMultipartUpload",
+    "ObjectCreated:Copy",
+    "ObjectRemoved:Delete",
+    "ObjectRemoved:DeleteMarkerCreated",
+    "ObjectRestore:Completed",
+]
+FIELDS = [
+    ("eventName",),
+    ("s3",),
+    ("s3", "bucket"),
+    ("s3", "bucket", "name"),
+    ("s3", "object"),
+    ("s3", "object", "key"),
+    ("s3", "object", "size"),
+    ("s3", "object", "sequencer"),
+    ("s3", "object", "eTag"),
+    ("s3", "object", "versionId"),
+]
 
 
 @st.composite
 def s3_records(draw) -> dict:
     """A well-formed S3 record with 0-2 of its fields deleted or replaced by any JSON value:
     deep enough to reach the code behind the parsing, wild enough to break it."""
-    record = {"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": draw(st.sampled_from(EVENT_NAMES)),
-              "s3": {"bucket": {"name": BUCKET}, "object": {
-                  "key": draw(st.sampled_from(KEYS)), "size": draw(st.integers(0, 10 ** 6)),
-                  "sequencer": draw(st.from_regex(r"[0-9A-F]{1,22}", fullmatch=True)),
-                  "eTag": "d41d8cd98f00b204e9800998ecf8427e", "versionId": "null"}}}
+    record = {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "eventName": draw(st.sampled_from(EVENT_NAMES)),
+        "s3": {
+            "bucket": {"name": BUCKET},
+            "object": {
+                "key": draw(st.sampled_from(KEYS)),
+                "size": draw(st.integers(0, 10**6)),
+                "sequencer": draw(st.from_regex(r"[0-9A-F]{1,22}", fullmatch=True)),
+                "eTag": "d41d8cd98f00b204e9800998ecf8427e",
+                "versionId": "null",
+            },
+        },
+    }
     for _ in range(draw(st.sampled_from([0, 1, 1, 1, 2]))):
         *parents, name = draw(st.sampled_from(FIELDS))
         node = record
@@ -316,9 +418,14 @@ def s3_records(draw) -> dict:
 
 
 notifications = st.fixed_dictionaries({"Records": st.lists(s3_records(), max_size=3)})
-messages = st.one_of(notifications, notifications, notifications,  # mostly plausible, some junk
-                     st.fixed_dictionaries({"Records": st.lists(s3_records() | json_values, max_size=3)}),
-                     st.just({"Event": "s3:TestEvent", "Bucket": BUCKET}), json_values)
+messages = st.one_of(
+    notifications,
+    notifications,
+    notifications,  # mostly plausible, some junk
+    st.fixed_dictionaries({"Records": st.lists(s3_records() | json_values, max_size=3)}),
+    st.just({"Event": "s3:TestEvent", "Bucket": BUCKET}),
+    json_values,
+)
 sns_wrapped = messages.map(lambda m: {"Type": "Notification", "Message": json.dumps(m)})
 
 
@@ -362,13 +469,20 @@ def test_random_sqs_messages_never_crash_the_batch(world, bodies):
 
 sqs_envelopes = st.fixed_dictionaries(
     {"eventSource": st.just("aws:sqs")},
-    optional={"messageId": st.text(max_size=8) | json_leaves,
-              "body": sqs_bodies().map(lambda b: b[0]) | json_leaves,
-              "receiptHandle": json_leaves, "attributes": json_values})
-whole_events = (json_values
-                | st.fixed_dictionaries({"Records": st.lists(sqs_envelopes | s3_records() | json_values,
-                                                             min_size=1, max_size=3)})
-                | st.fixed_dictionaries({"Event": st.just("s3:TestEvent") | json_leaves}))
+    optional={
+        "messageId": st.text(max_size=8) | json_leaves,
+        "body": sqs_bodies().map(lambda b: b[0]) | json_leaves,
+        "receiptHandle": json_leaves,
+        "attributes": json_values,
+    },
+)
+whole_events = (
+    json_values
+    | st.fixed_dictionaries(
+        {"Records": st.lists(sqs_envelopes | s3_records() | json_values, min_size=1, max_size=3)}
+    )
+    | st.fixed_dictionaries({"Event": st.just("s3:TestEvent") | json_leaves})
+)
 
 
 @settings(max_examples=600, **FUZZ)

@@ -13,6 +13,7 @@ its filter), ingestion keeps up during the load (the catalogue reaches the bucke
 the catalogue is back to the demo's 60 images once the uploads are deleted. It reports
 throughput and latency percentiles and writes test-artifacts/load.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def post(api: str, body: bytes, query: str) -> tuple[int, dict | str, float]:
-    request = urllib.request.Request(f"{api}/search?{query}", data=body, method="POST",
-                                     headers={"Content-Type": "image/jpeg"})
+    request = urllib.request.Request(
+        f"{api}/search?{query}", data=body, method="POST", headers={"Content-Type": "image/jpeg"}
+    )
     started = time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -82,8 +84,13 @@ class Uploader(threading.Thread):
 
     def __init__(self, stack, photos: list[bytes]):
         super().__init__(name="load-uploader", daemon=True)
-        self.s3 = boto3.client("s3", endpoint_url=stack.s3_url, region_name="us-east-1",
-                               aws_access_key_id="local", aws_secret_access_key="local")
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=stack.s3_url,
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
         self.photos, self.stop = photos, threading.Event()
         self.live: list[str] = []
         self.uploads = self.deletes = 0
@@ -95,9 +102,13 @@ class Uploader(threading.Thread):
             n = 0
             while not self.stop.wait(UPLOAD_EVERY_S):
                 key = f"load/sku-{n % 40}/photo-{n}.jpg"
-                self.s3.put_object(Bucket=BUCKET, Key=key, Body=rng.choice(self.photos),
-                                   ContentType="image/jpeg",
-                                   Metadata={"category": "LoadTest", "brand": "Load", "price": "9.99"})
+                self.s3.put_object(
+                    Bucket=BUCKET,
+                    Key=key,
+                    Body=rng.choice(self.photos),
+                    ContentType="image/jpeg",
+                    Metadata={"category": "LoadTest", "brand": "Load", "price": "9.99"},
+                )
                 self.live.append(key)
                 self.uploads += 1
                 if n % 2 and len(self.live) > 1:
@@ -165,14 +176,26 @@ def test_concurrent_searches_while_ingesting(stack, demo_images):
                     leaks.append((n, query, hit["product_id"]))
     latencies = [r[5] * 1000 for r in results if r[3] == 200]
     figures = {
-        "threads": THREADS, "requests": len(results), "errors": len(errors), "filter_leaks": len(leaks),
+        "threads": THREADS,
+        "requests": len(results),
+        "errors": len(errors),
+        "filter_leaks": len(leaks),
         "filtered_requests": sum(1 for r in results if r[2] is not None),
-        "wall_s": round(wall, 2), "throughput_rps": round(len(results) / wall, 1),
-        "latency_ms": {"p50": round(percentile(latencies, 50), 1), "p90": round(percentile(latencies, 90), 1),
-                       "p99": round(percentile(latencies, 99), 1), "max": round(max(latencies), 1),
-                       "mean": round(statistics.fmean(latencies), 1)} if latencies else {},
-        "uploads_during_load": uploader.uploads, "deletes": uploader.deletes,
-        "ingest_catch_up_after_load_s": round(catch_up, 1), "drain_after_deletes_s": round(drain, 1),
+        "wall_s": round(wall, 2),
+        "throughput_rps": round(len(results) / wall, 1),
+        "latency_ms": {
+            "p50": round(percentile(latencies, 50), 1),
+            "p90": round(percentile(latencies, 90), 1),
+            "p99": round(percentile(latencies, 99), 1),
+            "max": round(max(latencies), 1),
+            "mean": round(statistics.fmean(latencies), 1),
+        }
+        if latencies
+        else {},
+        "uploads_during_load": uploader.uploads,
+        "deletes": uploader.deletes,
+        "ingest_catch_up_after_load_s": round(catch_up, 1),
+        "drain_after_deletes_s": round(drain, 1),
         "final_points": 60,
     }
     write_artifact("load.json", figures)

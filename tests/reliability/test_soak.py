@@ -19,6 +19,7 @@ nothing orphaned. The figures go to test-artifacts/soak.json.
 
 A last test plays a race between two concurrent consumers that the serial soak cannot produce.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,11 @@ BATCH_SIZE = 10
 MAX_RECEIVES = 10
 SEED = 20240917
 RATES = {  # probability per call
-    "s3_slowdown": 0.04, "s3_internal_error": 0.02, "s3_read_error": 0.01,
-    "qdrant_http_error": 0.03, "qdrant_applied_but_failed": 0.02,
+    "s3_slowdown": 0.04,
+    "s3_internal_error": 0.02,
+    "s3_read_error": 0.01,
+    "qdrant_http_error": 0.03,
+    "qdrant_applied_but_failed": 0.02,
 }
 MAX_SLOW = 2  # Qdrant slower than QDRANT_TIMEOUT: each costs ~3 s of wall time
 DUPLICATE_NOTIFICATION = 0.08  # S3 sends the same event twice
@@ -108,11 +112,18 @@ class FaultyS3:
         self.s3, self.faults = s3, faults
 
     def get_object(self, **kwargs):
-        for kind, code, status in (("s3_slowdown", "SlowDown", 503),
-                                   ("s3_internal_error", "InternalError", 500)):
+        for kind, code, status in (
+            ("s3_slowdown", "SlowDown", 503),
+            ("s3_internal_error", "InternalError", 500),
+        ):
             if self.faults.roll(kind):
-                raise ClientError({"Error": {"Code": code, "Message": "injected"},
-                                   "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+                raise ClientError(
+                    {
+                        "Error": {"Code": code, "Message": "injected"},
+                        "ResponseMetadata": {"HTTPStatusCode": status},
+                    },
+                    "GetObject",
+                )
         response = self.s3.get_object(**kwargs)
         if self.faults.roll("s3_read_error"):
             response["Body"] = BrokenBody(response["Body"])
@@ -126,6 +137,7 @@ def inject_qdrant_faults(store, shim, faults: Faults) -> None:
     """Wrap the store's calls so that single calls fail through the real REST path: the shim
     answers an HTTP error, or sleeps past the client's timeout (and then refuses, so the write
     is not applied late); or the write is applied and then reported as failed."""
+
     def wrap(name: str, write: bool):
         real = getattr(store, name)
 
@@ -201,8 +213,11 @@ class Queue:
             if message.id not in failed:
                 self.stats["deleted"] += 1
                 if self.rng.random() < REDELIVER_AFTER_SUCCESS:  # at-least-once: it comes back
-                    self.messages.append(Message(message.id, message.body, message.receives,
-                                                 self.tick + self.rng.randint(1, 20)))
+                    self.messages.append(
+                        Message(
+                            message.id, message.body, message.receives, self.tick + self.rng.randint(1, 20)
+                        )
+                    )
                     self.stats["redelivered after success"] += 1
             elif message.receives >= MAX_RECEIVES:
                 self.dead.append(message)
@@ -228,15 +243,18 @@ class Bucket:
     def photo(self) -> bytes:
         self.images += 1
         size = (self.rng.randint(64, 96), self.rng.randint(64, 96))
-        return encode(noise_photo(size, seed=self.rng.randrange(2 ** 32)), "JPEG", quality=85)
+        return encode(noise_photo(size, seed=self.rng.randrange(2**32)), "JPEG", quality=85)
 
     def key(self, n: int) -> str:
         name = f"café crème {n:04d}.jpg" if n % 97 == 0 else f"img-{n:04d}.jpg"  # some URL-encoding
         return f"soak/p{n % 250:03d}/{name}"
 
     def metadata(self, n: int) -> dict:
-        return {"category": ["Milk", "Juice", "Yoghurt", "Oat", "Soy"][n % 5],
-                "brand": f"Brand-{n % 17}", "price": f"{1 + (n % 40) / 10:.2f}"}
+        return {
+            "category": ["Milk", "Juice", "Yoghurt", "Oat", "Soy"][n % 5],
+            "brand": f"Brand-{n % 17}",
+            "price": f"{1 + (n % 40) / 10:.2f}",
+        }
 
     def create(self, n: int) -> dict:
         key = self.key(n)
@@ -247,7 +265,9 @@ class Bucket:
     def replace(self) -> dict:
         key = self.rng.choice(self.live)
         self.ops["replace"] += 1
-        return self.world.put(key, self.photo(), self.metadata(int(key[-8:-4]) if key[-8:-4].isdigit() else 0))
+        return self.world.put(
+            key, self.photo(), self.metadata(int(key[-8:-4]) if key[-8:-4].isdigit() else 0)
+        )
 
     def delete(self) -> dict:
         key = self.live.pop(self.rng.randrange(len(self.live)))
@@ -274,8 +294,12 @@ def operations(rng: random.Random) -> list[str]:
         while progress:
             progress = False
             for i, pending in enumerate(waiting):
-                ok = (pending == "create" or (pending == "replace" and live)
-                      or (pending == "delete" and live > 1) or (pending == "recreate" and gone))
+                ok = (
+                    pending == "create"
+                    or (pending == "replace" and live)
+                    or (pending == "delete" and live > 1)
+                    or (pending == "recreate" and gone)
+                )
                 if ok:
                     ordered.append(waiting.pop(i))
                     live += {"create": 1, "recreate": 1, "delete": -1}.get(pending, 0)
@@ -285,8 +309,13 @@ def operations(rng: random.Random) -> list[str]:
     return ordered + waiting
 
 
-POISON = ["{not json", "[]", '{"Records": "not a list"}', '{"Records": [42]}',
-          '{"Type": "Notification", "Message": "{broken"}']
+POISON = [
+    "{not json",
+    "[]",
+    '{"Records": "not a list"}',
+    '{"Records": [42]}',
+    '{"Type": "Notification", "Message": "{broken"}',
+]
 
 
 @pytest.fixture
@@ -327,11 +356,20 @@ def test_soak_catalogue_matches_bucket(soak_world):
         batch = queue.receive()
         if not batch:
             return
-        event = {"Records": [{"messageId": m.id, "receiptHandle": m.id, "body": m.body,
-                              "attributes": {"ApproximateReceiveCount": str(m.receives)},
-                              "messageAttributes": {}, "eventSource": "aws:sqs",
-                              "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ingest"}
-                             for m in batch]}
+        event = {
+            "Records": [
+                {
+                    "messageId": m.id,
+                    "receiptHandle": m.id,
+                    "body": m.body,
+                    "attributes": {"ApproximateReceiveCount": str(m.receives)},
+                    "messageAttributes": {},
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ingest",
+                }
+                for m in batch
+            ]
+        }
         result = world.invoke(event)  # never raises: a crash would fail the soak
         failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
         assert failed <= {m.id for m in batch}
@@ -368,15 +406,19 @@ def test_soak_catalogue_matches_bucket(soak_world):
     duration = time.perf_counter() - started
 
     # -- the verdict -------------------------------------------------------------------------
-    listed = {o["Key"]: o["ETag"] for page in world.s3.get_paginator("list_objects_v2").paginate(
-        Bucket=BUCKET) for o in page.get("Contents", [])}
+    listed = {
+        o["Key"]: o["ETag"]
+        for page in world.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for o in page.get("Contents", [])
+    }
     points = {h.payload["key"]: h.payload for h in world.store.scroll({"bucket": BUCKET})}
     lost = sorted(set(listed) - set(points))
     orphaned = sorted(set(points) - set(listed))
     stale = sorted(k for k in set(listed) & set(points) if points[k].get("etag") != listed[k])
     checked = rng.sample(sorted(listed), min(VECTORS_CHECKED, len(listed)))
-    records = world.store.client.retrieve(world.store.collection, [point_id(BUCKET, k) for k in checked],
-                                          with_vectors=True)
+    records = world.store.client.retrieve(
+        world.store.collection, [point_id(BUCKET, k) for k in checked], with_vectors=True
+    )
     stored = {r.payload["key"]: np.asarray(r.vector["image"], np.float32) for r in records}
     wrong_vectors = []
     for key in checked:
@@ -387,20 +429,30 @@ def test_soak_catalogue_matches_bucket(soak_world):
     dead_ids = {m.id for m in queue.dead}
 
     figures = {
-        "images_generated": bucket.images, "objects_in_bucket": len(listed),
-        "points_in_collection": len(points), "s3_changes": dict(bucket.ops),
-        "notifications_sent": queue.stats["sent"], "messages_received": queue.stats["received"],
-        "batches": batches["total"], "batches_with_item_failures": batches["with failures"],
+        "images_generated": bucket.images,
+        "objects_in_bucket": len(listed),
+        "points_in_collection": len(points),
+        "s3_changes": dict(bucket.ops),
+        "notifications_sent": queue.stats["sent"],
+        "messages_received": queue.stats["received"],
+        "batches": batches["total"],
+        "batches_with_item_failures": batches["with failures"],
         "duplicate_notifications": queue.stats["duplicate notifications"],
         "redelivered_after_success": queue.stats["redelivered after success"],
         "redelivered_after_failure": queue.stats["redelivered after failure"],
         "faults_injected": dict(sorted(faults.injected.items())),
         "faults_injected_total": sum(faults.injected.values()),
-        "poison_messages": len(poison_ids), "dead_letters": len(dead_ids),
-        "images_lost": len(lost), "points_orphaned": len(orphaned), "points_stale": len(stale),
-        "vectors_checked": len(checked), "vectors_wrong": len(wrong_vectors),
+        "poison_messages": len(poison_ids),
+        "dead_letters": len(dead_ids),
+        "images_lost": len(lost),
+        "points_orphaned": len(orphaned),
+        "points_stale": len(stale),
+        "vectors_checked": len(checked),
+        "vectors_wrong": len(wrong_vectors),
         "slow_qdrant_calls_failed_after_s": [round(t, 2) for t in faults.slow_calls_s],
-        "duration_s": round(duration, 1), "max_receives": MAX_RECEIVES, "seed": SEED,
+        "duration_s": round(duration, 1),
+        "max_receives": MAX_RECEIVES,
+        "seed": SEED,
     }
     write_artifact("soak.json", figures)
     report("\nsoak: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
@@ -419,6 +471,7 @@ def test_soak_catalogue_matches_bucket(soak_world):
 
 
 # -- what a serial soak cannot see: concurrent consumers ------------------------------------------
+
 
 @pytest.mark.parametrize("b_change", ["replace", "delete"])
 def test_concurrent_changes_of_one_key_end_with_the_newest(embedder, monkeypatch, demo_images, b_change):
@@ -465,6 +518,8 @@ def test_concurrent_changes_of_one_key_end_with_the_newest(embedder, monkeypatch
             assert stored is None, "an orphaned point: its object was deleted"
             return
         assert stored is not None, "the newest image is missing"
-        assert stored["etag"] == s3.head_object(Bucket=BUCKET, Key=key)["ETag"], "the point holds the older image"
+        assert stored["etag"] == s3.head_object(Bucket=BUCKET, Key=key)["ETag"], (
+            "the point holds the older image"
+        )
         vector = np.asarray(records[0].vector["image"], np.float32)
         assert float(vector @ embedder.embed(new)) > 0.999, "the vector is not the newest image's"

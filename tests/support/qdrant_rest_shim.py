@@ -32,8 +32,11 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from qdrant_client import QdrantClient
 from qdrant_client.http import models
 
-_HEALTH = {"/healthz": "healthz check passed", "/livez": "healthz check passed",
-           "/readyz": "all shards are ready"}
+_HEALTH = {
+    "/healthz": "healthz check passed",
+    "/livez": "healthz check passed",
+    "/readyz": "all shards are ready",
+}
 
 
 class NotFound(Exception):
@@ -74,67 +77,162 @@ class QdrantRestShim:
         b = self.backend
         # (method, path pattern, body model or None, handler(name-or-match-groups..., body))
         self._routes: list[tuple[str, re.Pattern[str], Any, Callable[..., Any]]] = [
-            (m, re.compile(p + r"/?"), model, fn) for m, p, model, fn in [
+            (m, re.compile(p + r"/?"), model, fn)
+            for m, p, model, fn in [
                 ("GET", r"/collections", None, lambda: b.get_collections()),
                 ("GET", r"/aliases", None, lambda: b.get_aliases()),
-                ("POST", r"/collections/aliases", models.ChangeAliasesOperation,
-                 lambda o: b.update_collection_aliases(change_aliases_operations=o.actions)),
+                (
+                    "POST",
+                    r"/collections/aliases",
+                    models.ChangeAliasesOperation,
+                    lambda o: b.update_collection_aliases(change_aliases_operations=o.actions),
+                ),
                 ("GET", r"/collections/([^/]+)", None, b.get_collection),
-                ("GET", r"/collections/([^/]+)/exists", None,
-                 lambda n: models.CollectionExistence(exists=b.collection_exists(n))),
+                (
+                    "GET",
+                    r"/collections/([^/]+)/exists",
+                    None,
+                    lambda n: models.CollectionExistence(exists=b.collection_exists(n)),
+                ),
                 ("GET", r"/collections/([^/]+)/aliases", None, b.get_collection_aliases),
-                ("PUT", r"/collections/([^/]+)", models.CreateCollection,
-                 lambda n, o: b.create_collection(n, **_kwargs(o, {
-                     "vectors": "vectors_config", "sparse_vectors": "sparse_vectors_config"}))),
-                ("PATCH", r"/collections/([^/]+)", models.UpdateCollection,
-                 lambda n, o: b.update_collection(n, **_kwargs(o, {
-                     "vectors": "vectors_config", "sparse_vectors": "sparse_vectors_config",
-                     "params": "collection_params"}))),
+                (
+                    "PUT",
+                    r"/collections/([^/]+)",
+                    models.CreateCollection,
+                    lambda n, o: b.create_collection(
+                        n,
+                        **_kwargs(
+                            o, {"vectors": "vectors_config", "sparse_vectors": "sparse_vectors_config"}
+                        ),
+                    ),
+                ),
+                (
+                    "PATCH",
+                    r"/collections/([^/]+)",
+                    models.UpdateCollection,
+                    lambda n, o: b.update_collection(
+                        n,
+                        **_kwargs(
+                            o,
+                            {
+                                "vectors": "vectors_config",
+                                "sparse_vectors": "sparse_vectors_config",
+                                "params": "collection_params",
+                            },
+                        ),
+                    ),
+                ),
                 ("DELETE", r"/collections/([^/]+)", None, b.delete_collection),
-                ("PUT", r"/collections/([^/]+)/index", models.CreateFieldIndex,
-                 lambda n, o: b.create_payload_index(n, o.field_name, o.field_schema)),
+                (
+                    "PUT",
+                    r"/collections/([^/]+)/index",
+                    models.CreateFieldIndex,
+                    lambda n, o: b.create_payload_index(n, o.field_name, o.field_schema),
+                ),
                 ("DELETE", r"/collections/([^/]+)/index/([^/]+)", None, b.delete_payload_index),
-                ("PUT", r"/collections/([^/]+)/points", models.PointInsertOperations,
-                 lambda n, o: b.upsert(n, o.batch if isinstance(o, models.PointsBatch) else o.points,
-                                       update_filter=o.update_filter, update_mode=o.update_mode)),
-                ("POST", r"/collections/([^/]+)/points", models.PointRequest,
-                 lambda n, o: b.retrieve(n, **_kwargs(o, {"with_vector": "with_vectors"}))),
+                (
+                    "PUT",
+                    r"/collections/([^/]+)/points",
+                    models.PointInsertOperations,
+                    lambda n, o: b.upsert(
+                        n,
+                        o.batch if isinstance(o, models.PointsBatch) else o.points,
+                        update_filter=o.update_filter,
+                        update_mode=o.update_mode,
+                    ),
+                ),
+                (
+                    "POST",
+                    r"/collections/([^/]+)/points",
+                    models.PointRequest,
+                    lambda n, o: b.retrieve(n, **_kwargs(o, {"with_vector": "with_vectors"})),
+                ),
                 ("GET", r"/collections/([^/]+)/points/([^/]+)", None, self._get_point),
-                ("POST", r"/collections/([^/]+)/points/delete", models.PointsSelector,
-                 lambda n, o: b.delete(n, o)),
-                ("POST", r"/collections/([^/]+)/points/scroll", models.ScrollRequest,
-                 self._scroll),
-                ("POST", r"/collections/([^/]+)/facet", models.FacetRequest,
-                 lambda n, o: b.facet(n, **_kwargs(o, {"filter": "facet_filter"}))),
-                ("POST", r"/collections/([^/]+)/points/count", models.CountRequest,
-                 lambda n, o: b.count(n, count_filter=o.filter, exact=o.exact)),
+                (
+                    "POST",
+                    r"/collections/([^/]+)/points/delete",
+                    models.PointsSelector,
+                    lambda n, o: b.delete(n, o),
+                ),
+                ("POST", r"/collections/([^/]+)/points/scroll", models.ScrollRequest, self._scroll),
+                (
+                    "POST",
+                    r"/collections/([^/]+)/facet",
+                    models.FacetRequest,
+                    lambda n, o: b.facet(n, **_kwargs(o, {"filter": "facet_filter"})),
+                ),
+                (
+                    "POST",
+                    r"/collections/([^/]+)/points/count",
+                    models.CountRequest,
+                    lambda n, o: b.count(n, count_filter=o.filter, exact=o.exact),
+                ),
                 ("POST", r"/collections/([^/]+)/points/query", models.QueryRequest, self._query),
-                ("POST", r"/collections/([^/]+)/points/query/batch", models.QueryRequestBatch,
-                 lambda n, o: [self._query(n, r) for r in o.searches]),
-                ("POST", r"/collections/([^/]+)/points/query/groups", models.QueryGroupsRequest,
-                 lambda n, o: b.query_points_groups(n, **_kwargs(o, {
-                     "filter": "query_filter", "params": "search_params",
-                     "with_vector": "with_vectors"}, with_payload=False))),
-                ("POST", r"/collections/([^/]+)/points/payload", models.SetPayload,
-                 lambda n, o: b.set_payload(n, o.payload, _selector(o), key=o.key)),
-                ("PUT", r"/collections/([^/]+)/points/payload", models.SetPayload,
-                 lambda n, o: b.overwrite_payload(n, o.payload, _selector(o))),
-                ("POST", r"/collections/([^/]+)/points/payload/delete", models.DeletePayload,
-                 lambda n, o: b.delete_payload(n, o.keys, _selector(o))),
-                ("PUT", r"/collections/([^/]+)/points/vectors", models.UpdateVectors,
-                 lambda n, o: b.update_vectors(n, o.points, update_filter=o.update_filter)),
+                (
+                    "POST",
+                    r"/collections/([^/]+)/points/query/batch",
+                    models.QueryRequestBatch,
+                    lambda n, o: [self._query(n, r) for r in o.searches],
+                ),
+                (
+                    "POST",
+                    r"/collections/([^/]+)/points/query/groups",
+                    models.QueryGroupsRequest,
+                    lambda n, o: b.query_points_groups(
+                        n,
+                        **_kwargs(
+                            o,
+                            {
+                                "filter": "query_filter",
+                                "params": "search_params",
+                                "with_vector": "with_vectors",
+                            },
+                            with_payload=False,
+                        ),
+                    ),
+                ),
+                (
+                    "POST",
+                    r"/collections/([^/]+)/points/payload",
+                    models.SetPayload,
+                    lambda n, o: b.set_payload(n, o.payload, _selector(o), key=o.key),
+                ),
+                (
+                    "PUT",
+                    r"/collections/([^/]+)/points/payload",
+                    models.SetPayload,
+                    lambda n, o: b.overwrite_payload(n, o.payload, _selector(o)),
+                ),
+                (
+                    "POST",
+                    r"/collections/([^/]+)/points/payload/delete",
+                    models.DeletePayload,
+                    lambda n, o: b.delete_payload(n, o.keys, _selector(o)),
+                ),
+                (
+                    "PUT",
+                    r"/collections/([^/]+)/points/vectors",
+                    models.UpdateVectors,
+                    lambda n, o: b.update_vectors(n, o.points, update_filter=o.update_filter),
+                ),
             ]
         ]
 
     # -- handlers that need more than one backend call ---------------------------------------
     def _query(self, name: str, req: models.QueryRequest) -> models.QueryResponse:
-        return self.backend.query_points(name, **_kwargs(req, {
-            "filter": "query_filter", "params": "search_params", "with_vector": "with_vectors"},
-            with_payload=False))
+        return self.backend.query_points(
+            name,
+            **_kwargs(
+                req,
+                {"filter": "query_filter", "params": "search_params", "with_vector": "with_vectors"},
+                with_payload=False,
+            ),
+        )
 
     def _scroll(self, name: str, req: models.ScrollRequest) -> models.ScrollResult:
-        points, next_offset = self.backend.scroll(name, **_kwargs(
-            req, {"filter": "scroll_filter", "with_vector": "with_vectors"}))
+        points, next_offset = self.backend.scroll(
+            name, **_kwargs(req, {"filter": "scroll_filter", "with_vector": "with_vectors"})
+        )
         return models.ScrollResult(points=points, next_page_offset=next_offset)
 
     def _get_point(self, name: str, point_id: str) -> models.Record:
@@ -144,8 +242,9 @@ class QdrantRestShim:
         return found[0]
 
     # -- request dispatch ----------------------------------------------------------------------
-    def handle(self, method: str, raw_path: str, raw_body: bytes,
-               api_key: str | None = None) -> tuple[int, Any]:
+    def handle(
+        self, method: str, raw_path: str, raw_body: bytes, api_key: str | None = None
+    ) -> tuple[int, Any]:
         """Return (HTTP status, JSON-able body or plain text) for one request."""
         self.keys_seen.append(api_key)
         if self.accepted_keys is not None and api_key not in self.accepted_keys:
@@ -202,8 +301,7 @@ class QdrantRestShim:
 
             def _dispatch(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status, payload = shim.handle(self.command, self.path, body,
-                                              self.headers.get("api-key"))
+                status, payload = shim.handle(self.command, self.path, body, self.headers.get("api-key"))
                 is_text = isinstance(payload, str)
                 data = payload.encode() if is_text else json.dumps(payload).encode()
                 try:
@@ -223,8 +321,12 @@ class QdrantRestShim:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="qdrant-rest-shim", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="qdrant-rest-shim",
+            daemon=True,
+        )
         self._thread.start()
         return self.url
 

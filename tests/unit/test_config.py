@@ -1,12 +1,22 @@
 """Configuration: documented defaults, environment overrides, clear errors for bad values."""
+
 from __future__ import annotations
 
 import pytest
 
 from visual_search.config import DEFAULT_QDRANT_PATH, REPO_MODEL_DIR, load_settings
 
-VARS = ("QDRANT_URL", "QDRANT_API_KEY", "QDRANT_PATH", "COLLECTION", "MODEL_DIR",
-        "QDRANT_QUANTIZATION", "QDRANT_TIMEOUT", "MAX_IMAGE_PIXELS", "ORT_THREADS")
+VARS = (
+    "QDRANT_URL",
+    "QDRANT_API_KEY",
+    "QDRANT_PATH",
+    "COLLECTION",
+    "MODEL_DIR",
+    "QDRANT_QUANTIZATION",
+    "QDRANT_TIMEOUT",
+    "MAX_IMAGE_PIXELS",
+    "ORT_THREADS",
+)
 
 
 @pytest.fixture
@@ -43,11 +53,14 @@ def test_memory_mode(clean_env):
     assert load_settings().store.mode == "memory"
 
 
-@pytest.mark.parametrize("name,value,message", [
-    ("QDRANT_TIMEOUT", "soon", "QDRANT_TIMEOUT must be a number"),
-    ("MAX_IMAGE_PIXELS", "lots", "MAX_IMAGE_PIXELS must be an integer"),
-    ("QDRANT_QUANTIZATION", "pq", "QDRANT_QUANTIZATION must be int8 or none"),
-])
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("QDRANT_TIMEOUT", "soon", "QDRANT_TIMEOUT must be a number"),
+        ("MAX_IMAGE_PIXELS", "lots", "MAX_IMAGE_PIXELS must be an integer"),
+        ("QDRANT_QUANTIZATION", "pq", "QDRANT_QUANTIZATION must be int8 or none"),
+    ],
+)
 def test_bad_values_name_the_variable(clean_env, name, value, message):
     clean_env.setenv(name, value)
     with pytest.raises(ValueError, match=message):

@@ -1,4 +1,5 @@
 """Decoding: every image mode and container we promise, and a typed error for each bad input."""
+
 from __future__ import annotations
 
 import io
@@ -10,8 +11,13 @@ from PIL import Image
 
 from tests.conftest import jpeg_bytes, png_bytes
 from visual_search.config import ImageLimits
-from visual_search.errors import (CorruptImageError, EmptyImageError, ImageError,
-                                  ImageTooLargeError, UnsupportedImageError)
+from visual_search.errors import (
+    CorruptImageError,
+    EmptyImageError,
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
 from visual_search.images import Preprocess, _draft_for, decode, open_image
 
 PREP = Preprocess(size=224)
@@ -133,6 +139,7 @@ def test_large_jpeg_is_decoded_at_reduced_scale():
     # The drafted result matches a full decode closely.
     full = Image.open(io.BytesIO(data)).convert("RGB")
     from visual_search.images import to_pixels
+
     assert close(decode(data, PREP, LIMITS), to_pixels(full, PREP), 0.02)
 
 
@@ -175,10 +182,11 @@ def truncated(data: bytes) -> bytes:
 BAD_INPUTS = {
     "empty": (b"", EmptyImageError),
     "text named jpg": (b"this is a product description, not a photo\n" * 20, UnsupportedImageError),
-    "svg": (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>',
-            UnsupportedImageError),
-    "html": (b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>",
-             UnsupportedImageError),
+    "svg": (
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>',
+        UnsupportedImageError,
+    ),
+    "html": (b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>", UnsupportedImageError),
     "pdf": (b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", UnsupportedImageError),
     "truncated jpeg": (truncated(jpeg_bytes(gradient(800, 600))), CorruptImageError),
     "truncated png": (truncated(png_bytes(gradient(800, 600))), CorruptImageError),

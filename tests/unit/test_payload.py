@@ -1,4 +1,5 @@
 """How an S3 object's key and user metadata become a product payload."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,31 +7,61 @@ import pytest
 from visual_search.catalog import ImageSource, build_payload, is_image_key, parse_price, product_id_for
 
 
-@pytest.mark.parametrize("key,metadata,expected", [
-    ("catalog/shoes/sku-123/front.jpg", {}, "sku-123"),
-    ("front.jpg", {}, "front"),
-    ("a/b.png", {"product-id": "P-9"}, "P-9"),
-    ("a/b.png", {"product-id": "  "}, "a"),
-])
+@pytest.mark.parametrize(
+    "key,metadata,expected",
+    [
+        ("catalog/shoes/sku-123/front.jpg", {}, "sku-123"),
+        ("front.jpg", {}, "front"),
+        ("a/b.png", {"product-id": "P-9"}, "P-9"),
+        ("a/b.png", {"product-id": "  "}, "a"),
+    ],
+)
 def test_product_id(key, metadata, expected):
     assert product_id_for(key, metadata) == expected
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("12.5", 12.5), ("3,99", 3.99), ("", None), ("cheap", None), (None, None), ("nan", None),
-    ("1,299.00", 1299.0), ("1,299", 1299.0), ("1.299,50", 1299.5), ("1 299,50", 1299.5),
-    ("1,299,000", 1299000.0), ("1.299.000", 1299000.0), ("$5", 5.0), ("€12", 12.0),
-    ("12.50 EUR", 12.5), ("CHF 1'299.90", 1299.9), ("-5", None), ("- 5", None), ("inf", None),
-    ("1e400", None), ("12 or 13", None), ("about 12", None), ("0", 0.0)])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("12.5", 12.5),
+        ("3,99", 3.99),
+        ("", None),
+        ("cheap", None),
+        (None, None),
+        ("nan", None),
+        ("1,299.00", 1299.0),
+        ("1,299", 1299.0),
+        ("1.299,50", 1299.5),
+        ("1 299,50", 1299.5),
+        ("1,299,000", 1299000.0),
+        ("1.299.000", 1299000.0),
+        ("$5", 5.0),
+        ("€12", 12.0),
+        ("12.50 EUR", 12.5),
+        ("CHF 1'299.90", 1299.9),
+        ("-5", None),
+        ("- 5", None),
+        ("inf", None),
+        ("1e400", None),
+        ("12 or 13", None),
+        ("about 12", None),
+        ("0", 0.0),
+    ],
+)
 def test_price(raw, expected):
     assert parse_price(raw) == expected
 
 
 def test_payload_fields():
-    source = ImageSource("bucket", "shop/sku-1/a.jpg", b"x" * 10,
-                         {"Category": "shoes", "brand": "Acme", "price": "19.90",
-                          "title": "Runner", "colour": "red"},
-                         content_type="image/jpeg", etag="abc", sequencer="00A")
+    source = ImageSource(
+        "bucket",
+        "shop/sku-1/a.jpg",
+        b"x" * 10,
+        {"Category": "shoes", "brand": "Acme", "price": "19.90", "title": "Runner", "colour": "red"},
+        content_type="image/jpeg",
+        etag="abc",
+        sequencer="00A",
+    )
     payload = build_payload(source, "model-1")
     assert payload["product_id"] == "sku-1" and payload["category"] == "shoes"
     assert payload["price"] == 19.9 and isinstance(payload["price"], float)
@@ -40,15 +71,23 @@ def test_payload_fields():
     assert payload["indexed_at"].endswith("+00:00")
 
 
-@pytest.mark.parametrize("key,content_type,expected", [
-    ("a.JPG", None, True), ("a.webp", None, True), ("a.txt", None, False),
-    ("a", "image/png", True), ("notes.csv", "text/csv", False)])
+@pytest.mark.parametrize(
+    "key,content_type,expected",
+    [
+        ("a.JPG", None, True),
+        ("a.webp", None, True),
+        ("a.txt", None, False),
+        ("a", "image/png", True),
+        ("notes.csv", "text/csv", False),
+    ],
+)
 def test_is_image_key(key, content_type, expected):
     assert is_image_key(key, content_type) is expected
 
 
 def test_rfc2047_metadata_is_decoded():
-    source = ImageSource("b", "k/a.jpg", b"x", {"title": "=?UTF-8?B?Q2Fmw6kgQ3LDqG1l?=",
-                                                 "brand": "=?utf-8?q?K=C3=A4se?="})
+    source = ImageSource(
+        "b", "k/a.jpg", b"x", {"title": "=?UTF-8?B?Q2Fmw6kgQ3LDqG1l?=", "brand": "=?utf-8?q?K=C3=A4se?="}
+    )
     payload = build_payload(source, "m")
     assert payload["title"] == "Café Crème" and payload["brand"] == "Käse"

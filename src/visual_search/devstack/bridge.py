@@ -10,6 +10,7 @@ Failed messages are retried with backoff and, after ``max_receives``, parked in 
 The bridge also mirrors the bucket into the data folder so that objects survive a restart of the
 in-memory emulator, just as the embedded Qdrant folder does: bucket and catalogue stay in step.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,15 +35,23 @@ class Message:
 
 
 def s3_record(bucket: str, key: str, name: str, etag: str | None = None, size: int = 0) -> dict:
-    obj: dict[str, Any] = {"key": quote_plus(key, safe="/"),
-                           "sequencer": f"{time.time_ns():020X}"}
+    obj: dict[str, Any] = {"key": quote_plus(key, safe="/"), "sequencer": f"{time.time_ns():020X}"}
     if name.startswith("ObjectCreated"):
         obj.update(size=size, eTag=(etag or "").strip('"'))
-    return {"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
-            "eventTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
-            "eventName": name, "userIdentity": {"principalId": "local"},
-            "s3": {"s3SchemaVersion": "1.0", "configurationId": "local-stack",
-                   "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"}, "object": obj}}
+    return {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": "us-east-1",
+        "eventTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        "eventName": name,
+        "userIdentity": {"principalId": "local"},
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": "local-stack",
+            "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+            "object": obj,
+        },
+    }
 
 
 class BucketMirror:
@@ -62,8 +71,11 @@ class BucketMirror:
         path, meta = self._paths(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(response["Body"].read())
-        meta.write_text(json.dumps({"ContentType": response.get("ContentType"),
-                                    "Metadata": response.get("Metadata") or {}}))
+        meta.write_text(
+            json.dumps(
+                {"ContentType": response.get("ContentType"), "Metadata": response.get("Metadata") or {}}
+            )
+        )
 
     def remove(self, key: str) -> None:
         for path in self._paths(key):
@@ -79,9 +91,13 @@ class BucketMirror:
             if not path.is_file():
                 continue
             info = json.loads(meta.read_text())
-            self.s3.put_object(Bucket=self.bucket, Key=path.relative_to(self.folder).as_posix(),
-                               Body=path.read_bytes(), Metadata=info.get("Metadata") or {},
-                               ContentType=info.get("ContentType") or "binary/octet-stream")
+            self.s3.put_object(
+                Bucket=self.bucket,
+                Key=path.relative_to(self.folder).as_posix(),
+                Body=path.read_bytes(),
+                Metadata=info.get("Metadata") or {},
+                ContentType=info.get("ContentType") or "binary/octet-stream",
+            )
             count += 1
         return count
 
@@ -89,10 +105,20 @@ class BucketMirror:
 class NotificationBridge:
     """Watches a bucket and delivers its changes to an ingest handler, SQS style."""
 
-    def __init__(self, s3: Any, bucket: str, handler: Callable[[dict, Any], dict], *,
-                 exclude_prefixes: tuple[str, ...] = (), mirror: BucketMirror | None = None,
-                 interval_s: float = 0.3, batch_size: int = 10, batch_window_s: float = 0.2,
-                 max_receives: int = 3, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        s3: Any,
+        bucket: str,
+        handler: Callable[[dict, Any], dict],
+        *,
+        exclude_prefixes: tuple[str, ...] = (),
+        mirror: BucketMirror | None = None,
+        interval_s: float = 0.3,
+        batch_size: int = 10,
+        batch_window_s: float = 0.2,
+        max_receives: int = 3,
+        log: Callable[[str], None] = print,
+    ):
         self.s3, self.bucket, self.handler = s3, bucket, handler
         self.exclude = exclude_prefixes
         self.mirror = mirror
@@ -175,12 +201,21 @@ class NotificationBridge:
     def deliver(self, batch: list[Message]) -> None:
         for message in batch:
             message.receives += 1
-        event = {"Records": [{
-            "messageId": m.message_id, "receiptHandle": m.message_id,
-            "body": json.dumps({"Records": [m.record]}),
-            "attributes": {"ApproximateReceiveCount": str(m.receives)}, "messageAttributes": {},
-            "eventSource": "aws:sqs", "awsRegion": "us-east-1",
-            "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:local-ingest"} for m in batch]}
+        event = {
+            "Records": [
+                {
+                    "messageId": m.message_id,
+                    "receiptHandle": m.message_id,
+                    "body": json.dumps({"Records": [m.record]}),
+                    "attributes": {"ApproximateReceiveCount": str(m.receives)},
+                    "messageAttributes": {},
+                    "eventSource": "aws:sqs",
+                    "awsRegion": "us-east-1",
+                    "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:local-ingest",
+                }
+                for m in batch
+            ]
+        }
         try:
             response = self.handler(event, LambdaContext())
             failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
@@ -192,10 +227,11 @@ class NotificationBridge:
                 self.delivered += 1
             elif message.receives >= self.max_receives:
                 self.dead_letters.append(message)
-                self.log(f"dead letter after {message.receives} attempts: "
-                         f"{message.record['s3']['object']['key']}")
+                self.log(
+                    f"dead letter after {message.receives} attempts: {message.record['s3']['object']['key']}"
+                )
             else:  # visibility timeout, then SQS delivers it again
-                message.not_before = time.monotonic() + 0.5 * 2 ** message.receives
+                message.not_before = time.monotonic() + 0.5 * 2**message.receives
                 self.queue.put(message)
 
     # -- threads -----------------------------------------------------------------------------

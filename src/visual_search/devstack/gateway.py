@@ -4,6 +4,7 @@ Binary media types (images, multipart forms) are base64-encoded exactly as a RES
 BinaryMediaTypes does. Requests are handled one at a time, as one Lambda container does. ``/``
 serves the search page, which in AWS would be hosted apart from the API.
 """
+
 from __future__ import annotations
 
 import base64
@@ -41,22 +42,33 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes) -> 
         # decoded, as API Gateway decodes path parameters (the path itself stays encoded)
         path_params, resource = {"product_id": unquote(parts[1])}, "/products/{product_id}/similar"
     return {
-        "resource": resource, "path": split.path, "httpMethod": method,
-        "headers": dict(headers), "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "resource": resource,
+        "path": split.path,
+        "httpMethod": method,
+        "headers": dict(headers),
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
         "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
         "multiValueQueryStringParameters": query or None,
-        "pathParameters": path_params, "stageVariables": None,
-        "requestContext": {"resourcePath": resource, "httpMethod": method, "path": split.path,
-                           "stage": "local", "requestId": str(uuid.uuid4()),
-                           "identity": {"sourceIp": "127.0.0.1"},
-                           "requestTimeEpoch": int(time.time() * 1000)},
-        "body": text, "isBase64Encoded": binary and bool(body),
+        "pathParameters": path_params,
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": resource,
+            "httpMethod": method,
+            "path": split.path,
+            "stage": "local",
+            "requestId": str(uuid.uuid4()),
+            "identity": {"sourceIp": "127.0.0.1"},
+            "requestTimeEpoch": int(time.time() * 1000),
+        },
+        "body": text,
+        "isBase64Encoded": binary and bool(body),
     }
 
 
 class Gateway:
-    def __init__(self, handler: Callable[[dict, Any], dict], host: str, port: int,
-                 log: Callable[[str], None] = print):
+    def __init__(
+        self, handler: Callable[[dict, Any], dict], host: str, port: int, log: Callable[[str], None] = print
+    ):
         self.handler = handler
         self.log = log
         self._invoke = threading.Lock()  # one request at a time, like one Lambda container
@@ -80,8 +92,12 @@ class Gateway:
 
     def _refuse(self, request: BaseHTTPRequestHandler, status: int, code: str, message: str) -> None:
         request.close_connection = True  # the body, if any, cannot be framed: do not read on
-        self._reply(request, status, {"Content-Type": "application/json"},
-                    json.dumps({"error": {"code": code, "message": message}}).encode())
+        self._reply(
+            request,
+            status,
+            {"Content-Type": "application/json"},
+            json.dumps({"error": {"code": code, "message": message}}).encode(),
+        )
 
     @property
     def url(self) -> str:
@@ -90,8 +106,13 @@ class Gateway:
 
     def serve(self, request: BaseHTTPRequestHandler) -> None:
         if "chunked" in (request.headers.get("Transfer-Encoding") or "").lower():
-            self._refuse(request, 411, "length_required", "send the body with a Content-Length "
-                         "(API Gateway does not take chunked request bodies either)")
+            self._refuse(
+                request,
+                411,
+                "length_required",
+                "send the body with a Content-Length "
+                "(API Gateway does not take chunked request bodies either)",
+            )
             return
         raw_length = (request.headers.get("Content-Length") or "0").strip()
         if not raw_length.isdigit():
@@ -100,9 +121,13 @@ class Gateway:
         length = int(raw_length)
         if length > MAX_BODY:
             request.rfile.read(length)
-            self._reply(request, 413, {"Content-Type": "application/json"},
-                        b'{"error": {"code": "body_too_large", "message": "over API Gateway\'s '
-                        b'10 MB payload limit"}}')
+            self._reply(
+                request,
+                413,
+                {"Content-Type": "application/json"},
+                b'{"error": {"code": "body_too_large", "message": "over API Gateway\'s '
+                b'10 MB payload limit"}}',
+            )
             return
         body = request.rfile.read(length) if length else b""
         path = urlsplit(request.path).path
@@ -129,8 +154,9 @@ class Gateway:
         request.wfile.write(payload)
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self.server.serve_forever, name="api-gateway",
-                                       kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="api-gateway", kwargs={"poll_interval": 0.1}, daemon=True
+        )
         self.thread.start()
 
     def stop(self) -> None:

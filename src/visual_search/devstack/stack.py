@@ -1,5 +1,6 @@
 """`visual-search dev`: S3 emulator + notifications + ingest + REST API + search page, on
 127.0.0.1, over an embedded Qdrant folder kept between runs."""
+
 from __future__ import annotations
 
 import errno
@@ -42,8 +43,10 @@ def check_port(host: str, port: int, flag: str) -> int:
             sock.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise StackError(f"port {port} on {host} is already in use; stop what holds it "
-                                 f"or choose another with {flag}") from None
+                raise StackError(
+                    f"port {port} on {host} is already in use; stop what holds it "
+                    f"or choose another with {flag}"
+                ) from None
             raise StackError(f"cannot listen on {host}:{port}: {exc}") from None
         return sock.getsockname()[1]
 
@@ -64,10 +67,16 @@ class DevStack:
 
     def _environment(self) -> None:
         o = self.options
-        env = {"AWS_ENDPOINT_URL_S3": self.s3_url, "AWS_DEFAULT_REGION": "us-east-1",
-               "BUCKET": o.bucket, "UPLOAD_BUCKET": o.bucket, "UPLOAD_PREFIX": UPLOAD_PREFIX,
-               "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true",
-               "POWERTOOLS_SERVICE_NAME": "visual-search-local"}
+        env = {
+            "AWS_ENDPOINT_URL_S3": self.s3_url,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "BUCKET": o.bucket,
+            "UPLOAD_BUCKET": o.bucket,
+            "UPLOAD_PREFIX": UPLOAD_PREFIX,
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "POWERTOOLS_SERVICE_NAME": "visual-search-local",
+        }
         os.environ.update(env)
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
@@ -119,15 +128,24 @@ class DevStack:
         self.s3.create_bucket(Bucket=o.bucket)
         mirror = BucketMirror(self.s3, o.bucket, o.data_dir / "s3")
         restored = mirror.restore()
-        self.log(f"loading the model and opening the catalogue in {os.environ.get('QDRANT_URL') or os.environ['QDRANT_PATH']} ...")
+        self.log(
+            f"loading the model and opening the catalogue in {os.environ.get('QDRANT_URL') or os.environ['QDRANT_PATH']} ..."
+        )
         self.ingest, search = self._load_functions()
         drift = Syncer(self.ingest.ingestor).reconcile(o.bucket, "", batch=32)
         if restored or drift.indexed or drift.deleted:
-            self.log(f"bucket restored from {o.data_dir / 's3'}: {restored} objects; catalogue "
-                     f"repaired: {drift.indexed} indexed, {drift.deleted} removed")
-        self.bridge = NotificationBridge(self.s3, o.bucket, self.ingest.handler,
-                                         exclude_prefixes=(UPLOAD_PREFIX,), mirror=mirror,
-                                         log=self.log)
+            self.log(
+                f"bucket restored from {o.data_dir / 's3'}: {restored} objects; catalogue "
+                f"repaired: {drift.indexed} indexed, {drift.deleted} removed"
+            )
+        self.bridge = NotificationBridge(
+            self.s3,
+            o.bucket,
+            self.ingest.handler,
+            exclude_prefixes=(UPLOAD_PREFIX,),
+            mirror=mirror,
+            log=self.log,
+        )
         self.bridge.snapshot()
         self.bridge.start()
         try:
@@ -146,18 +164,25 @@ class DevStack:
         images = scan(self.options.demo_folder)
         present = {k: e for k, (e, _) in self.bridge.listing().items()}
         data = {img.key: img.path.read_bytes() for img in images}
-        todo = [img for img in images
-                if bare_etag(present.get(f"catalog/{img.key}")) != md5_etag(data[img.key])]
+        todo = [
+            img for img in images if bare_etag(present.get(f"catalog/{img.key}")) != md5_etag(data[img.key])
+        ]
         if not todo:
             self.log(f"demo catalogue: {len(images)} images already in the bucket")
             return
         for img in todo:
             metadata = {k: v for k, v in img.metadata.items() if v}
-            self.s3.put_object(Bucket=self.options.bucket, Key=f"catalog/{img.key}",
-                               Body=data[img.key], Metadata=metadata,
-                               ContentType=img.content_type)
-        self.log(f"demo catalogue: uploaded {len(todo)} images to s3://{self.options.bucket}/catalog/;"
-                 f" indexing through the ingest function ...")
+            self.s3.put_object(
+                Bucket=self.options.bucket,
+                Key=f"catalog/{img.key}",
+                Body=data[img.key],
+                Metadata=metadata,
+                ContentType=img.content_type,
+            )
+        self.log(
+            f"demo catalogue: uploaded {len(todo)} images to s3://{self.options.bucket}/catalog/;"
+            f" indexing through the ingest function ..."
+        )
         started = time.monotonic()
         store = self.ingest.ingestor.catalog.store
         refs = [(self.options.bucket, f"catalog/{img.key}") for img in images]
@@ -165,8 +190,10 @@ class DevStack:
             if len(store.get_images(refs)) == len(refs) or self.bridge.dead_letters:
                 break
             time.sleep(0.1)
-        self.log(f"demo catalogue indexed in {time.monotonic() - started:.1f} s "
-                 f"({store.count()} images in the catalogue)")
+        self.log(
+            f"demo catalogue indexed in {time.monotonic() - started:.1f} s "
+            f"({store.count()} images in the catalogue)"
+        )
 
     # -- banner, run, stop -------------------------------------------------------------------
 
@@ -179,7 +206,7 @@ Visual product search is running locally.
   search page   {api}/
   REST API      {api}   (GET {api}/health, POST {api}/search, GET {api}/openapi.json)
   S3 endpoint   {self.s3_url}   bucket: {o.bucket}   (any access key works)
-  catalogue     {os.environ.get('QDRANT_URL') or os.environ.get('QDRANT_PATH')} (embedded Qdrant, kept between runs)
+  catalogue     {os.environ.get("QDRANT_URL") or os.environ.get("QDRANT_PATH")} (embedded Qdrant, kept between runs)
 
 Try it:
   curl -s -X POST '{api}/search?top_k=3' -H 'Content-Type: image/jpeg' --data-binary @{sample}
