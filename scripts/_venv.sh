@@ -12,13 +12,15 @@ if [ ! -x .venv/bin/python ]; then
     echo "creating .venv with $("$PYTHON" --version)" >&2
     "$PYTHON" -m venv .venv
 fi
+# EXTRAS=dev,train also installs torch for the fine-tune tests (as .ci/run does).
+EXTRAS="${EXTRAS:-dev}"
 # Re-install only when the project's dependencies changed since the last install.
-STAMP=.venv/.installed-$(cat pyproject.toml requirements.lock 2>/dev/null | sha256sum | cut -c1-16)
+STAMP=.venv/.installed-$( (cat pyproject.toml requirements.lock 2>/dev/null; echo "$EXTRAS") | sha256sum | cut -c1-16)
 if [ ! -f "$STAMP" ]; then
     echo "installing the project into .venv ..." >&2
     .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
     # One environment serves both commands: the local stack (moto's S3) and the tests.
-    extras=".[dev]"
+    extras=".[$EXTRAS]"
     if [ -f requirements.lock ]; then
         .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e "$extras"
     else
