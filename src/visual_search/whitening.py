@@ -29,9 +29,11 @@ import hashlib
 import io
 import json
 import time
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from typing import Any, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -97,12 +99,12 @@ class Projection:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Projection":
+    def from_bytes(cls, data: bytes) -> Projection:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 mean, matrix = npz["mean"].astype(np.float32), npz["matrix"].astype(np.float32)
                 meta = json.loads(npz["meta"].tobytes().decode())
-        except Exception as exc:  # zip, npz and JSON errors alike: one clear message
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # one clear message
             raise ValueError(f"not a projection file: {exc}") from None
         if meta.get("format") != FORMAT:
             raise ValueError(f"not a projection file (format {meta.get('format')!r}, expected {FORMAT!r})")
@@ -205,7 +207,7 @@ def _projection(dec: _Decomposition, shrinkage: float, dims: int | None) -> Proj
         "dims": int(matrix.shape[1]),
         "cv_recall_raw": None,
         "cv_recall_adapted": None,
-        "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return Projection(dec.mean.astype(np.float32), matrix.astype(np.float32), float(shrinkage), stats)
 
