@@ -94,7 +94,7 @@ def make_store(store_settings, embedder):
     for store in opened:
         physical = store.physical_collection()
         if physical:
-            store.client.delete_collection(physical)
+            store.drop_collection(physical)
     client.close()
 
 

@@ -10,9 +10,8 @@ from typing import Any, Mapping, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .domain import Filter, Query, Range
 from .errors import InvalidOptions
-
-from .store import Query
 
 Scalar = Union[str, float, int, bool]
 FilterValue = Union[Scalar, list[Scalar]]
@@ -116,20 +115,24 @@ class Filters(BaseModel):
                 _check_scalar(item, key)
         return self
 
-    def to_store(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in ("category", "brand", "product_id"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        if self.price is not None:
-            out["price"] = self.price.model_dump(exclude_none=True)
-        for key, value in (self.model_extra or {}).items():
-            # S3 user metadata names arrive (and are stored) in lower case, values as strings
-            out[f"metadata.{key.lower()}"] = (
-                [_as_text(v) for v in value] if isinstance(value, list) else _as_text(value)
-            )
-        return out
+    def to_filter(self) -> Filter:
+        """The typed filter the store takes (it alone knows where fields live in Qdrant)."""
+
+        def values(value: Any) -> tuple:
+            return tuple(value) if isinstance(value, list) else (value,)
+
+        fields = {
+            name: values(getattr(self, name))
+            for name in ("category", "brand", "product_id")
+            if getattr(self, name) is not None
+        }
+        price = Range(**self.price.model_dump(exclude_none=True)) if self.price is not None else None
+        # S3 user metadata names arrive (and are stored) in lower case, values as strings
+        metadata = {
+            key.lower(): tuple(_as_text(v) for v in values(value))
+            for key, value in (self.model_extra or {}).items()
+        }
+        return Filter(**fields, price=price, metadata=metadata)
 
 
 class SearchOptions(BaseModel):
@@ -155,7 +158,7 @@ class SearchOptions(BaseModel):
             offset=self.offset,
             score_threshold=self.score_threshold,
             group_by_product=self.group_by_product,
-            filters=self.filters.to_store(),
+            filters=self.filters.to_filter(),
             exclude_products=exclude_products,
         )
 

@@ -219,7 +219,7 @@ def synthetic_catalog(embedder, count: int, seed: int = 7):
     """``count`` points near the real demo embeddings (small noise), with product metadata:
     a stand-in for a catalogue of that size without embedding that many photos."""
     from .catalog import ImageSource, build_payload
-    from .store import ImagePoint
+    from .domain import ImagePoint
 
     rng = np.random.default_rng(seed)
     images = scan(DEMO_CATALOG)

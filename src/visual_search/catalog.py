@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import atexit
 import re
-from email.header import decode_header, make_header
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from email.header import decode_header, make_header
 from functools import lru_cache
 from pathlib import PurePosixPath
 from typing import Any, Mapping, Sequence
@@ -20,9 +20,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .config import Settings, get_settings
+from .domain import Hit, ImagePoint, Query
 from .errors import ImageError
 from .model import Embedder, get_embedder
-from .store import CatalogStore, Hit, ImagePoint, Query
+from .store import CatalogStore
 
 # User metadata with a meaning of its own; every other key is kept as a string under "metadata".
 KNOWN_METADATA = ("product-id", "category", "brand", "title", "price")

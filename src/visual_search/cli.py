@@ -70,7 +70,7 @@ def ingest_folder(
 
 
 def _query_from_args(args):
-    from .store import Query
+    from .domain import Query
 
     filters: dict = {}
     if args.category:

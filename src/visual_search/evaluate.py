@@ -20,9 +20,10 @@ from PIL import Image
 
 from .catalog import Catalog, ImageSource
 from .config import StoreSettings
+from .domain import Query
 from .folders import LocalImage, scan
 from .model import Embedder
-from .store import CatalogStore, Query
+from .store import CatalogStore
 
 KS = (1, 5, 10)
 

@@ -189,21 +189,9 @@ class Syncer:
 
 def written_to(store: CatalogStore, collection: str) -> Iterator[tuple[str, str, str]]:
     """(bucket, key, indexed_at) of every point of a collection, read without its vectors."""
-    offset = None
-    while True:
-        records, offset = store.client.scroll(
-            collection,
-            limit=512,
-            offset=offset,
-            with_payload=["bucket", "key", "indexed_at"],
-            with_vectors=False,
-        )
-        for record in records:
-            payload = record.payload or {}
-            if payload.get("bucket") and payload.get("key"):
-                yield payload["bucket"], payload["key"], str(payload.get("indexed_at", ""))
-        if offset is None:
-            return
+    for payload in store.payloads_in(collection, ["bucket", "key", "indexed_at"]):
+        if payload.get("bucket") and payload.get("key"):
+            yield payload["bucket"], payload["key"], str(payload.get("indexed_at", ""))
 
 
 def _shared_folder(a: str, b: str) -> str:
@@ -254,9 +242,7 @@ def reindex(
     started = datetime.now(timezone.utc)
     stamp = started.strftime("%Y%m%d%H%M%S%f")
     new = f"{store.collection}-{slug(catalog.model_id)}-{stamp}"
-    new_store = store.for_collection(new)
-    new_store.create_physical(new)
-    new_store._ready = True
+    new_store = store.new_collection(new)
     ingestor = Ingestor.configured(Catalog(catalog.embedder, new_store, catalog.reranker), s3)
     syncer = Syncer(ingestor, progress)
     reports = {}
@@ -276,7 +262,6 @@ def reindex(
             )
         store.drop_collection(old)
     store.point_alias(new)
-    store._ready = False
     log(f"alias {store.collection!r} now points at {new}")
     catch_up = Syncer(Ingestor.configured(catalog, s3))
     for bucket, prefix in sources:

@@ -43,8 +43,7 @@ def test_point_ids_are_deterministic():
 def test_collection_records_the_model_and_refuses_another(make_store, demo_points):
     store = make_store()
     store.upsert(demo_points[:2])
-    info = store.client.get_collection(store.collection)
-    assert info.config.metadata["model_id"] == store.model_id
+    assert store.collection_metadata()["model_id"] == store.model_id
     other = make_store(model_id="clip-vit-b32")
     with pytest.raises(ModelMismatchError) as err:
         other.upsert(demo_points[:1])
@@ -110,7 +109,7 @@ def test_pagination_has_no_duplicates_or_gaps(store, demo_points, group):
 def test_deep_grouped_pages_of_products_with_many_images(make_store, monkeypatch):
     """Past the images one over-fetch may take, pages come from Qdrant's own grouping: still
     every product once, in score order, with nothing skipped."""
-    import visual_search.store as store_module
+    import visual_search.store.queries as store_module
 
     rng = np.random.default_rng(7)
     store = make_store(model_id="synthetic", dim=16)

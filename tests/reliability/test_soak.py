@@ -43,7 +43,6 @@ from visual_search.catalog import get_catalog
 from visual_search.config import get_settings
 from visual_search.errors import StoreUnavailableError
 from visual_search.lambdas import load_function
-from visual_search.store import point_id
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")
 
@@ -416,10 +415,10 @@ def test_soak_catalogue_matches_bucket(soak_world):
     orphaned = sorted(set(points) - set(listed))
     stale = sorted(k for k in set(listed) & set(points) if points[k].get("etag") != listed[k])
     checked = rng.sample(sorted(listed), min(VECTORS_CHECKED, len(listed)))
-    records = world.store.client.retrieve(
-        world.store.collection, [point_id(BUCKET, k) for k in checked], with_vectors=True
-    )
-    stored = {r.payload["key"]: np.asarray(r.vector["image"], np.float32) for r in records}
+    stored = {
+        key: np.asarray(vector, np.float32)
+        for (_, key), vector in world.store.vectors_of([(BUCKET, k) for k in checked]).items()
+    }
     wrong_vectors = []
     for key in checked:
         body = world.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
@@ -510,7 +509,7 @@ def test_concurrent_changes_of_one_key_end_with_the_newest(embedder, monkeypatch
         if not state["raced"] or a != state["b"] or a != {"batchItemFailures": []}:
             raise RuntimeError(f"precondition: both invocations acknowledged ({a}, {state})")
         stored = world.payload(key)
-        records = store.client.retrieve(store.collection, [point_id(BUCKET, key)], with_vectors=True)
+        vectors = store.vectors_of([(BUCKET, key)])
         store.close()
         get_settings.cache_clear()
         get_catalog.cache_clear()
@@ -521,5 +520,5 @@ def test_concurrent_changes_of_one_key_end_with_the_newest(embedder, monkeypatch
         assert stored["etag"] == s3.head_object(Bucket=BUCKET, Key=key)["ETag"], (
             "the point holds the older image"
         )
-        vector = np.asarray(records[0].vector["image"], np.float32)
+        vector = np.asarray(vectors[(BUCKET, key)], np.float32)
         assert float(vector @ embedder.embed(new)) > 0.999, "the vector is not the newest image's"

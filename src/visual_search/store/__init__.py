@@ -1,0 +1,61 @@
+"""Everything Qdrant: the catalogue collection, its points, and the queries the service runs.
+
+One contract, ``CatalogStore``, over one backend (``backend.py`` is the seam): qdrant-client for
+a Qdrant server or Qdrant Cloud (production, where HNSW, quantisation, payload indexes and
+sharding live) and for qdrant-client's local mode. A point is one image: its id is a uuid5 of
+``bucket/key`` so re-indexing an image overwrites it, and its payload carries the product's
+metadata. The collection records which model built it and refuses vectors from any other.
+
+- ``connection``: the API key (SSM / Secrets Manager, rotation) and the client;
+- ``collections``: aliases, physical collections, model / fingerprint metadata, payload indexes;
+- ``queries``: ``Filter`` -> Qdrant filter, grouping by product, rerank prefetch, pages;
+- ``catalog_store``: ``CatalogStore`` (named vectors from a dict: see its docstring).
+
+The domain types (``Query``, ``Hit``, ``ImagePoint``, ``Filter``) live in ``visual_search.domain``
+and are re-exported here for existing callers.
+"""
+
+from ..domain import Filter, Hit, ImagePoint, Query, Range, point_id
+from .backend import (
+    FLOAT_FIELDS,
+    KEYWORD_FIELDS,
+    CollectionExists,
+    CollectionInfo,
+    CollectionMissing,
+    Nearest,
+    StoreBackend,
+    VectorSpec,
+)
+from .catalog_store import RERANK, VECTOR, CatalogStore, open_backend
+from .collections import slug
+from .connection import KEY_MAX_AGE_S, Connection, connect, key_is_stored, resolve_api_key
+from .queries import MAX_GROUP_FETCH, qdrant_filter
+
+__all__ = [
+    "FLOAT_FIELDS",
+    "KEYWORD_FIELDS",
+    "KEY_MAX_AGE_S",
+    "MAX_GROUP_FETCH",
+    "RERANK",
+    "VECTOR",
+    "CatalogStore",
+    "CollectionExists",
+    "CollectionInfo",
+    "CollectionMissing",
+    "Connection",
+    "Filter",
+    "Hit",
+    "ImagePoint",
+    "Nearest",
+    "Query",
+    "Range",
+    "StoreBackend",
+    "VectorSpec",
+    "connect",
+    "key_is_stored",
+    "open_backend",
+    "point_id",
+    "qdrant_filter",
+    "resolve_api_key",
+    "slug",
+]
