@@ -1,8 +1,14 @@
 """AWS clients, configured once: SigV4 (presigned URLs sign the content type), standard
 retries, and timeouts so a slow S3 call fails over to a retry instead of hanging a batch.
-``AWS_ENDPOINT_URL_S3`` (read by boto3 itself) points them at a local S3 emulator."""
+``AWS_ENDPOINT_URL_S3`` (read by boto3 itself) points them at a local S3 emulator.
+
+Also the one place that reads botocore's errors: what S3 said (its error code, its HTTP
+status) and what that means to a caller (the object is missing, the request was refused).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -14,7 +20,32 @@ S3_CONFIG = Config(
     read_timeout=30,
     max_pool_connections=32,
 )
+# Error codes meaning the object (or its bucket) is not there; HeadObject says just "404".
+MISSING_CODES = ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
 
 
-def s3_client():
+def s3_client() -> Any:
     return boto3.client("s3", config=S3_CONFIG)
+
+
+def error_code(exc: BaseException) -> str:
+    """S3's error code of a botocore ClientError ("" for other errors: connection, timeout)."""
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def error_status(exc: BaseException) -> int:
+    """The HTTP status S3 answered with (0 when there was no answer)."""
+    response = getattr(exc, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def is_missing(exc: BaseException) -> bool:
+    """S3 said the object or its bucket does not exist (by its error code)."""
+    return error_code(exc) in MISSING_CODES
+
+
+def is_refused(exc: BaseException) -> bool:
+    """S3 refused the request itself (a 4xx other than throttling): retrying cannot help."""
+    status = error_status(exc)
+    return 400 <= status < 500 and status != 429

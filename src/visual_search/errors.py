@@ -1,19 +1,18 @@
-"""Typed errors the domain raises; the HTTP layer maps each to its status code."""
+"""Typed errors the domain raises. Each has a stable ``code``; the HTTP layer maps its type to
+a status code in one table (``visual_search.api.statuses``)."""
 
 from __future__ import annotations
 
 
 class VisualSearchError(Exception):
-    """Base class: ``status`` is the HTTP status an API answers with, ``code`` a stable name."""
+    """Base class: ``code`` is a stable name clients can act on."""
 
-    status = 500
     code = "internal_error"
 
 
 class ImageError(VisualSearchError):
     """The bytes are not an image we can use. Permanent: retrying never helps."""
 
-    status = 400
     code = "invalid_image"
 
 
@@ -30,7 +29,6 @@ class CorruptImageError(ImageError):
 
 
 class ImageTooLargeError(ImageError):
-    status = 413
     code = "image_too_large"
 
 
@@ -41,7 +39,6 @@ class ModelError(VisualSearchError):
 class ModelMismatchError(VisualSearchError):
     """A collection built by one model is being used with another's embeddings."""
 
-    status = 409
     code = "model_mismatch"
 
     def __init__(self, collection: str, collection_model: str, model: str):
@@ -57,34 +54,36 @@ class ModelMismatchError(VisualSearchError):
 class StoreUnavailableError(VisualSearchError):
     """Qdrant could not be reached or timed out. Transient: retry later."""
 
-    status = 503
     code = "store_unavailable"
 
 
 class NotFoundError(VisualSearchError):
-    status = 404
     code = "not_found"
 
 
 class RequestError(VisualSearchError):
-    """The HTTP request itself is wrong (shape, size, media type)."""
+    """The HTTP request itself is wrong (shape, encoding, missing parts)."""
 
-    status = 400
     code = "bad_request"
 
-    def __init__(
-        self, message: str, status: int | None = None, code: str | None = None, details: list | None = None
-    ):
+    def __init__(self, message: str, code: str | None = None, details: list | None = None):
         super().__init__(message)
-        if status:
-            self.status = status
         if code:
             self.code = code
         self.details = details
 
 
+class BodyTooLargeError(RequestError):
+    code = "body_too_large"
+
+
+class UnsupportedMediaTypeError(RequestError):
+    code = "unsupported_media_type"
+
+
 class InvalidOptions(RequestError):
-    status = 422
+    """Options that parse but are not acceptable (field-level ``details``)."""
+
     code = "invalid_options"
 
     def __init__(self, message: str, details: list | None = None):

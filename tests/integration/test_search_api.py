@@ -276,7 +276,7 @@ def test_pagination_has_no_duplicates_or_gaps(env, catalog, demo_images, group):
 
 
 def test_next_offset_never_points_past_the_offset_limit(env, catalog, demo_images, monkeypatch):
-    import visual_search.api as api_module
+    import visual_search.api.responses as api_module
 
     monkeypatch.setattr(api_module, "MAX_OFFSET", 20)
     photo = base64.b64encode(query_photo(demo_images, 9)).decode()
