@@ -324,15 +324,9 @@ def _cross_validate(
             dec = _decompose(gallery_x, gallery_y)
         except ValueError:
             continue  # this round's gallery has no scatter: every candidate scores a miss
-        whitened: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        spaces = _CandidateSpaces(dec, query_x)
         for slot, (shrinkage, dims) in zip(per, candidates):
-            if shrinkage not in whitened:
-                matrix = _whitening(dec, shrinkage)
-                whitened[shrinkage] = (dec.centred @ matrix, (query_x - dec.mean) @ matrix)
-            zg, zq = whitened[shrinkage]
-            if dims is not None and dims < zg.shape[1]:
-                keep = _top_directions(zg, dims)
-                zg, zq = zg @ keep, zq @ keep
+            zq, zg = spaces.vectors(shrinkage, dims)
             _score(slot, _normalise(zq), _normalise(zg), query_y, gallery_y)
     if not queries:
         return (0, 0.0), [(0, 0.0) for _ in candidates], 1
@@ -341,6 +335,54 @@ def _cross_validate(
         [(int(h), r / queries) for h, r in per],
         queries,
     )
+
+
+class _CandidateSpaces:
+    """A round's query and gallery vectors in each candidate space, cheaply.
+
+    With fewer gallery photos than dimensions every candidate is computed from inner products
+    (kernel form: ``x W^2 y`` through the scatter's eigenbasis, and kernel PCA for the reduced
+    dimensions), never forming the (d, d) whitening; otherwise the matrix is applied directly.
+    """
+
+    def __init__(self, dec: _Decomposition, query_x: np.ndarray):
+        self.dec = dec
+        self.query = np.asarray(query_x, np.float64) - dec.mean
+        self.kernel = (
+            dec.eigenvectors.shape[1] < dec.centred.shape[1] and len(dec.centred) < dec.centred.shape[1]
+        )
+        if self.kernel:
+            v = dec.eigenvectors
+            self.ag, self.aq = dec.centred @ v, self.query @ v
+            self.gg, self.qg = dec.centred @ dec.centred.T, self.query @ dec.centred.T
+            self.qq = (self.query**2).sum(axis=1)
+
+    def vectors(self, shrinkage: float, dims: int | None) -> tuple[np.ndarray, np.ndarray]:
+        if not self.kernel:
+            matrix = _whitening(self.dec, shrinkage)
+            zg, zq = self.dec.centred @ matrix, self.query @ matrix
+            if dims is not None and dims < zg.shape[1]:
+                keep = _top_directions(zg, dims)
+                zg, zq = zg @ keep, zq @ keep
+            return zq, zg
+        floor = shrinkage * self.dec.mean_eigenvalue
+        w = 1.0 / (self.dec.eigenvalues + floor) - 1.0 / floor
+        k_gg = (self.ag * w) @ self.ag.T + self.gg / floor
+        k_qg = (self.aq * w) @ self.ag.T + self.qg / floor
+        values, a = np.linalg.eigh(k_gg)  # kernel PCA: the whitened gallery's own directions
+        values, a = values[::-1], a[:, ::-1]
+        keep = values > max(float(values[0]), 0.0) * 1e-10
+        if dims is not None:
+            keep &= np.arange(len(values)) < dims
+        values, a = values[keep], a[:, keep]
+        if dims is None:  # all dimensions: plus the part of each query outside the gallery's span
+            q_in = k_qg @ a / np.sqrt(values)
+            q_norm2 = (self.aq**2 * w).sum(axis=1) + self.qq / floor
+            outside = np.sqrt(np.clip(q_norm2 - (q_in**2).sum(axis=1), 0.0, None))
+            zq = np.c_[q_in, outside]
+            zg = np.c_[a * np.sqrt(values), np.zeros(len(a))]
+            return zq, zg
+        return k_qg @ a / np.sqrt(values), a * np.sqrt(values)
 
 
 def _nearest_same_product(x: np.ndarray, y: np.ndarray, q: int, mask: np.ndarray, share: float) -> np.ndarray:
