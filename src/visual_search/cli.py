@@ -306,19 +306,22 @@ def cmd_eval(args) -> int:
             crop=args.crop,
         )
     bar = _progress(None, None, f"evaluating {embedder.model_id}", args.json or args.quiet)
-    result = evaluate(Path(args.folder), embedder, limit=args.limit, progress=bar.update, reranker=reranker)
+    queries = [p.strip() for p in args.queries.split(",") if p.strip()] if args.queries else None
+    result = evaluate(
+        Path(args.folder),
+        embedder,
+        limit=args.limit,
+        progress=bar.update,
+        reranker=reranker,
+        queries=queries,
+        adapt=args.adapt,
+        folds=args.folds,
+    )
     bar.close()
     if args.json:
         print(json.dumps(result.as_json()))
         return 0
-    out = result.as_json()
-    print(f"{out['model']} on {args.folder}: {out['images']} images of {out['products']} products")
-    for key in ("recall@1", "recall@5", "recall@10", "mAP@R"):
-        print(f"  {key:<10} {out[key]:.4f}")
-    print(f"  indexing   {out['index_images_per_s']} images/s")
-    print(
-        f"  query      {out['query_latency_ms']['median']} ms median, {out['query_latency_ms']['p99']} ms p99"
-    )
+    print("\n".join(result.lines(args.folder)))
     return 0
 
 
@@ -500,6 +503,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["center", "full"],
         help="override the card's crop: center = ImageNet's 87.5%% centre crop, full = the whole image",
     )
+    ev.add_argument(
+        "--queries",
+        metavar="PATTERNS",
+        help="split protocol: file names matching these comma-separated patterns ('val_*,test_*') "
+        "are the queries, the rest the gallery (default: leave-one-out)",
+    )
+    ev.add_argument(
+        "--adapt",
+        action="store_true",
+        help="also measure the catalogue adaptation, fitted on the gallery only (leave-one-out: k folds)",
+    )
+    ev.add_argument("--folds", type=_int_in(2), default=5, help="folds for leave-one-out with --adapt (5)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
 

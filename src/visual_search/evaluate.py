@@ -1,19 +1,28 @@
 """``visual-search eval DIR``: how often the right product comes first.
 
-DIR holds one subfolder per product (folder name = product id). Every image is indexed into a
-temporary in-memory collection through the same code the functions use; then each image queries
-the collection (leave-one-out: its own point is dropped from the answer) and we report
-recall@1/5/10 (a correct product among the first k others) and mAP@R (R = the number of other
-images of the query's product), with indexing throughput and query latency.
+DIR holds one subfolder per product (folder name = product id). Two protocols:
+
+- leave-one-out (default): every image is indexed into a temporary in-memory collection through
+  the same code the functions use, then queries it (its own point dropped from the answer);
+- split (``--queries 'val_*,test_*'``): images whose file name matches a pattern are the queries,
+  the others the gallery; only the gallery is indexed.
+
+We report recall@1/5/10 (a correct product among the first k images) and mAP@R (R = the
+gallery images of the query's product), with indexing throughput and query latency. With
+``--adapt`` the images are embedded once and ranked exactly in numpy (:mod:`retrieval`), raw and
+in the catalogue-adapted space fitted on the gallery only (leave-one-out: k folds, so no query
+is ever in its own fit).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -21,8 +30,10 @@ from PIL import Image
 from .catalog import Catalog, ImageSource
 from .config import StoreSettings
 from .domain import Query
+from .errors import ImageError
 from .folders import LocalImage, scan
 from .model import Embedder
+from .retrieval import Measured, measure
 from .store import CatalogStore
 
 KS = (1, 5, 10)
@@ -70,18 +81,52 @@ class EvalResult:
     products: int
     metrics: dict[str, float]
     index_images_per_s: float
-    query_ms_median: float
-    query_ms_p99: float
+    query_ms_median: float | None
+    query_ms_p99: float | None
+    protocol: str = "leave-one-out"
+    queries: int = 0
+    gallery: int = 0
+    adapted: Measured | None = None  # --adapt: raw and adapted metrics and the fits
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "model": self.model,
             **self.metrics,
             "images": self.images,
             "products": self.products,
+            "protocol": self.protocol,
+            "queries": self.queries,
+            "gallery": self.gallery,
             "index_images_per_s": self.index_images_per_s,
             "query_latency_ms": {"median": self.query_ms_median, "p99": self.query_ms_p99},
         }
+        if self.adapted:
+            out["raw"] = self.adapted.raw
+            out["adapted"] = self.adapted.adapted
+            out["fits"] = [vars(f) for f in self.adapted.fits]
+        return out
+
+    def lines(self, folder: str) -> list[str]:
+        """The human-readable report."""
+        out = self.as_json()
+        split = f", {self.queries} queries against {self.gallery}" if self.protocol == "split" else ""
+        lines = [
+            f"{self.model} on {folder}: {self.images} images of {self.products} products ({self.protocol}{split})"
+        ]
+        keys = ("recall@1", "recall@5", "recall@10", "mAP@R")
+        if self.adapted:
+            lines.append(f"  {'':<10} {'raw':>7} {'adapted':>8}")
+            adapted = self.adapted.adapted or {}
+            lines += [
+                f"  {k:<10} {self.adapted.raw[k]:>7.4f} {adapted.get(k, float('nan')):>8.4f}" for k in keys
+            ]
+            lines += [f"  fit{'' if f.fold is None else f' {f.fold}'}: {f.reason}" for f in self.adapted.fits]
+            lines.append(f"  embedding  {self.index_images_per_s} images/s")
+            return lines
+        lines += [f"  {k:<10} {out[k]:.4f}" for k in keys]
+        lines.append(f"  indexing   {self.index_images_per_s} images/s")
+        lines.append(f"  query      {self.query_ms_median} ms median, {self.query_ms_p99} ms p99")
+        return lines
 
 
 def product_of(image: LocalImage) -> str:
@@ -104,6 +149,9 @@ def evaluate(
     progress: Callable[[int], None] | None = None,
     batch: int = 32,
     reranker: Embedder | None = None,
+    queries: Sequence[str] | None = None,
+    adapt: bool = False,
+    folds: int = 5,
 ) -> EvalResult:
     images = scan(folder)
     if limit:
@@ -111,6 +159,18 @@ def evaluate(
     products = {product_of(img) for img in images}
     if len(images) < 2 or len(products) < 2:
         raise ValueError(f"{folder} needs at least two products with images to evaluate")
+    is_query = query_mask(images, queries) if queries else None
+    if is_query is not None and (all(is_query) or not any(is_query)):
+        raise ValueError(
+            f"--queries {','.join(queries or [])}: {sum(is_query)} of {len(images)} file names match; "
+            "the split needs both queries and a gallery"
+        )
+    if adapt:
+        if reranker:
+            raise ValueError("--adapt with a rerank model is not supported (the adaptation is of one space)")
+        return _evaluate_adapted(images, embedder, is_query, progress, batch, folds)
+    if is_query is not None:
+        return _evaluate_split(images, embedder, is_query, progress, batch, reranker)
     store = CatalogStore.open(
         StoreSettings(path=":memory:", collection="eval"),
         embedder.model_id,
@@ -160,6 +220,113 @@ def evaluate(
         round(index_rate, 1),
         round(statistics.median(latencies), 2),
         round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2),
+    )
+
+
+def query_mask(images: Sequence[LocalImage], patterns: Sequence[str]) -> list[bool]:
+    """True for the images whose file name matches one of the shell patterns (``val_*``)."""
+    return [any(fnmatch.fnmatchcase(img.path.name, p) for p in patterns) for img in images]
+
+
+def _open_catalog(embedder, reranker) -> Catalog:
+    store = CatalogStore.open(
+        StoreSettings(path=":memory:", collection="eval"),
+        embedder.model_id,
+        embedder.dim,
+        rerank_model_id=reranker.model_id if reranker else None,
+        rerank_dim=reranker.dim if reranker else None,
+    )
+    return Catalog(embedder, store, reranker)  # type: ignore[arg-type]
+
+
+def _index(catalog: Catalog, images: Sequence[LocalImage], batch: int, progress) -> float:
+    """Index ``images`` through the catalogue; images per second."""
+    started = time.perf_counter()
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        sources = [
+            ImageSource("eval", img.key, img.path.read_bytes(), {"product-id": product_of(img)})
+            for img in chunk
+        ]
+        result = catalog.index(sources)
+        for img, item in zip(chunk, result.results):
+            if not item.ok:
+                raise ValueError(f"{img.path}: {item.error}")
+        progress(len(chunk))
+    return len(images) / (time.perf_counter() - started)
+
+
+def _evaluate_split(images, embedder, is_query, progress, batch, reranker) -> EvalResult:
+    progress = progress or (lambda n: None)
+    gallery = [img for img, q in zip(images, is_query) if not q]
+    queries = [img for img, q in zip(images, is_query) if q]
+    catalog = _open_catalog(embedder, reranker)
+    index_rate = _index(catalog, gallery, batch, progress)
+    counts: dict[str, int] = {}
+    for img in gallery:
+        counts[product_of(img)] = counts.get(product_of(img), 0) + 1
+    recalls: dict[int, list[bool]] = {k: [] for k in KS}
+    aps, latencies = [], []
+    for img in queries:
+        product, r = product_of(img), counts.get(product_of(img), 0)
+        t0 = time.perf_counter()
+        hits = _query(catalog, img.path.read_bytes(), min(len(gallery), max(max(KS), r)))
+        latencies.append((time.perf_counter() - t0) * 1000)
+        relevant = [h.payload["product_id"] == product for h in hits]
+        for k in KS:
+            recalls[k].append(any(relevant[:k]))
+        if r:
+            aps.append(average_precision_at_r(relevant, r))
+        progress(1)
+    catalog.store.close()
+    latencies.sort()
+    metrics = {f"recall@{k}": round(float(np.mean(v)), 4) for k, v in recalls.items()}
+    metrics["mAP@R"] = round(float(np.mean(aps)), 4) if aps else 0.0
+    return EvalResult(
+        catalog.store.space,
+        len(images),
+        len({product_of(img) for img in images}),
+        metrics,
+        round(index_rate, 1),
+        round(statistics.median(latencies), 2),
+        round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2),
+        "split",
+        len(queries),
+        len(gallery),
+    )
+
+
+def _evaluate_adapted(images, embedder, is_query, progress, batch, folds) -> EvalResult:
+    """Embed every image once; raw and adapted metrics in numpy (the fit never sees a query)."""
+    progress = progress or (lambda n: None)
+    started = time.perf_counter()
+    vectors = []
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        embedded = embedder.embed_many([img.path.read_bytes() for img in chunk])
+        bad = [f"{img.path}: {item}" for img, item in zip(chunk, embedded) if isinstance(item, ImageError)]
+        if bad:
+            raise ValueError(bad[0])
+        vectors.extend(embedded)
+        progress(len(chunk))
+    rate = len(images) / (time.perf_counter() - started)
+    labels = [product_of(img) for img in images]
+    measured = measure(
+        np.stack(vectors), labels, None if is_query is None else np.asarray(is_query), True, folds
+    )
+    keys = [f"recall@{k}" for k in KS] + ["mAP@R"]
+    return EvalResult(
+        embedder.model_id,
+        len(images),
+        len(set(labels)),
+        {k: (measured.adapted or measured.raw)[k] for k in keys},
+        round(rate, 1),
+        None,
+        None,
+        measured.protocol,
+        measured.queries,
+        measured.gallery,
+        measured,
     )
 
 

@@ -51,3 +51,38 @@ def test_eval_reports_the_metrics_and_beats_raw_pixels():
 )
 def test_average_precision_at_r(relevant, r, expected):
     assert average_precision_at_r(relevant, r) == pytest.approx(expected)
+
+
+GROCERY_SMALL = REPO / "tests" / "data" / "grocery-small"
+
+
+def test_eval_split_protocol_with_adaptation():
+    """Gallery train_ photos, queries test_ (another photo session); the fit sees the gallery only."""
+    result = subprocess.run(
+        [sys.executable, "-m", "visual_search", "eval", str(GROCERY_SMALL), "--json"]
+        + ["--queries", "val_*,test_*", "--adapt"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["protocol"] == "split" and out["queries"] == 40 and out["gallery"] == 80
+    assert KEYS <= set(out["raw"]) and KEYS <= set(out["adapted"])
+    assert [f["photos"] for f in out["fits"]] == [80]
+    assert out["fits"][0]["shrinkage"] is not None, out["fits"][0]["reason"]
+    assert out["adapted"]["recall@1"] >= out["raw"]["recall@1"] + 0.05
+    assert out["recall@1"] == out["adapted"]["recall@1"]
+
+
+def test_eval_split_needs_queries_and_gallery():
+    result = subprocess.run(
+        [sys.executable, "-m", "visual_search", "eval", str(GROCERY_SMALL), "--queries", "nothing_*"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert result.returncode != 0
+    assert "0 of 120 file names match" in result.stderr
