@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from visual_search.aws import s3_client
 from visual_search.catalog import get_catalog
 from visual_search.events import EventError, S3Change, changes_in_message, event_kind, parse_sqs_body
-from visual_search.ingest import Ingestor, Outcome
+from visual_search.ingest import IngestBatch, Ingestor, Status
 from visual_search.observability import MetricUnit, logger, metrics, tracer
 
 ingestor = Ingestor.configured(get_catalog(), s3_client())
@@ -29,12 +29,12 @@ METRIC_NAMES = {
 }
 
 
-def record_outcomes(outcomes: list[Outcome]) -> None:
-    """One log line per change, and counters per outcome."""
+def record_outcomes(batch: IngestBatch) -> None:
+    """One log line per change, and counters per outcome and timing."""
     counts: dict[str, int] = {}
-    for outcome in outcomes:
+    for outcome in batch.outcomes:
         change = outcome.change
-        log = logger.warning if outcome.status in ("failed", "retry") else logger.info
+        log = logger.warning if outcome.status in (Status.FAILED, Status.RETRY) else logger.info
         log(
             f"{outcome.status} {change.key}",
             extra={
@@ -51,8 +51,8 @@ def record_outcomes(outcomes: list[Outcome]) -> None:
     for name, value in counts.items():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     for timing, name in (("embed_ms", "EmbedLatency"), ("upsert_ms", "UpsertLatency")):
-        if timing in ingestor.timings:
-            metrics.add_metric(name=name, unit=MetricUnit.Milliseconds, value=ingestor.timings.pop(timing))
+        if timing in batch.timings:
+            metrics.add_metric(name=name, unit=MetricUnit.Milliseconds, value=batch.timings[timing])
 
 
 def handle_sqs(event: dict) -> dict:
@@ -68,9 +68,9 @@ def handle_sqs(event: dict) -> dict:
             continue
         changes += found
         owners += [record.message_id] * len(found)
-    outcomes = ingestor.apply(changes) if changes else []
-    record_outcomes(outcomes)
-    transient = {owner: o.reason for owner, o in zip(owners, outcomes) if o.transient}
+    batch = ingestor.apply_batch(changes)
+    record_outcomes(batch)
+    transient = {owner: o.reason for owner, o in zip(owners, batch.outcomes, strict=False) if o.transient}
     if unreadable:
         logger.error("unreadable SQS messages (left to go to the DLQ)", extra={"messages": unreadable})
         metrics.add_metric(name="UnreadableMessages", unit=MetricUnit.Count, value=len(unreadable))
@@ -87,8 +87,9 @@ def handle_sqs(event: dict) -> dict:
 
 
 def handle_s3(event: dict) -> dict:
-    outcomes = ingestor.apply(list(changes_in_message(event)))
-    record_outcomes(outcomes)
+    batch = ingestor.apply_batch(list(changes_in_message(event)))
+    record_outcomes(batch)
+    outcomes = batch.outcomes
     transient = [o for o in outcomes if o.transient]
     if transient:
         # Lambda's asynchronous retries, then the on-failure destination, take over.

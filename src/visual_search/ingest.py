@@ -15,30 +15,77 @@ retried.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Any, Sequence
+from typing import Any
 
-from .catalog import Catalog, ImageSource, NON_IMAGE_EXTENSIONS, is_image_key
+from .aws import is_missing
+from .catalog import NON_IMAGE_EXTENSIONS, Catalog, ImageSource, is_image_key
 from .config import ImageLimits, IngestSettings
 from .errors import ImageError, StoreUnavailableError
 from .events import S3Change, is_newer
 
-OK_STATUSES = ("indexed", "deleted", "skipped", "stale", "superseded")
 SETTLE_ROUNDS = 2  # times a key is applied again when its object changed while being indexed
-MISSING_CODES = ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
+
+
+class Status(StrEnum):
+    """How one change ended. A ``StrEnum``: each compares equal to its name as a string."""
+
+    INDEXED = "indexed"
+    DELETED = "deleted"
+    SKIPPED = "skipped"  # not for the catalogue (prefix, suffix, not an image)
+    STALE = "stale"  # an equal or newer change of the key was applied before
+    SUPERSEDED = "superseded"  # a newer change of the key is in the same batch
+    FAILED = "failed"  # permanent: the image cannot be indexed
+    RETRY = "retry"  # transient: S3 or Qdrant failed; retried by the caller
+
+
+OK_STATUSES = (Status.INDEXED, Status.DELETED, Status.SKIPPED, Status.STALE, Status.SUPERSEDED)
 
 
 @dataclass
 class Outcome:
     change: S3Change
-    status: str  # indexed | deleted | skipped | stale | superseded | failed | retry
+    status: Status
     reason: str = ""
 
     @property
     def transient(self) -> bool:
-        return self.status == "retry"
+        return self.status == Status.RETRY
+
+
+@dataclass(eq=False)
+class Item:
+    """One change of a batch and, once it is known, its outcome (the last one set counts)."""
+
+    change: S3Change
+    outcome: Outcome | None = None
+
+    def settle(self, status: Status, reason: str = "") -> None:
+        self.outcome = Outcome(self.change, status, reason)
+
+    @property
+    def status(self) -> Status | None:
+        return self.outcome.status if self.outcome else None
+
+
+@dataclass
+class IngestBatch:
+    """The changes of one ``apply``, their outcomes, and the time spent embedding and writing."""
+
+    items: list[Item]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        """The outcome of each change, in the order of the changes."""
+        return [item.outcome for item in self.items if item.outcome is not None]
+
+    def add_time(self, name: str, ms: float) -> None:
+        self.timings[name] = round(self.timings.get(name, 0.0) + ms, 3)
 
 
 @dataclass
@@ -57,11 +104,6 @@ def bare_etag(etag: str | None) -> str:
     return (etag or "").strip('"')
 
 
-def _error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
 class Ingestor:
     def __init__(self, catalog: Catalog, s3_client: Any, settings: IngestSettings, limits: ImageLimits):
         self.catalog = catalog
@@ -71,10 +113,9 @@ class Ingestor:
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, settings.download_workers), thread_name_prefix="s3-fetch"
         )
-        self.timings: dict[str, float] = {}
 
     @classmethod
-    def configured(cls, catalog: Catalog, s3_client: Any) -> "Ingestor":
+    def configured(cls, catalog: Catalog, s3_client: Any) -> Ingestor:
         """With the environment's ingest settings and the catalogue embedder's image limits."""
         from .config import get_settings
 
@@ -102,7 +143,7 @@ class Ingestor:
         try:
             response = self.s3.get_object(Bucket=bucket, Key=key)
         except Exception as exc:  # botocore ClientError, connection errors, throttling
-            if _error_code(exc) in MISSING_CODES:
+            if is_missing(exc):
                 return Fetched(exists=False)
             return Fetched(exists=True, error=f"S3 GetObject failed: {exc}")
         head = {
@@ -143,33 +184,46 @@ class Ingestor:
                 got.pixels = exc
         return got
 
+    def current_etag(self, ref: tuple[str, str]) -> str | None:
+        """The object's ETag now; None when it is gone, "?" when S3 cannot tell."""
+        try:
+            return bare_etag(self.s3.head_object(Bucket=ref[0], Key=ref[1]).get("ETag"))
+        except Exception as exc:
+            return None if is_missing(exc) else "?"
+
     # -- applying changes ----------------------------------------------------------------------
 
     def apply(self, changes: Sequence[S3Change]) -> list[Outcome]:
         """Apply a batch of changes; the outcomes come back in the same order."""
-        outcomes: list[Outcome | None] = [None] * len(changes)
-        latest: dict[tuple[str, str], int] = {}
-        for i, change in enumerate(changes):
-            reason = self.skip_reason(change.key)
-            if reason:
-                outcomes[i] = Outcome(change, "skipped", reason)
-                continue
-            j = latest.get(change.ref)
-            if j is None or is_newer(change.sequencer, changes[j].sequencer):
-                if j is not None:
-                    outcomes[j] = Outcome(changes[j], "superseded", "a newer change of the key")
-                latest[change.ref] = i
-            else:
-                outcomes[i] = Outcome(change, "superseded", "a newer change of the key")
-        self.timings.clear()
-        pending = [i for i in latest.values()]
-        if pending:
-            self._apply_latest(changes, pending, outcomes)
-        return [o for o in outcomes if o is not None]
+        return self.apply_batch(changes).outcomes
 
-    def _apply_latest(
-        self, changes: Sequence[S3Change], pending: list[int], outcomes: list[Outcome | None], round_: int = 0
-    ) -> None:
+    def apply_batch(self, changes: Sequence[S3Change]) -> IngestBatch:
+        """``apply``, returning the whole batch (outcomes and timings)."""
+        batch = IngestBatch([Item(change) for change in changes])
+        latest = self._latest_per_key(batch.items)
+        if latest:
+            self._apply_latest(batch, latest)
+        return batch
+
+    def _latest_per_key(self, items: list[Item]) -> list[Item]:
+        """Settle the changes to skip and those a newer change of their key supersedes; the
+        others, one per key, are left to apply."""
+        latest: dict[tuple[str, str], Item] = {}
+        for item in items:
+            reason = self.skip_reason(item.change.key)
+            if reason:
+                item.settle(Status.SKIPPED, reason)
+                continue
+            seen = latest.get(item.change.ref)
+            if seen is None or is_newer(item.change.sequencer, seen.change.sequencer):
+                if seen is not None:
+                    seen.settle(Status.SUPERSEDED, "a newer change of the key")
+                latest[item.change.ref] = item
+            else:
+                item.settle(Status.SUPERSEDED, "a newer change of the key")
+        return list(latest.values())
+
+    def _apply_latest(self, batch: IngestBatch, pending: list[Item], round_: int = 0) -> None:
         """Download, embed and write the latest change of each key, as a pipeline.
 
         Images are embedded in chunks as soon as a chunk's worth has been downloaded and
@@ -177,44 +231,46 @@ class Ingestor:
         the next chunk is embedded.
         """
         if round_ == 0:
-            fresh = self._not_stale(changes, pending, outcomes)
+            fresh = self._not_stale(pending)
         elif round_ > SETTLE_ROUNDS:
-            for i in pending:
-                outcomes[i] = Outcome(changes[i], "retry", "the object kept changing meanwhile")
+            for item in pending:
+                item.settle(Status.RETRY, "the object kept changing meanwhile")
             return
         else:
             fresh = pending
-        downloads = {self.pool.submit(self.fetch_and_decode, *changes[i].ref): i for i in fresh}
-        ready: list[tuple[int, ImageSource]] = []
-        to_delete: list[int] = []
-        checks: list[tuple[int, ImageSource, Future]] = []
+        downloads = {self.pool.submit(self.fetch_and_decode, *item.change.ref): item for item in fresh}
+        ready: list[tuple[Item, ImageSource]] = []
+        to_delete: list[Item] = []
+        checks: list[tuple[Item, ImageSource, Future]] = []
         for done in as_completed(downloads):
-            i = downloads[done]
-            source = self._sort(changes[i], done.result(), i, outcomes, to_delete)
+            item, got = downloads[done], done.result()
+            if not got.exists:
+                to_delete.append(item)
+                continue
+            source = self._source(item, got)
             if source is not None:
-                ready.append((i, source))
+                ready.append((item, source))
             if len(ready) >= self.settings.embed_chunk:
-                checks += self._index_then_check(changes, ready, outcomes)
+                checks += self._index_then_check(batch, ready)
                 ready = []
-        checks += self._index_then_check(changes, ready, outcomes)
-        self._delete(changes, to_delete, outcomes)
-        self._drop_unindexable(changes, list(downloads.values()), outcomes)
-        drifted = [i for i, source, check in checks if check.result() not in ("?", bare_etag(source.etag))]
+        checks += self._index_then_check(batch, ready)
+        self._delete(to_delete)
+        self._drop_unindexable(list(downloads.values()))
+        drifted = [
+            item for item, source, check in checks if check.result() not in ("?", bare_etag(source.etag))
+        ]
         if drifted:
-            self._apply_latest(changes, drifted, outcomes, round_ + 1)
+            self._apply_latest(batch, drifted, round_ + 1)
 
-    def _sort(
-        self, change: S3Change, got: Fetched, i: int, outcomes: list[Outcome | None], to_delete: list[int]
-    ) -> ImageSource | None:
-        """What one download means: an image to index, a point to delete, or an outcome now."""
+    def _source(self, item: Item, got: Fetched) -> ImageSource | None:
+        """The image an existing object gives to index, or None with the item settled."""
+        change = item.change
         if got.error:
-            outcomes[i] = Outcome(change, "retry", got.error)
-        elif not got.exists:
-            to_delete.append(i)
+            item.settle(Status.RETRY, got.error)
         elif got.too_large:
-            outcomes[i] = Outcome(change, "failed", got.too_large)
+            item.settle(Status.FAILED, got.too_large)
         elif not self.is_image(change.key, got):
-            outcomes[i] = Outcome(change, "skipped", "not an image (by content type)")
+            item.settle(Status.SKIPPED, "not an image (by content type)")
         else:
             return ImageSource(
                 change.bucket,
@@ -229,26 +285,26 @@ class Ingestor:
             )
         return None
 
-    def _not_stale(self, changes, pending: list[int], outcomes) -> list[int]:
+    def _not_stale(self, pending: list[Item]) -> list[Item]:
         """The changes newer than what is applied for their key (by the stored sequencer)."""
         try:
-            applied = self.catalog.store.get_images([changes[i].ref for i in pending])
+            applied = self.catalog.store.get_images([item.change.ref for item in pending])
         except StoreUnavailableError as exc:
-            for i in pending:
-                outcomes[i] = Outcome(changes[i], "retry", str(exc))
+            for item in pending:
+                item.settle(Status.RETRY, str(exc))
             return []
         fresh = []
-        for i in pending:
-            stored = applied.get(changes[i].ref)
-            if stored and not is_newer(changes[i].sequencer, stored.get("sequencer")):
-                outcomes[i] = Outcome(changes[i], "stale", "an equal or newer change was applied")
+        for item in pending:
+            stored = applied.get(item.change.ref)
+            if stored and not is_newer(item.change.sequencer, stored.get("sequencer")):
+                item.settle(Status.STALE, "an equal or newer change was applied")
             else:
-                fresh.append(i)
+                fresh.append(item)
         return fresh
 
     def _index_then_check(
-        self, changes, chunk: list[tuple[int, ImageSource]], outcomes
-    ) -> list[tuple[int, ImageSource, Future]]:
+        self, batch: IngestBatch, chunk: list[tuple[Item, ImageSource]]
+    ) -> list[tuple[Item, ImageSource, Future]]:
         """Index a chunk, then start looking at each written object again.
 
         The order check and the write are not atomic: two invocations handling two changes of
@@ -256,60 +312,48 @@ class Ingestor:
         the object again after writing closes that window: if its ETag is no longer the one we
         stored, the key is applied again from what the bucket holds now.
         """
-        self._index(changes, chunk, outcomes)
+        self._index(batch, chunk)
         return [
-            (i, source, self.pool.submit(self.current_etag, changes[i].ref))
-            for i, source in chunk
-            if outcomes[i] and outcomes[i].status == "indexed"
+            (item, source, self.pool.submit(self.current_etag, item.change.ref))
+            for item, source in chunk
+            if item.status == Status.INDEXED
         ]
 
-    def current_etag(self, ref: tuple[str, str]) -> str | None:
-        """The object's ETag now; None when it is gone, "?" when S3 cannot tell."""
-        try:
-            return bare_etag(self.s3.head_object(Bucket=ref[0], Key=ref[1]).get("ETag"))
-        except Exception as exc:
-            return None if _error_code(exc) in MISSING_CODES else "?"
-
-    def _index(self, changes, to_index, outcomes) -> None:
-        if not to_index:
+    def _index(self, batch: IngestBatch, chunk: list[tuple[Item, ImageSource]]) -> None:
+        if not chunk:
             return
         try:
-            batch = self.catalog.index([source for _, source in to_index])
+            indexed = self.catalog.index([source for _, source in chunk])
         except StoreUnavailableError as exc:
-            for i, _ in to_index:
-                outcomes[i] = Outcome(changes[i], "retry", str(exc))
+            for item, _ in chunk:
+                item.settle(Status.RETRY, str(exc))
             return
-        for name, ms in (("embed_ms", batch.embed_ms), ("upsert_ms", batch.upsert_ms)):
-            self.timings[name] = round(self.timings.get(name, 0.0) + ms, 3)
-        for (i, _), result in zip(to_index, batch.results):
-            outcomes[i] = (
-                Outcome(changes[i], "indexed")
-                if result.ok
-                else Outcome(changes[i], "failed", str(result.error))
-            )
+        batch.add_time("embed_ms", indexed.embed_ms)
+        batch.add_time("upsert_ms", indexed.upsert_ms)
+        for (item, _), result in zip(chunk, indexed.results, strict=True):
+            if result.ok:
+                item.settle(Status.INDEXED)
+            else:
+                item.settle(Status.FAILED, str(result.error))
 
-    def _drop_unindexable(self, changes, applied: list[int], outcomes) -> None:
+    def _drop_unindexable(self, applied: list[Item]) -> None:
         """An object replaced by something that is not an indexable image (another content
         type, a corrupt or oversized file) loses the point its earlier version left."""
-        self._remove(
-            changes,
-            [i for i in applied if outcomes[i] and outcomes[i].status in ("failed", "skipped")],
-            outcomes,
-        )
+        self._remove([item for item in applied if item.status in (Status.FAILED, Status.SKIPPED)])
 
-    def _delete(self, changes, to_delete, outcomes) -> None:
-        if self._remove(changes, to_delete, outcomes):
-            for i in to_delete:
-                outcomes[i] = Outcome(changes[i], "deleted")
+    def _delete(self, items: list[Item]) -> None:
+        if self._remove(items):
+            for item in items:
+                item.settle(Status.DELETED)
 
-    def _remove(self, changes, indices: list[int], outcomes) -> bool:
+    def _remove(self, items: list[Item]) -> bool:
         """Delete the points of these changes' keys; on a store outage they are to retry."""
-        if not indices:
+        if not items:
             return False
         try:
-            self.catalog.remove([changes[i].ref for i in indices])
+            self.catalog.remove([item.change.ref for item in items])
         except StoreUnavailableError as exc:
-            for i in indices:
-                outcomes[i] = Outcome(changes[i], "retry", str(exc))
+            for item in items:
+                item.settle(Status.RETRY, str(exc))
             return False
         return True
