@@ -30,15 +30,18 @@ def load_function(name: str, fresh_catalog: bool = True) -> ModuleType:
 
 
 class LambdaContext:
-    """The attributes of Lambda's context object that Powertools reads."""
+    """The attributes of Lambda's context object that Powertools reads; named after the function
+    that runs (the local stack passes its own names, the tests keep the defaults)."""
 
-    function_name = "visual-search-test"
     function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:visual-search-test"
     memory_limit_in_mb = 2048
     aws_request_id = "00000000-0000-0000-0000-000000000000"
-    log_group_name = "/aws/lambda/visual-search-test"
-    log_stream_name = "test"
+
+    def __init__(self, function_name: str = "visual-search-test", log_stream_name: str = "test"):
+        self.function_name = function_name
+        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = log_stream_name
 
     @staticmethod
     def get_remaining_time_in_millis() -> int:

@@ -24,8 +24,8 @@ def free_port() -> int:
 
 
 class RunningStack:
-    def __init__(self, data_dir: Path, demo: bool = True):
-        self.api_port, self.s3_port = free_port(), free_port()
+    def __init__(self, data_dir: Path, demo: bool = True, api_port: int = 0, s3_port: int = 0):
+        self.api_port, self.s3_port = api_port or free_port(), s3_port or free_port()
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.s3_url = f"http://127.0.0.1:{self.s3_port}"
         self.data_dir = data_dir
@@ -44,7 +44,7 @@ class RunningStack:
         if not demo:
             args.append("--no-demo")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "AWS_ENDPOINT"))}
-        self.log_path = data_dir.parent / f"stack-{self.api_port}.log"
+        self.log_path = data_dir.parent / f"stack-{self.api_port}-{time.monotonic_ns()}.log"
         self.log = self.log_path.open("w")
         self.process = subprocess.Popen(args, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -64,6 +64,12 @@ class RunningStack:
                 return
             time.sleep(0.2)
         raise AssertionError(f"the stack did not start in {timeout} s:\n{self.output()}")
+
+    def kill(self) -> None:
+        """kill -9: no clean-up of any kind."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+        self.log.close()
 
     def stop(self) -> int:
         if self.process.poll() is None:

@@ -1,14 +1,13 @@
 """Bucket notifications for the local S3 emulator, delivered as AWS delivers them.
 
-moto's own notifications cannot call a local function, so the bridge watches the bucket
-(listing it a few times a second), turns what changed into S3 event records
-(ObjectCreated:Put / ObjectRemoved:Delete, URL-encoded keys, ETag, size, a sequencer), wraps
-each in an SQS message and hands batches to the ingest function's handler on a worker thread:
-asynchronously, with the same event shape and the same partial-batch-failure contract as SQS.
-Failed messages are retried with backoff and, after ``max_receives``, parked in ``dead_letters``.
-
-The bridge also mirrors the bucket into the data folder so that objects survive a restart of the
-in-memory emulator, just as the embedded Qdrant folder does: bucket and catalogue stay in step.
+moto's own notifications cannot call a local function, so the durable S3 endpoint
+(:mod:`.durable_s3`) hands every change it has confirmed to :meth:`NotificationBridge.notify`,
+which turns it into an S3 event record (ObjectCreated:Put / ObjectRemoved:Delete, URL-encoded
+key, ETag, size, a sequencer), wraps it in an SQS message and hands batches to the ingest
+function's handler on a worker thread: asynchronously, with the same event shape and the same
+partial-batch-failure contract as SQS. Failed messages are retried with backoff and, after
+``max_receives``, parked in ``dead_letters``. The queue lives in memory: after a crash the
+stack's start-up reconciliation indexes what was confirmed but not yet delivered.
 """
 
 from __future__ import annotations
@@ -19,11 +18,21 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote_plus
 
 from ..lambdas import LambdaContext
+from .durable_s3 import Change
+
+_sequence = {"last": 0}
+_sequence_lock = threading.Lock()
+
+
+def next_sequencer() -> str:
+    """Strictly increasing, as S3's sequencers are for one key."""
+    with _sequence_lock:
+        _sequence["last"] = max(time.time_ns(), _sequence["last"] + 1)
+        return f"{_sequence['last']:020X}"
 
 
 @dataclass
@@ -35,7 +44,7 @@ class Message:
 
 
 def s3_record(bucket: str, key: str, name: str, etag: str | None = None, size: int = 0) -> dict:
-    obj: dict[str, Any] = {"key": quote_plus(key, safe="/"), "sequencer": f"{time.time_ns():020X}"}
+    obj: dict[str, Any] = {"key": quote_plus(key, safe="/"), "sequencer": next_sequencer()}
     if name.startswith("ObjectCreated"):
         obj.update(size=size, eTag=(etag or "").strip('"'))
     return {
@@ -54,56 +63,8 @@ def s3_record(bucket: str, key: str, name: str, etag: str | None = None, size: i
     }
 
 
-class BucketMirror:
-    """Objects of the bucket, kept as files (bytes + a JSON sidecar) under the data folder."""
-
-    def __init__(self, s3: Any, bucket: str, folder: Path):
-        self.s3, self.bucket, self.folder = s3, bucket, folder / bucket
-
-    def _paths(self, key: str) -> tuple[Path, Path]:
-        path = self.folder / key
-        if self.folder.resolve() not in path.resolve().parents:
-            raise ValueError(f"unsafe key {key!r}")
-        return path, path.with_name(path.name + ".s3meta.json")
-
-    def save(self, key: str) -> None:
-        response = self.s3.get_object(Bucket=self.bucket, Key=key)
-        path, meta = self._paths(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(response["Body"].read())
-        meta.write_text(
-            json.dumps(
-                {"ContentType": response.get("ContentType"), "Metadata": response.get("Metadata") or {}}
-            )
-        )
-
-    def remove(self, key: str) -> None:
-        for path in self._paths(key):
-            path.unlink(missing_ok=True)
-
-    def restore(self) -> int:
-        """Upload every mirrored object back into the (empty) emulator; returns the count."""
-        count = 0
-        if not self.folder.is_dir():
-            return 0
-        for meta in sorted(self.folder.rglob("*.s3meta.json")):
-            path = meta.with_name(meta.name[: -len(".s3meta.json")])
-            if not path.is_file():
-                continue
-            info = json.loads(meta.read_text())
-            self.s3.put_object(
-                Bucket=self.bucket,
-                Key=path.relative_to(self.folder).as_posix(),
-                Body=path.read_bytes(),
-                Metadata=info.get("Metadata") or {},
-                ContentType=info.get("ContentType") or "binary/octet-stream",
-            )
-            count += 1
-        return count
-
-
 class NotificationBridge:
-    """Watches a bucket and delivers its changes to an ingest handler, SQS style."""
+    """Delivers a bucket's changes to an ingest handler, SQS style."""
 
     def __init__(
         self,
@@ -112,30 +73,28 @@ class NotificationBridge:
         handler: Callable[[dict, Any], dict],
         *,
         exclude_prefixes: tuple[str, ...] = (),
-        mirror: BucketMirror | None = None,
-        interval_s: float = 0.3,
         batch_size: int = 10,
         batch_window_s: float = 0.2,
         max_receives: int = 3,
         log: Callable[[str], None] = print,
+        context: LambdaContext | None = None,
     ):
         self.s3, self.bucket, self.handler = s3, bucket, handler
         self.exclude = exclude_prefixes
-        self.mirror = mirror
-        self.interval_s, self.batch_size, self.batch_window_s = interval_s, batch_size, batch_window_s
+        self.batch_size, self.batch_window_s = batch_size, batch_window_s
+        self.context = context or LambdaContext()
         self.max_receives = max_receives
         self.log = log
         self.queue: "queue.Queue[Message]" = queue.Queue()
         self.dead_letters: list[Message] = []
         self.delivered = 0
-        self._seen: dict[str, str] = {}
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._threads: list[threading.Thread] = []
         self._in_flight = 0
         self._lock = threading.Lock()
 
-    # -- watching ----------------------------------------------------------------------------
+    # -- notifications -------------------------------------------------------------------
 
     def listing(self) -> dict[str, tuple[str, int]]:
         objects = {}
@@ -145,33 +104,15 @@ class NotificationBridge:
                     objects[obj["Key"]] = (obj["ETag"], int(obj["Size"]))
         return objects
 
-    def snapshot(self) -> None:
-        """Take the current contents as already known (no events for them)."""
-        self._seen = {k: etag for k, (etag, _) in self.listing().items()}
-
-    def poll(self) -> int:
-        """Emit events for what changed since the last look; returns how many."""
-        current = self.listing()
-        events = 0
-        for key, (etag, size) in current.items():
-            if self._seen.get(key) != etag:
-                if self.mirror:
-                    self._mirror(self.mirror.save, key)
-                self.queue.put(Message(s3_record(self.bucket, key, "ObjectCreated:Put", etag, size)))
-                events += 1
-        for key in set(self._seen) - set(current):
-            if self.mirror:
-                self._mirror(self.mirror.remove, key)
-            self.queue.put(Message(s3_record(self.bucket, key, "ObjectRemoved:Delete")))
-            events += 1
-        self._seen = {k: etag for k, (etag, _) in current.items()}
-        return events
-
-    def _mirror(self, action: Callable[[str], None], key: str) -> None:
-        try:
-            action(key)
-        except Exception as exc:  # the object vanished meanwhile, or the key is unsafe
-            self.log(f"mirror: {key}: {exc}")
+    def notify(self, change: Change) -> None:
+        """Queue the notification of a change the S3 endpoint has made durable."""
+        if change.bucket != self.bucket or change.key.startswith(self.exclude):
+            return
+        if change.created:
+            record = s3_record(self.bucket, change.key, "ObjectCreated:Put", change.etag, change.size)
+        else:
+            record = s3_record(self.bucket, change.key, "ObjectRemoved:Delete")
+        self.queue.put(Message(record))
 
     # -- delivering --------------------------------------------------------------------------
 
@@ -217,7 +158,7 @@ class NotificationBridge:
             ]
         }
         try:
-            response = self.handler(event, LambdaContext())
+            response = self.handler(event, self.context)
             failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
         except Exception as exc:  # the whole invocation failed: every message comes back
             self.log(f"ingest invocation failed: {exc}")
@@ -236,13 +177,6 @@ class NotificationBridge:
 
     # -- threads -----------------------------------------------------------------------------
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.poll()
-            except Exception as exc:
-                self.log(f"bucket watch failed: {exc}")
-
     def _work(self) -> None:
         while not self._stop.is_set():
             batch = self._next_batch()
@@ -257,11 +191,20 @@ class NotificationBridge:
         with self._lock:
             return self.queue.qsize() + self._in_flight
 
+    def backlog(self) -> dict[str, int]:
+        """What /health reports: notifications waiting, being handled, given up, delivered."""
+        with self._lock:
+            return {
+                "queued": self.queue.qsize(),
+                "in_flight": self._in_flight,
+                "dead_letters": len(self.dead_letters),
+                "delivered": self.delivered,
+            }
+
     def start(self) -> None:
-        for target, name in ((self._watch, "s3-watch"), (self._work, "s3-deliver")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        thread = threading.Thread(target=self._work, name="s3-deliver", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()

@@ -66,11 +66,22 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes) -> 
 
 
 class Gateway:
+    """Until :meth:`ready` gives it the search function, ``/health`` answers ``"status":
+    "starting"`` (with what the stack is doing) and every other route 503 with ``Retry-After``."""
+
     def __init__(
-        self, handler: Callable[[dict, Any], dict], host: str, port: int, log: Callable[[str], None] = print
+        self,
+        handler: Callable[[dict, Any], dict] | None,
+        host: str,
+        port: int,
+        log: Callable[[str], None] = print,
+        context: LambdaContext | None = None,
     ):
         self.handler = handler
         self.log = log
+        self.context = context or LambdaContext()
+        self.phase = "starting"
+        self.health_extra: Callable[[], dict] = dict
         self._invoke = threading.Lock()  # one request at a time, like one Lambda container
         gateway = self
 
@@ -98,6 +109,19 @@ class Gateway:
             {"Content-Type": "application/json"},
             json.dumps({"error": {"code": code, "message": message}}).encode(),
         )
+
+    def ready(self, handler: Callable[[dict, Any], dict], health_extra: Callable[[], dict] = dict) -> None:
+        self.health_extra = health_extra
+        self.handler = handler
+
+    def _starting(self, request: BaseHTTPRequestHandler, path: str) -> None:
+        if path == "/health":
+            body = {"status": "starting", "phase": self.phase, **self.health_extra()}
+            self._reply(request, 200, {"Content-Type": "application/json"}, json.dumps(body).encode())
+            return
+        error = {"code": "starting", "message": f"the local stack is starting ({self.phase}); try again soon"}
+        headers = {"Content-Type": "application/json", "Retry-After": "2"}
+        self._reply(request, 503, headers, json.dumps({"error": error}).encode())
 
     @property
     def url(self) -> str:
@@ -134,14 +158,28 @@ class Gateway:
         if request.command == "GET" and path in ("/", "/index.html"):
             self._reply(request, 200, {"Content-Type": "text/html; charset=utf-8"}, page())
             return
+        handler = self.handler
+        if handler is None:
+            self._starting(request, path)
+            return
         event = to_event(request.command, request.path, dict(request.headers.items()), body)
         with self._invoke:
-            response = self.handler(event, LambdaContext())
+            response = handler(event, self.context)
         headers = dict(response.get("headers") or {})
         headers.update({k: v[-1] for k, v in (response.get("multiValueHeaders") or {}).items()})
         data = response.get("body") or ""
         payload = base64.b64decode(data) if response.get("isBase64Encoded") else data.encode()
+        if path == "/health" and request.command == "GET" and response.get("statusCode") == 200:
+            payload = self._with_extra(payload)
         self._reply(request, int(response.get("statusCode", 500)), headers, payload)
+
+    def _with_extra(self, payload: bytes) -> bytes:
+        """The local stack's own facts (the notification backlog) added to /health."""
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            return payload
+        return json.dumps({**body, **self.health_extra()}).encode()
 
     @staticmethod
     def _reply(request: BaseHTTPRequestHandler, status: int, headers: dict, payload: bytes) -> None:

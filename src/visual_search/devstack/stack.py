@@ -37,8 +37,10 @@ class StackOptions:
 
 
 def check_port(host: str, port: int, flag: str) -> int:
-    """Bind-test a port (0 picks a free one); a clear error if it is taken."""
+    """Bind-test a port (0 picks a free one); a clear error if it is taken. With SO_REUSEADDR, as
+    the servers bind, so the TIME_WAIT connections of a stack just stopped do not count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -51,17 +53,50 @@ def check_port(host: str, port: int, flag: str) -> int:
         return sock.getsockname()[1]
 
 
+def lock_data_dir(data_dir: Path) -> Any:
+    """Take the data folder for this stack (held until the process ends or :meth:`DevStack.stop`),
+    before anything slow: a second stack, or another process holding the embedded Qdrant folder,
+    is refused at once."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    in_use = StackError(
+        f"the data folder {data_dir} is in use by another process (a running `visual-search dev`?): "
+        f"stop it, or pass another --data-dir"
+    )
+    handle = open(data_dir / ".stack.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise in_use from None
+    qdrant_lock = data_dir / "qdrant" / ".lock"
+    if not os.environ.get("QDRANT_URL") and qdrant_lock.is_file():
+        with open(qdrant_lock, "r+") as probe:  # embedded Qdrant's own lock (flock, as portalocker)
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(probe, fcntl.LOCK_UN)
+            except OSError:
+                handle.close()
+                raise in_use from None
+    return handle
+
+
 class DevStack:
     def __init__(self, options: StackOptions, log: Callable[[str], None] = print):
         self.options = options
         self.log = log
-        self.moto = None
-        self.bridge = None
-        self.gateway = None
-        self.ingest = None
+        self.moto: Any = None
+        self.bridge: Any = None
+        self.gateway: Any = None
+        self.ingest: Any = None
         self.s3: Any = None
         self.s3_url = ""
         self.stopped = threading.Event()
+        self.lock: Any = None
+        self.outcomes: dict[str, int] = {}
+        self._outcomes_lock = threading.Lock()
+        self._early: list[Any] = []  # changes confirmed before the bridge exists (during start-up)
 
     # -- start -------------------------------------------------------------------------------
 
@@ -94,14 +129,22 @@ class DevStack:
     def _start_s3(self) -> None:
         import logging
 
-        from moto.server import ThreadedMotoServer
+        from .durable_s3 import DurableMotoServer, ObjectFolder
 
         if not self.options.verbose:  # the emulator logs every request otherwise
             logging.getLogger("werkzeug").setLevel(logging.ERROR)
         port = check_port(self.options.host, self.options.s3_port, "--s3-port")
-        self.moto = ThreadedMotoServer(ip_address=self.options.host, port=port, verbose=False)
+        self.objects = ObjectFolder(self.options.data_dir / "s3-objects")
+        self.moto = DurableMotoServer(self.options.host, port, self.objects, self._on_change)
         self.moto.start()
-        self.s3_url = f"http://{self.options.host}:{port}"
+        self.s3_url = self.moto.url
+
+    def _on_change(self, change) -> None:
+        with self._outcomes_lock:
+            if self.bridge is None:
+                self._early.append(change)
+                return
+        self.bridge.notify(change)
 
     def _load_functions(self):
         from ..lambdas import load_function
@@ -113,79 +156,154 @@ class DevStack:
         search = load_function("search", fresh_catalog=False)  # the same catalogue and client
         return ingest, search
 
+    def _count_outcomes(self, ingestor) -> None:
+        """Count what the ingest function did (indexed, deleted, failed, ...) for progress lines."""
+        apply = ingestor.apply
+
+        def counted(changes):
+            outcomes = apply(changes)
+            with self._outcomes_lock:
+                for outcome in outcomes:
+                    self.outcomes[outcome.status] = self.outcomes.get(outcome.status, 0) + 1
+            return outcomes
+
+        ingestor.apply = counted
+
+    def _phase(self, text: str) -> None:
+        self.log(text)
+        if self.gateway:
+            self.gateway.phase = text
+
+    def _restore(self) -> int:
+        from .durable_s3 import migrate_mirror, restore
+
+        o = self.options
+        migrate_mirror(o.data_dir / "s3", self.objects, self.log)
+        count = len(self.objects.paths())
+        if count:
+            self._phase(f"restoring the bucket from {self.objects.folder}: {count} objects ...")
+
+        def ensure_bucket(name: str) -> None:
+            if name != o.bucket:
+                self.s3.create_bucket(Bucket=name)
+
+        return restore(self.objects, ensure_bucket, self._phase)
+
+    def _repair(self) -> None:
+        """Start-up reconciliation: index what the bucket holds and the catalogue lacks (changes
+        confirmed before a crash and not yet delivered), drop points whose object is gone and
+        points of other buckets (this catalogue serves this stack's bucket only)."""
+        from ..ingest import Ingestor
+        from ..sync import Syncer
+
+        o = self.options
+        ingestor: Ingestor = self.ingest.ingestor
+        store = ingestor.catalog.store
+        foreign = [(h.payload.get("bucket"), h.payload.get("key")) for h in store.scroll({})]
+        foreign = [(b, k) for b, k in foreign if b != o.bucket and b and k]
+        if foreign:
+            ingestor.catalog.remove(foreign)
+            self.log(f"removed {len(foreign)} points of other buckets than {o.bucket!r} from the catalogue")
+        done = {"n": 0, "at": time.monotonic()}
+
+        def progress(n: int) -> None:
+            done["n"] += n
+            if time.monotonic() - done["at"] > 2:
+                self._phase(f"repairing the catalogue: {done['n']} changes applied ...")
+                done["at"] = time.monotonic()
+
+        self._phase("comparing the bucket with the catalogue ...")
+        drift = Syncer(ingestor, progress).reconcile(o.bucket, "", batch=32)
+        if drift.indexed or drift.deleted or drift.failed:
+            self.log(
+                f"catalogue repaired: {drift.indexed} indexed, {drift.deleted} removed, {drift.failed} failed"
+            )
+
     def start(self) -> None:
         from ..aws import s3_client
-        from ..sync import Syncer
-        from .bridge import BucketMirror, NotificationBridge
+        from ..lambdas import LambdaContext
+        from .bridge import NotificationBridge
         from .gateway import Gateway
 
         o = self.options
-        o.data_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = lock_data_dir(o.data_dir)
         api_port = check_port(o.host, o.api_port, "--api-port")
+        try:
+            search_context = LambdaContext("visual-search-local-search", "local")
+            self.gateway = Gateway(None, o.host, api_port, log=self.log, context=search_context)
+        except OSError as exc:
+            raise StackError(f"cannot listen on {o.host}:{api_port}: {exc}") from None
+        self.gateway.start()  # /health says "starting" from now on
         self._start_s3()
         self._environment()
         self.s3 = s3_client()
         self.s3.create_bucket(Bucket=o.bucket)
-        mirror = BucketMirror(self.s3, o.bucket, o.data_dir / "s3")
-        restored = mirror.restore()
-        self.log(
-            f"loading the model and opening the catalogue in {os.environ.get('QDRANT_URL') or os.environ['QDRANT_PATH']} ..."
+        restored = self._restore()
+        fresh = restored == 0 and not (o.data_dir / "qdrant").exists()
+        self._phase(
+            f"loading the model and opening the catalogue in "
+            f"{os.environ.get('QDRANT_URL') or os.environ['QDRANT_PATH']} ..."
         )
         self.ingest, search = self._load_functions()
-        drift = Syncer(self.ingest.ingestor).reconcile(o.bucket, "", batch=32)
-        if restored or drift.indexed or drift.deleted:
-            self.log(
-                f"bucket restored from {o.data_dir / 's3'}: {restored} objects; catalogue "
-                f"repaired: {drift.indexed} indexed, {drift.deleted} removed"
-            )
+        self._count_outcomes(self.ingest.ingestor)
+        self._repair()
         self.bridge = NotificationBridge(
             self.s3,
             o.bucket,
             self.ingest.handler,
             exclude_prefixes=(UPLOAD_PREFIX,),
-            mirror=mirror,
             log=self.log,
+            context=LambdaContext("visual-search-local-ingest", "local"),
         )
-        self.bridge.snapshot()
+        with self._outcomes_lock:
+            for change in self._early:
+                self.bridge.notify(change)
+            self._early.clear()
         self.bridge.start()
-        try:
-            self.gateway = Gateway(search.handler, o.host, api_port, log=self.log)
-        except OSError as exc:
-            raise StackError(f"cannot listen on {o.host}:{api_port}: {exc}") from None
-        self.gateway.start()
-        if o.demo:
+        self.gateway.ready(search.handler, self.health_extra)
+        threading.Thread(target=self._report_progress, name="progress", daemon=True).start()
+        from .running import write_marker
+
+        write_marker(o.data_dir, self.gateway.url, self.s3_url, o.bucket)
+        if o.demo and fresh:
             self.upload_demo()
 
+    def health_extra(self) -> dict:
+        return {"backlog": self.bridge.backlog()} if self.bridge else {}
+
+    def progress_line(self) -> str:
+        backlog = self.bridge.backlog()
+        with self._outcomes_lock:
+            counts = dict(self.outcomes)
+        return (
+            f"indexing: {counts.get('indexed', 0)} indexed, {counts.get('deleted', 0)} deleted, "
+            f"{backlog['queued'] + backlog['in_flight']} queued, {counts.get('failed', 0)} failed, "
+            f"{backlog['dead_letters']} dead letters"
+        )
+
+    def _report_progress(self, every_s: float = 3.0) -> None:
+        """A progress line every few seconds while notifications are waiting (bulk loads)."""
+        last = None
+        while not self.stopped.wait(every_s):
+            line = self.progress_line()
+            if self.bridge.pending() or (last is not None and line != last):
+                self.log(line)
+            last = line
+
     def upload_demo(self) -> None:
-        """Put the demo catalogue into the bucket; the normal ingest path indexes it."""
-        from ..ingest import bare_etag
-        from ..sync import md5_etag
+        """Put the demo catalogue into the bucket (a fresh data folder only: what a user deletes
+        stays deleted); the normal ingest path indexes it."""
+        from ..upload import object_key, upload_folder
 
         images = scan(self.options.demo_folder)
-        present = {k: e for k, (e, _) in self.bridge.listing().items()}
-        data = {img.key: img.path.read_bytes() for img in images}
-        todo = [
-            img for img in images if bare_etag(present.get(f"catalog/{img.key}")) != md5_etag(data[img.key])
-        ]
-        if not todo:
-            self.log(f"demo catalogue: {len(images)} images already in the bucket")
-            return
-        for img in todo:
-            metadata = {k: v for k, v in img.metadata.items() if v}
-            self.s3.put_object(
-                Bucket=self.options.bucket,
-                Key=f"catalog/{img.key}",
-                Body=data[img.key],
-                Metadata=metadata,
-                ContentType=img.content_type,
-            )
+        report = upload_folder(self.s3, self.options.demo_folder, self.options.bucket, "catalog")
         self.log(
-            f"demo catalogue: uploaded {len(todo)} images to s3://{self.options.bucket}/catalog/;"
-            f" indexing through the ingest function ..."
+            f"demo catalogue: uploaded {report.uploaded} images to s3://{self.options.bucket}/catalog/"
+            f"{f' ({report.failed} failed)' if report.failed else ''}; indexing through the ingest function ..."
         )
         started = time.monotonic()
         store = self.ingest.ingestor.catalog.store
-        refs = [(self.options.bucket, f"catalog/{img.key}") for img in images]
+        refs = [(self.options.bucket, object_key("catalog", img)) for img in images]
         while time.monotonic() - started < 120:  # until every demo image is in the catalogue
             if len(store.get_images(refs)) == len(refs) or self.bridge.dead_letters:
                 break
@@ -213,7 +331,9 @@ Try it:
   AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local aws --endpoint-url {self.s3_url} \\
       s3 cp my-photo.jpg s3://{o.bucket}/catalog/my-sku/front.jpg --metadata category=Milk,brand=Acme,price=1.99
 
-Uploads and deletions in the bucket reach the catalogue within a second. Ctrl-C stops.
+Every upload and deletion is on disk before the S3 endpoint confirms it, and reaches the catalogue
+asynchronously: one image in well under a second; bulk loads index at the speed of the model
+(a progress line every few seconds, the backlog in GET /health). Ctrl-C stops.
 """
 
     def run(self) -> int:
@@ -240,6 +360,7 @@ Uploads and deletions in the bucket reach the catalogue within a second. Ctrl-C 
         return 0
 
     def stop(self) -> None:
+        self.stopped.set()
         if self.gateway:
             self.gateway.stop()
         if self.bridge:
@@ -250,3 +371,9 @@ Uploads and deletions in the bucket reach the catalogue within a second. Ctrl-C 
             self.ingest.ingestor.catalog.store.close()  # releases the data folder's lock
         if self.moto:
             self.moto.stop()
+        if self.lock:
+            from .running import remove_marker
+
+            remove_marker(self.options.data_dir)
+            self.lock.close()
+            self.lock = None
