@@ -24,8 +24,8 @@ S3_CONFIG = Config(
 MISSING_CODES = ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
 
 
-def s3_client() -> Any:
-    return boto3.client("s3", config=S3_CONFIG)
+def s3_client(endpoint_url: str | None = None) -> Any:
+    return boto3.client("s3", config=S3_CONFIG, endpoint_url=endpoint_url)
 
 
 def error_code(exc: BaseException) -> str:

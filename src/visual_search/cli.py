@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import VisualSearchError
+from .errors import StoreUnavailableError, VisualSearchError
 
 
 def _progress(iterable, total: int | None, desc: str, quiet: bool = False):
@@ -480,6 +480,21 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--verbose", action="store_true", help="show the functions' JSON logs")
     dev.set_defaults(func=cmd_dev)
 
+    upload = sub.add_parser(
+        "upload",
+        help="upload a catalogue folder to a bucket, products.csv rows as S3 metadata",
+        description="One subfolder per product; each products.csv row becomes the user metadata "
+        "(product-id, category, brand, title, price, other columns) of that product's objects, so "
+        "the bucket's ingest function indexes them. Concurrent and resumable: objects whose MD5 "
+        "and metadata already match are skipped.",
+    )
+    upload.add_argument("folder", help="the catalogue folder")
+    upload.add_argument("target", help="s3://bucket/prefix")
+    upload.add_argument("--endpoint-url", help="S3 endpoint, e.g. the local stack's http://127.0.0.1:9000")
+    upload.add_argument("--workers", type=_int_in(1, 64), default=8, help="concurrent uploads (default 8)")
+    upload.add_argument("--quiet", action="store_true", help="no progress bar")
+    upload.set_defaults(func=cmd_upload)
+
     ev = sub.add_parser(
         "eval",
         help="measure retrieval quality on an image folder (leave-one-out)",
@@ -533,12 +548,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _store_in_use(args, exc: StoreUnavailableError) -> int:
+    """The embedded catalogue is locked: through the local stack holding it, or what to run."""
+    import os
+
+    from .devstack.running import info_from, instead, running_stack
+
+    stack = running_stack(os.environ.get("QDRANT_PATH", ".data/qdrant"))
+    if stack is None:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "info":
+        print(json.dumps(info_from(stack), indent=2))
+        return 0
+    print(f"error: {instead(args.command, getattr(args, 'source', None), stack)}", file=sys.stderr)
+    return 1
+
+
+def cmd_upload(args) -> int:
+    from .aws import s3_client
+    from .sync import parse_s3_url
+    from .upload import upload_folder
+
+    bucket, prefix = parse_s3_url(args.target)
+    s3 = s3_client(endpoint_url=args.endpoint_url)
+    bar = _progress(None, None, f"uploading to {args.target}", args.quiet)
+    report = upload_folder(s3, Path(args.folder), bucket, prefix, workers=args.workers, progress=bar.update)
+    bar.close()
+    print(report.summary(args.target))
+    return 0 if report.failed == 0 else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except StoreUnavailableError as exc:
+        return _store_in_use(args, exc)
     except (VisualSearchError, ValueError, BotoCoreError, ClientError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -46,6 +46,12 @@ def wait_for(condition, timeout=30.0, every=0.2):
     raise AssertionError("condition not met in time")
 
 
+def settled(health: dict, points: int) -> bool:
+    """Every notification handled (the local stack's backlog in /health), and ``points`` indexed."""
+    backlog = health["backlog"]
+    return backlog["queued"] == 0 and backlog["in_flight"] == 0 and health["points"] == points
+
+
 def test_start_banner_and_demo_catalogue(stack):
     out = stack.output()
     assert stack.api in out and stack.s3_url in out and "curl" in out and "aws --endpoint-url" in out
@@ -147,25 +153,31 @@ def test_port_taken_is_a_clear_error(stack, tmp_path):
 
 
 def test_restart_keeps_bucket_and_catalogue_and_releases_the_lock(tmp_path, demo_images):
+    """A clean stop releases the folder; a restart at once on the same ports works (TIME_WAIT
+    sockets do not count as taken); what was deleted stays deleted, the demo included."""
     data = tmp_path / "data"
-    first = RunningStack(data, demo=False)
+    first = RunningStack(data)
     try:
         first.wait_ready()
-        s3_for(first).put_object(
+        s3 = s3_for(first)
+        s3.put_object(
             Bucket="product-images", Key="catalog/kept/a.jpg", Body=demo_images[5].path.read_bytes()
         )
-        wait_for(lambda: first.get("/health")["points"] == 1)
+        demo_key = f"catalog/{demo_images[0].key}"
+        s3.delete_object(Bucket="product-images", Key=demo_key)
+        wait_for(lambda: settled(first.get("/health"), 60))  # 60 demo photos - 1 + 1
     finally:
         assert first.stop() == 0
     assert "stopped" in first.output()
     client = QdrantClient(path=str(data / "qdrant"))  # the lock is free again
     client.close()
-    second = RunningStack(data, demo=False)
+    second = RunningStack(data, api_port=first.api_port, s3_port=first.s3_port)
     try:
         second.wait_ready()
-        assert second.get("/health")["points"] == 1
-        keys = [o["Key"] for o in s3_for(second).list_objects_v2(Bucket="product-images")["Contents"]]
-        assert keys == ["catalog/kept/a.jpg"]
+        assert second.get("/health")["points"] == 60
+        keys = {o["Key"] for o in s3_for(second).list_objects_v2(Bucket="product-images")["Contents"]}
+        assert "catalog/kept/a.jpg" in keys and demo_key not in keys and len(keys) == 60
+        assert "demo catalogue" not in second.output()  # uploaded into an empty data folder only
     finally:
         assert second.stop() == 0
 
@@ -196,4 +208,39 @@ def test_a_second_stack_on_the_same_data_folder_is_refused(stack):
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "in use by another process" in result.stderr
+    assert "loading the model" not in result.stdout  # refused before the slow part
     assert stack.get("/health")["store_reachable"]  # the running stack is unharmed
+
+
+def run_cli(stack, *argv: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "AWS_ENDPOINT"))}
+    env["QDRANT_PATH"] = str(stack.data_dir / "qdrant")
+    return subprocess.run(
+        [sys.executable, "-m", "visual_search", *argv], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_commands_while_the_stack_runs_work_through_it_or_say_what_works(stack):
+    from visual_search.folders import DEMO_CATALOG
+
+    info = run_cli(stack, "info")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["points"] == 60 and stack.api in info.stdout
+    ingest = run_cli(stack, "ingest", str(DEMO_CATALOG))
+    assert ingest.returncode == 1 and "Traceback" not in ingest.stderr
+    assert (
+        f"visual-search upload {DEMO_CATALOG} s3://product-images/catalog --endpoint-url {stack.s3_url}"
+        in (ingest.stderr)
+    )
+    reconcile = run_cli(stack, "reconcile", "s3://product-images/")
+    assert reconcile.returncode == 1 and "reconciles the whole bucket at every start" in reconcile.stderr
+    # the upload it names: the demo is already there with the same metadata, nothing is sent
+    upload = run_cli(
+        stack, "upload", str(DEMO_CATALOG), "s3://product-images/catalog", "--endpoint-url", stack.s3_url
+    )
+    assert upload.returncode == 0, upload.stderr
+    assert "60 images; 0 uploaded (0.0 MiB), 60 already there and unchanged, 0 failed" in upload.stdout

@@ -1,0 +1,94 @@
+"""`visual-search upload ./folder s3://bucket/prefix` against moto: products.csv rows become each
+object's S3 user metadata (which the ingest path then indexes), a second run sends only what
+changed, and a progress bar and a summary are printed."""
+
+from __future__ import annotations
+
+import shutil
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from tests.integration.test_cli import memory_store  # noqa: F401 - fixture
+from visual_search.catalog import get_catalog
+from visual_search.cli import main
+
+
+@pytest.fixture
+def shop_folder(tmp_path, demo_images):
+    folder = tmp_path / "shop"
+    for product, image in (("sku-1", demo_images[0]), ("sku-1", demo_images[1]), ("sku-2", demo_images[20])):
+        (folder / product).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image.path, folder / product / image.path.name)
+    (folder / "products.csv").write_text(
+        "product_id,category,brand,title,price,colour,pack size\n"
+        'sku-1,Milk,Arla,Mjölk Ekologisk,"1,29",white,1 l\n'
+        "sku-2,Juice,Bravo,Apple juice,2.50,,\n",
+        encoding="utf-8",
+    )
+    return folder
+
+
+@pytest.fixture
+def bucket():
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="shop")
+        yield s3
+
+
+def objects(s3) -> dict[str, dict]:
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="shop").get("Contents", [])]
+    return {k: s3.head_object(Bucket="shop", Key=k) for k in keys}
+
+
+def test_metadata_from_products_csv_then_indexed_with_it(bucket, shop_folder, memory_store, capsys):  # noqa: F811
+    assert main(["upload", str(shop_folder), "s3://shop/catalog/"]) == 0
+    out, err = capsys.readouterr()
+    assert "3 images; 3 uploaded" in out and "0 failed" in out
+    assert "uploading to s3://shop/catalog/" in err and "3img" in err.replace(" ", "")  # the progress bar
+    heads = objects(bucket)
+    assert sorted(heads) == sorted(
+        f"catalog/{p.relative_to(shop_folder).as_posix()}" for p in shop_folder.rglob("*.jpg")
+    )
+    sku1 = next(h for k, h in heads.items() if "/sku-1/" in k)
+    assert sku1["ContentType"] == "image/jpeg"
+    assert sku1["Metadata"]["product-id"] == "sku-1" and sku1["Metadata"]["category"] == "Milk"
+    assert sku1["Metadata"]["price"] == "1,29" and sku1["Metadata"]["pack-size"] == "1 l"
+    assert "colour" not in next(h for k, h in heads.items() if "/sku-2/" in k)["Metadata"]  # empty cell
+    # the ingest path reads that metadata back as the product's payload
+    assert main(["ingest", "s3://shop/catalog/", "--quiet"]) == 0
+    payloads = {h.payload["key"]: h.payload for h in get_catalog().store.scroll({"bucket": "shop"})}
+    milk = next(p for k, p in payloads.items() if "/sku-1/" in k)
+    assert (milk["product_id"], milk["brand"], milk["title"], milk["price"]) == (
+        "sku-1",
+        "Arla",
+        "Mjölk Ekologisk",
+        1.29,
+    )
+    assert milk["metadata"] == {"colour": "white", "pack-size": "1 l"}
+
+
+def test_resume_sends_only_what_changed(bucket, shop_folder, capsys):
+    assert main(["upload", str(shop_folder), "s3://shop/catalog", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["upload", str(shop_folder), "s3://shop/catalog", "--quiet"]) == 0
+    assert "0 uploaded (0.0 MiB), 3 already there and unchanged" in capsys.readouterr().out
+    csv = shop_folder / "products.csv"
+    csv.write_text(csv.read_text(encoding="utf-8").replace("2.50", "2.75"), encoding="utf-8")
+    assert main(["upload", str(shop_folder), "s3://shop/catalog", "--quiet"]) == 0
+    assert "1 uploaded" in capsys.readouterr().out  # sku-2's one photo: its row changed
+    photo = next((shop_folder / "sku-1").iterdir())
+    photo.write_bytes(photo.read_bytes() + b"\0")  # new content, same name
+    assert main(["upload", str(shop_folder), "s3://shop/catalog", "--quiet"]) == 0
+    assert "1 uploaded" in capsys.readouterr().out
+    head = bucket.head_object(Bucket="shop", Key=f"catalog/sku-1/{photo.name}")
+    assert head["ContentLength"] == photo.stat().st_size
+
+
+def test_failures_are_counted_and_exit_1(shop_folder, capsys):
+    with mock_aws():  # no bucket
+        assert main(["upload", str(shop_folder), "s3://missing/x", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "3 failed" in out and "NoSuchBucket" in out
