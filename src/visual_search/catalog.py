@@ -22,6 +22,7 @@ import numpy as np
 from .config import Settings, get_settings
 from .domain import Hit, ImagePoint, Query
 from .errors import ImageError
+from .images import Region
 from .model import Embedder, get_embedder
 from .store import CatalogStore
 
@@ -258,10 +259,11 @@ class Catalog:
     def remove(self, refs: Sequence[tuple[str, str]]) -> None:
         self.store.delete_images(refs)
 
-    def search_image(self, data: bytes, query: Query) -> SearchResult:
+    def search_image(self, data: bytes, query: Query, region: Region | None = None) -> SearchResult:
+        """The products nearest to a photo (to ``region`` of it only, when given)."""
         started = time.perf_counter()
-        pixels = self.embedder.preprocess(data)
-        second = self.reranker.preprocess(data) if self.reranker else None
+        pixels = self.embedder.preprocess(data, region)
+        second = self.reranker.preprocess(data, region) if self.reranker else None
         decoded = time.perf_counter()
         vector = self.embedder.embed_pixels(pixels[None])[0]
         if second is not None:

@@ -89,13 +89,34 @@ def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
     return image
 
 
-def _draft_for(image: Image.Image, prep: Preprocess) -> None:
+@dataclass(frozen=True)
+class Region:
+    """A box in relative [0, 1] coordinates of the (EXIF-rotated) image: search one product in a
+    photo of several. Validated by the API (422); here only applied."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+    def pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """The box in pixels of a ``width`` x ``height`` image, at least one pixel each way."""
+        left = min(width - 1, max(0, math.floor(self.x * width)))
+        top = min(height - 1, max(0, math.floor(self.y * height)))
+        right = max(left + 1, min(width, math.ceil((self.x + self.width) * width)))
+        bottom = max(top + 1, min(height, math.ceil((self.y + self.height) * height)))
+        return left, top, right, bottom
+
+
+def _draft_for(image: Image.Image, prep: Preprocess, region: Region | None = None) -> None:
     """Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the crop keeps DRAFT_FLOOR of the
-    model input's size."""
+    model input's size (of the region's, when only a region is embedded)."""
     if image.format not in ("JPEG", "MPO"):
         return
     width, height = image.size
     fraction = prep.crop_fraction if prep.crop == "center" else 1.0
+    if region is not None:
+        fraction *= max(1e-3, min(region.width, region.height))
     needed = DRAFT_FLOOR * prep.size / max(fraction, 1e-6)
     scale = needed / min(width, height)
     if scale < 1.0:
@@ -164,15 +185,18 @@ def to_pixels(image: Image.Image, prep: Preprocess, fast: bool = True) -> np.nda
     return array
 
 
-def decode(data: bytes, prep: Preprocess, limits: ImageLimits) -> np.ndarray:
-    """Image file bytes -> the model's input tensor for one image (C, H, W)."""
+def decode(data: bytes, prep: Preprocess, limits: ImageLimits, region: Region | None = None) -> np.ndarray:
+    """Image file bytes -> the model's input tensor for one image (C, H, W); with ``region``,
+    for that box of the EXIF-rotated image only."""
     image = open_image(data, limits)
-    _draft_for(image, prep)
+    _draft_for(image, prep, region)
     image = _load(image)
     try:
         image = ImageOps.exif_transpose(image) or image
     except (OSError, ValueError, SyntaxError, TypeError, KeyError):
         pass  # a broken EXIF block should not cost us an otherwise good photo
+    if region is not None:
+        image = image.crop(region.pixels(*image.size))
     return to_pixels(_to_rgb(image), prep)
 
 

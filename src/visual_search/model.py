@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import ImageLimits, Settings, get_settings
 from .errors import ImageError, ModelError
-from .images import Preprocess, decode
+from .images import Preprocess, Region, decode
 
 DISTANCES = ("cosine", "dot", "euclid")
 
@@ -163,8 +163,8 @@ class Embedder:
     def dim(self) -> int:
         return self.card.embedding_dim
 
-    def preprocess(self, data: bytes) -> np.ndarray:
-        return decode(data, self.card.preprocess, self.limits)
+    def preprocess(self, data: bytes, region: Region | None = None) -> np.ndarray:
+        return decode(data, self.card.preprocess, self.limits, region)
 
     def preprocess_many(self, images: Sequence[bytes]) -> list[np.ndarray | ImageError]:
         """Decode in parallel (Pillow releases the GIL); bad images come back as their error."""
