@@ -1,5 +1,6 @@
 """The search page in headless Chromium (Debian's chromium, driven by Playwright): upload a
-photo, see its product first, save a screenshot as a test artefact."""
+photo, see its product first; at a phone's and a desktop's width; region search by dragging a
+box; the error state; screenshots as test artefacts in test-artifacts/."""
 
 from __future__ import annotations
 
@@ -64,4 +65,75 @@ def test_upload_a_photo_and_see_its_product_first(stack, browser, demo_images, t
     )
     page.wait_for_selector("#status.error")
     assert "400" in page.inner_text("#status")
+    page.close()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def mirrored(image, tmp_path) -> Path:
+    photo = tmp_path / "shopper-photo.jpg"
+    ImageOps.mirror(Image.open(image.path).convert("RGB")).save(photo, "JPEG", quality=85)
+    return photo
+
+
+def boxes(page, selector: str) -> list[dict]:
+    return page.eval_on_selector_all(selector, "els => els.map(e => e.getBoundingClientRect().toJSON())")
+
+
+def test_on_a_phone_filters_sit_above_a_two_column_grid(stack, browser, demo_images, tmp_path):
+    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    page.goto(stack.api + "/")
+    page.wait_for_function("document.querySelectorAll('#category option').length > 1")
+    page.set_input_files("#file", str(mirrored(demo_images[12], tmp_path)))
+    page.wait_for_selector("article.card", timeout=30_000)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+    aside, results = boxes(page, "aside")[0], boxes(page, "#results")[0]
+    assert aside["bottom"] <= results["top"]  # the filters above the results
+    cards = boxes(page, "article.card")
+    assert len({round(c["left"]) for c in cards}) == 2 and all(c["right"] <= 390 for c in cards)
+    assert page.inner_text("article.card .score").endswith("% match")
+    shot(page, "search-page-phone.png")
+    page.close()
+
+
+def test_on_a_desktop_details_more_results_and_price_fields(stack, browser, demo_images, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(stack.api + "/")
+    assert page.get_attribute("link[rel=icon]", "href").startswith("data:image/svg+xml")
+    page.wait_for_function("document.querySelectorAll('#category option').length > 1")
+    page.fill("#top_k", "4")
+    page.set_input_files("#file", str(mirrored(demo_images[30], tmp_path)))
+    page.wait_for_function("document.querySelectorAll('article.card').length === 4")
+    aside, results = boxes(page, "aside")[0], boxes(page, "#results")[0]
+    assert aside["right"] <= results["left"]  # side by side
+    assert not page.is_visible("#timings")  # timings only in the details view
+    page.click("#details summary")
+    assert "embed" in page.inner_text("#timings")
+    page.click("#more")  # the next page, from next_offset
+    page.wait_for_function("document.querySelectorAll('article.card').length === 8")
+    ids = page.eval_on_selector_all("article.card", "els => els.map(e => e.dataset.productId)")
+    assert len(set(ids)) == 8
+    page.fill("#price_max", "1.5")  # a price field searches again by itself
+    page.wait_for_function(
+        "document.querySelectorAll('article.card').length > 0 && [...document.querySelectorAll('article.card')]"
+        ".every(c => Number(c.dataset.price) <= 1.5)",
+        timeout=30_000,
+    )
+    shot(page, "search-page-desktop.png")
+    page.close()
+
+
+def test_a_failed_search_greys_the_results_and_says_why(stack, browser, demo_images, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(stack.api + "/")
+    page.set_input_files("#file", str(mirrored(demo_images[3], tmp_path)))
+    page.wait_for_selector("article.card", timeout=30_000)
+    page.set_input_files("#file", {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"not a photo"})
+    page.wait_for_selector("#status.error")
+    assert "400" in page.inner_text("#status")
+    assert page.get_attribute("#results", "class") == "stale" and page.locator("article.card").count() > 0
+    shot(page, "search-page-error.png")
     page.close()
