@@ -244,3 +244,35 @@ def test_commands_while_the_stack_runs_work_through_it_or_say_what_works(stack):
     )
     assert upload.returncode == 0, upload.stderr
     assert "60 images; 0 uploaded (0.0 MiB), 60 already there and unchanged, 0 failed" in upload.stdout
+
+
+def test_a_raw_body_over_lambdas_limit_once_base64_encoded_is_413_as_deployed(stack):
+    """4.8 MB of JPEG is under MAX_BODY_BYTES, but base64-encoded (as API Gateway passes a
+    binary body) it is over Lambda's 6 MB request: deployed that never reaches the function."""
+    status, body = post_image(stack, b"\xff\xd8\xff" + bytes(4_800_000))
+    assert status == 413 and body["error"]["code"] == "body_too_large"
+    assert "POST /uploads" in body["error"]["message"]
+
+
+def put(url: str, data: bytes, content_type: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=data, method="PUT", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_a_presigned_upload_refuses_another_content_type_as_s3_does(stack, demo_images):
+    request = urllib.request.Request(
+        f"{stack.api}/uploads",
+        method="POST",
+        data=json.dumps({"content_type": "image/jpeg"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        upload = json.loads(response.read())
+    photo = demo_images[7].path.read_bytes()
+    status, body = put(upload["upload_url"], photo, "image/png")
+    assert status == 403 and b"SignatureDoesNotMatch" in body
+    assert put(upload["upload_url"], photo, "image/jpeg")[0] == 200

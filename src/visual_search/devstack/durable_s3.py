@@ -134,8 +134,60 @@ def backend() -> Any:
     return s3_backends[DEFAULT_ACCOUNT_ID]["global"]
 
 
+def presigned_refusal(environ: dict) -> str | None:
+    """Why S3 would refuse this presigned request (SigV4 query auth), or None.
+
+    Only URLs signed with the stack's own credentials (those the search function presigns
+    upload URLs with) are checked, so any other access key still works locally. A request whose
+    signed headers differ (another Content-Type, or another Content-Length when it was signed)
+    or whose URL has expired is refused, as S3 refuses it."""
+    import hmac
+    from datetime import datetime, timezone
+    from urllib.parse import parse_qsl, quote
+
+    from botocore.auth import S3SigV4QueryAuth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    pairs = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    query = dict(pairs)
+    if "X-Amz-Signature" not in query or "X-Amz-Credential" not in query:
+        return None
+    access_key, _, scope = query["X-Amz-Credential"].partition("/")
+    if access_key != os.environ.get("AWS_ACCESS_KEY_ID"):
+        return None
+    try:
+        signed_at = datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        expires = int(query["X-Amz-Expires"])
+        region = scope.split("/")[1]
+    except (KeyError, ValueError, IndexError):
+        return "AuthorizationQueryParametersError"
+    if (datetime.now(timezone.utc) - signed_at).total_seconds() > expires:
+        return "Request has expired"
+    wsgi_names = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+    headers = {}
+    for name in query.get("X-Amz-SignedHeaders", "host").split(";"):
+        headers[name] = environ.get(wsgi_names.get(name, "HTTP_" + name.upper().replace("-", "_")), "")
+    path = environ.get("RAW_URI", "").partition("?")[0] or quote(environ.get("PATH_INFO", ""))
+    unsigned = "&".join(
+        f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in pairs if k != "X-Amz-Signature"
+    )
+    request = AWSRequest(
+        environ["REQUEST_METHOD"], f"http://{headers.get('host', '')}{path}?{unsigned}", headers
+    )
+    request.context["timestamp"] = query["X-Amz-Date"]
+    auth = S3SigV4QueryAuth(
+        Credentials(access_key, os.environ.get("AWS_SECRET_ACCESS_KEY", "")), "s3", region, expires
+    )
+    signature = auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request)
+    if not hmac.compare_digest(signature, query["X-Amz-Signature"]):
+        return "SignatureDoesNotMatch"
+    return None
+
+
 class DurableApp:
-    """WSGI middleware: a changing request's response waits until its changes are on disk."""
+    """WSGI middleware: a changing request's response waits until its changes are on disk;
+    presigned requests are checked as S3 checks them (:func:`presigned_refusal`)."""
 
     READ_ONLY = ("GET", "HEAD", "OPTIONS")
 
@@ -146,6 +198,14 @@ class DurableApp:
         self._locks = [threading.Lock() for _ in range(64)]
 
     def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
+        refusal = presigned_refusal(environ)
+        if refusal:
+            length = environ.get("CONTENT_LENGTH") or "0"
+            environ["wsgi.input"].read(int(length) if length.isdigit() else 0)  # keep the connection framed
+            code = "AccessDenied" if "expired" in refusal else refusal
+            message = f"<Error><Code>{code}</Code><Message>{refusal}</Message></Error>".encode()
+            start_response("403 Forbidden", [("Content-Type", "application/xml")])
+            return [message]
         if environ.get("REQUEST_METHOD") in self.READ_ONLY:
             return self.app(environ, start_response)
         captured: dict[str, Any] = {}

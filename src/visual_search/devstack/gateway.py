@@ -21,6 +21,7 @@ from ..lambdas import LambdaContext
 
 BINARY_TYPES = ("image/jpeg", "image/png", "image/webp", "multipart/form-data")
 MAX_BODY = 10 * 1024 * 1024  # API Gateway's payload limit
+LAMBDA_PAYLOAD = 6 * 1024 * 1024  # a synchronous invocation's request, the event JSON included
 
 
 def page() -> bytes:
@@ -163,6 +164,13 @@ class Gateway:
             self._starting(request, path)
             return
         event = to_event(request.command, request.path, dict(request.headers.items()), body)
+        if len(json.dumps(event)) > LAMBDA_PAYLOAD:  # deployed, Lambda refuses the invocation
+            message = (
+                f"the request ({length:,} bytes{', base64-encoded by API Gateway' if event['isBase64Encoded'] else ''}) "
+                f"is over Lambda's 6 MB invocation limit: send photos over about 4.4 MB through POST /uploads"
+            )
+            self._refuse(request, 413, "body_too_large", message)
+            return
         with self._invoke:
             response = handler(event, self.context)
         headers = dict(response.get("headers") or {})
