@@ -262,8 +262,9 @@ class Catalog:
     def search_image(self, data: bytes, query: Query, region: Region | None = None) -> SearchResult:
         """The products nearest to a photo (to ``region`` of it only, when given)."""
         started = time.perf_counter()
-        pixels = self.embedder.preprocess(data, region)
-        second = self.reranker.preprocess(data, region) if self.reranker else None
+        extra = (region,) if region is not None else ()  # embedders without regions still work
+        pixels = self.embedder.preprocess(data, *extra)
+        second = self.reranker.preprocess(data, *extra) if self.reranker else None
         decoded = time.perf_counter()
         vector = self.embedder.embed_pixels(pixels[None])[0]
         if second is not None:
