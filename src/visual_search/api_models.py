@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .domain import Filter, Query, Range
 from .errors import InvalidOptions
+from .images import Region
 
 Scalar = Union[str, float, int, bool]
 FilterValue = Union[Scalar, list[Scalar]]
@@ -135,6 +136,26 @@ class Filters(BaseModel):
         return Filter(**fields, price=price, metadata=metadata)
 
 
+class Crop(BaseModel):
+    """A box of the query image, in relative [0, 1] coordinates of the image as seen (after its
+    EXIF rotation): only that region is embedded (one product in a photo of several)."""
+
+    model_config = ConfigDict(extra="forbid")
+    x: float = Field(ge=0.0, le=1.0, description="left edge, 0 = the image's left")
+    y: float = Field(ge=0.0, le=1.0, description="top edge, 0 = the image's top")
+    width: float = Field(gt=0.0, le=1.0, description="box width, a fraction of the image's width")
+    height: float = Field(gt=0.0, le=1.0, description="box height, a fraction of the image's height")
+
+    @model_validator(mode="after")
+    def inside_the_image(self) -> "Crop":
+        if self.x + self.width > 1.0 + 1e-6 or self.y + self.height > 1.0 + 1e-6:
+            raise ValueError("the box must lie inside the image: x + width and y + height at most 1")
+        return self
+
+    def region(self) -> Region:
+        return Region(self.x, self.y, min(self.width, 1.0 - self.x), min(self.height, 1.0 - self.y))
+
+
 class SearchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     top_k: int = Field(10, ge=1, le=100, description="results per page")
@@ -144,6 +165,21 @@ class SearchOptions(BaseModel):
     )
     group_by_product: bool = Field(True, description="one result per product (its best image)")
     filters: Filters = Field(default_factory=Filters)
+    crop: Crop | None = Field(
+        None,
+        description='search one region of the image: {"x", "y", "width", "height"} in [0, 1] '
+        "(a JSON string in the query string or a form field)",
+    )
+
+    @field_validator("crop", mode="before")
+    @classmethod
+    def crop_from_json_text(cls, value):
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError('crop must be a JSON object {"x", "y", "width", "height"}') from None
+        return value
 
     @field_validator("top_k", "offset", mode="before")
     @classmethod
@@ -152,9 +188,14 @@ class SearchOptions(BaseModel):
             raise ValueError("must be a whole number")
         return value
 
+    def region(self) -> Region | None:
+        return self.crop.region() if self.crop else None
+
     def to_query(self, exclude_products: tuple[str, ...] = ()) -> Query:
+        """The store query, for one result more than the page: whether it exists decides
+        ``next_offset`` (null when no result follows)."""
         return Query(
-            top_k=self.top_k,
+            top_k=self.top_k + 1,
             offset=self.offset,
             score_threshold=self.score_threshold,
             group_by_product=self.group_by_product,
@@ -180,7 +221,15 @@ class SearchRequest(SearchOptions):
 
 class UploadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    content_type: str = Field("image/jpeg", description="image/jpeg, image/png or image/webp")
+    content_type: str = Field(
+        "image/jpeg", description="an image type: image/jpeg, image/png, image/webp, ..."
+    )
+    content_length: int | None = Field(
+        None,
+        ge=1,
+        description="the image's size in bytes: the upload URL then accepts exactly that many "
+        "(S3 checks it), and a size over the image limit is refused at once (413)",
+    )
 
 
 class ImageRef(BaseModel):

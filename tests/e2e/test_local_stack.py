@@ -276,3 +276,14 @@ def test_a_presigned_upload_refuses_another_content_type_as_s3_does(stack, demo_
     status, body = put(upload["upload_url"], photo, "image/png")
     assert status == 403 and b"SignatureDoesNotMatch" in body
     assert put(upload["upload_url"], photo, "image/jpeg")[0] == 200
+    request = urllib.request.Request(
+        f"{stack.api}/uploads",
+        method="POST",
+        data=json.dumps({"content_type": "image/jpeg", "content_length": len(photo)}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        sized = json.loads(response.read())
+    status, body = put(sized["upload_url"], photo + b"\0" * 1000, "image/jpeg")  # over its stated size
+    assert status == 403 and b"SignatureDoesNotMatch" in body
+    assert put(sized["upload_url"], photo, "image/jpeg")[0] == 200

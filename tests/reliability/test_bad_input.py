@@ -120,7 +120,7 @@ def search_cases(s):
         ("invalid-base64-binary-body", {**raw_image(b"x"), "body": "!!!not*base64!!!"}, 400, "bad_request"),
         # media types
         ("text-plain", search_text("hello", "text/plain"), 415, "unsupported_media_type"),
-        ("image-gif-media-type", raw_image(s.jpeg, "image/gif"), 415, "unsupported_media_type"),
+        ("image-svg-media-type", raw_image(s.jpeg, "image/svg+xml"), 415, "unsupported_media_type"),
         (
             "no-content-type-not-json",
             rest_event("POST", "/search", body=b"\xff\xd8binary"),

@@ -35,7 +35,17 @@ from ..errors import (
     UnsupportedMediaTypeError,
 )
 
-IMAGE_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
+# The image types the decoder reads (images.SUPPORTED_FORMATS), by media type -> file extension.
+IMAGE_TYPES = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/bmp": "bmp",
+    "image/tiff": "tif",
+}
+# A raw body of this type is taken as an image and identified by its content (sniffed).
+SNIFFED_TYPES = ("application/octet-stream",)
 JSON_TYPES = ("application/json", "text/json")
 DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.I)
 
@@ -121,13 +131,13 @@ def search_input(event: APIGatewayProxyEvent, limit: int) -> SearchInput:
         )
     if media in JSON_TYPES or (not media and body[:1] == b"{"):
         return json_search(body, query_fields(event))
-    if media in IMAGE_TYPES:
+    if media in IMAGE_TYPES or media in SNIFFED_TYPES:
         return SearchInput(query_options(event), image=body)
     if media == "multipart/form-data":
         return multipart_search(content_type(event), body, query_fields(event))
     raise UnsupportedMediaTypeError(
         f"unsupported media type {media[:80] or '(none)'!r}; send application/json, "
-        f"{', '.join(IMAGE_TYPES)} or multipart/form-data"
+        f"{', '.join(IMAGE_TYPES)}, application/octet-stream or multipart/form-data"
     )
 
 

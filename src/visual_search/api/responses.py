@@ -69,7 +69,7 @@ def result_metadata(payload: dict[str, Any]) -> dict[str, Any]:
 
 def search_response(result: SearchResult, options: SearchOptions, urls: ImageUrls, s3: Any) -> dict:
     results = []
-    for hit in result.hits:
+    for hit in result.hits[: options.top_k]:  # the store was asked for one more
         payload = hit.payload
         bucket, key = str(payload.get("bucket", "")), str(payload.get("key", ""))
         results.append(
@@ -81,7 +81,7 @@ def search_response(result: SearchResult, options: SearchOptions, urls: ImageUrl
             }
         )
     following = options.offset + options.top_k
-    more = len(results) == options.top_k and following <= MAX_OFFSET  # else a 422 to follow
+    more = len(result.hits) > options.top_k and following <= MAX_OFFSET  # else a 422 to follow
     body = SearchResponse.model_validate(
         {
             "results": results,

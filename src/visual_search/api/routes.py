@@ -18,7 +18,7 @@ from urllib.parse import unquote
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 
 from ..api_models import ErrorResponse, HealthResponse, SearchResponse, UploadResponse
-from ..errors import RequestError, StoreUnavailableError
+from ..errors import ImageTooLargeError, InvalidOptions, RequestError, StoreUnavailableError
 from .requests import IMAGE_TYPES, query_options, search_input, upload_request, uploaded_image
 from .responses import search_response
 
@@ -49,7 +49,7 @@ def search():
         image = request.image
     else:
         image = uploaded_image(api.s3, api.settings, request.s3_key or "")
-    result = api.catalog.search_image(image, request.options.to_query())
+    result = api.catalog.search_image(image, request.options.to_query(), request.options.region())
     return search_response(result, request.options, api.urls, api.s3)
 
 
@@ -60,6 +60,10 @@ def similar(product_id: str):
     params = api.app.current_event.path_parameters or {}
     product_id = params.get("product_id") or unquote(product_id)
     options = query_options(api.app.current_event)
+    if options.crop is not None:
+        raise InvalidOptions(
+            "crop applies to a query image (POST /search)", [{"loc": ["crop"], "msg": "not for this route"}]
+        )
     result = api.catalog.similar(product_id, options.to_query())
     return search_response(result, options, api.urls, api.s3)
 
@@ -70,17 +74,29 @@ def uploads():
     if not settings.upload_bucket:
         raise RequestError("uploads are not configured (UPLOAD_BUCKET)", "uploads_disabled")
     request = upload_request(api.app.current_event, settings.max_body_bytes)
+    limit = api.settings.images.max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ImageTooLargeError(f"the image is {request.content_length:,} bytes; the limit is {limit:,}")
     key = f"{settings.upload_prefix}{uuid.uuid4().hex}.{IMAGE_TYPES[request.content_type]}"
+    params: dict[str, Any] = {
+        "Bucket": settings.upload_bucket,
+        "Key": key,
+        "ContentType": request.content_type,
+    }
+    headers = {"Content-Type": request.content_type}
+    if request.content_length is not None:  # signed: S3 refuses another size
+        params["ContentLength"] = request.content_length
+        headers["Content-Length"] = str(request.content_length)
     url = api.s3.generate_presigned_url(
         "put_object",
-        Params={"Bucket": settings.upload_bucket, "Key": key, "ContentType": request.content_type},
+        Params=params,
         ExpiresIn=settings.upload_url_ttl_s,
         HttpMethod="PUT",
     )
     return UploadResponse(
         upload_url=url,
         s3_key=key,
-        headers={"Content-Type": request.content_type},
+        headers=headers,
         expires_in=settings.upload_url_ttl_s,
         max_bytes=api.settings.images.max_bytes,
     ).model_dump()

@@ -102,4 +102,25 @@ def register_error_handlers(app: APIGatewayRestResolver) -> None:
     @app.not_found
     def not_found(exc: Exception) -> Response:
         event = app.current_event
+        allowed = allowed_methods(event.path)
+        if allowed and event.http_method not in allowed:  # a known route, another method
+            return error_response(
+                405,
+                "method_not_allowed",
+                f"{event.http_method} is not allowed on {event.path}; use {', '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
         return error_response(404, "not_found", f"no such route: {event.http_method} {event.path}")
+
+
+def allowed_methods(path: str) -> list[str]:
+    """The methods of the routes matching ``path`` (``<name>`` matches one path segment)."""
+    import re
+
+    from .routes import ROUTES
+
+    methods = set()
+    for method, route, _, _ in ROUTES:
+        if re.fullmatch(re.sub(r"<[^>]+>", "[^/]+", route), path.rstrip("/") or "/"):
+            methods.add(method)
+    return sorted(methods)

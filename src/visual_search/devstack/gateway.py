@@ -19,7 +19,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..lambdas import LambdaContext
 
-BINARY_TYPES = ("image/jpeg", "image/png", "image/webp", "multipart/form-data")
+# As the template's BinaryMediaTypes: these bodies reach the function base64-encoded.
+BINARY_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/gif",
+    "image/bmp",
+    "image/tiff",
+    "application/octet-stream",
+    "multipart/form-data",
+)
 MAX_BODY = 10 * 1024 * 1024  # API Gateway's payload limit
 LAMBDA_PAYLOAD = 6 * 1024 * 1024  # a synchronous invocation's request, the event JSON included
 
