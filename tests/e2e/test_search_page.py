@@ -137,3 +137,31 @@ def test_a_failed_search_greys_the_results_and_says_why(stack, browser, demo_ima
     assert page.get_attribute("#results", "class") == "stale" and page.locator("article.card").count() > 0
     shot(page, "search-page-error.png")
     page.close()
+
+
+def test_drag_a_box_on_the_photo_to_search_one_product_of_two(stack, browser, demo_images, tmp_path):
+    """A collage of two products: the box over each half finds that product first."""
+    from tests.integration.test_region_search import LEFT, RIGHT, collage
+
+    photo = tmp_path / "two-products.jpg"
+    photo.write_bytes(collage(demo_images))
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(stack.api + "/")
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("article.card", timeout=30_000)
+    for product, (left, right) in ((LEFT, (0.02, 0.48)), (RIGHT, (0.52, 0.98))):
+        box = page.query_selector("#frame img").bounding_box()
+        page.evaluate("document.querySelector('#status').textContent = ''")
+        page.mouse.move(box["x"] + left * box["width"], box["y"] + 0.02 * box["height"])
+        page.mouse.down()
+        page.mouse.move(box["x"] + right * box["width"], box["y"] + 0.98 * box["height"], steps=5)
+        page.mouse.up()
+        page.wait_for_function(
+            "document.querySelector('#status').textContent.includes('products for the selected region')"
+        )
+        assert page.get_attribute("article.card", "data-product-id") == product
+        assert page.is_visible("#box") and page.is_visible("#whole")
+    shot(page, "search-page-region.png")
+    page.click("#whole")  # back to the whole photo
+    page.wait_for_function("!document.querySelector('#status').textContent.includes('region')")
+    page.close()
