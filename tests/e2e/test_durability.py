@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,6 +31,21 @@ def small_jpegs(count: int) -> dict[str, bytes]:
         Image.fromarray(pixels).save(buffer, "JPEG", quality=80)
         out[f"catalog/p{i:03d}/front.jpg"] = buffer.getvalue()
     return out
+
+
+def health_while_starting(stack, timeout: float = 180) -> set[str]:
+    """The /health statuses seen until the stack prints its banner."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while "Ctrl-C stops" not in stack.output() and time.monotonic() < deadline:
+        if stack.process.poll() is not None:
+            break
+        try:
+            seen.add(stack.get("/health")["status"])
+        except OSError:  # not listening yet
+            pass
+        time.sleep(0.3)
+    return seen
 
 
 def keys_in_bucket(stack) -> set[str]:
@@ -62,7 +78,10 @@ def test_confirmed_uploads_and_deletes_survive_kill_9(tmp_path):
 
     second = RunningStack(data, demo=False)
     try:
+        statuses = health_while_starting(second)
         second.wait_ready()
+        assert "starting" in statuses  # restore and repair: /health says so meanwhile
+        assert "restoring the bucket" in second.output()
         assert keys_in_bucket(second) == set(photos)
         assert second.get("/health")["points"] == COUNT
         for key in sorted(photos)[-20:]:  # the last uploads, the likeliest to be lost
