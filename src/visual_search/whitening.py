@@ -319,15 +319,14 @@ def _cross_validate(
             mask[_nearest_same_product(x, y, q, mask, hide_nearest)] = False
         gallery_x, gallery_y, query_x, query_y = x[mask], y[mask], x[held], y[held]
         queries += len(held)
-        _score(raw, _normalise(query_x), _normalise(gallery_x), query_y, gallery_y)
+        _score(raw, _normalise(query_x) @ _normalise(gallery_x).T, query_y, gallery_y)
         try:
             dec = _decompose(gallery_x, gallery_y)
         except ValueError:
             continue  # this round's gallery has no scatter: every candidate scores a miss
         spaces = _CandidateSpaces(dec, query_x)
         for slot, (shrinkage, dims) in zip(per, candidates):
-            zq, zg = spaces.vectors(shrinkage, dims)
-            _score(slot, _normalise(zq), _normalise(zg), query_y, gallery_y)
+            _score(slot, spaces.sims(shrinkage, dims), query_y, gallery_y)
     if not queries:
         return (0, 0.0), [(0, 0.0) for _ in candidates], 1
     return (
@@ -357,32 +356,47 @@ class _CandidateSpaces:
             self.gg, self.qg = dec.centred @ dec.centred.T, self.query @ dec.centred.T
             self.qq = (self.query**2).sum(axis=1)
 
-    def vectors(self, shrinkage: float, dims: int | None) -> tuple[np.ndarray, np.ndarray]:
+        self._cache: dict[float, tuple] = {}
+
+    def sims(self, shrinkage: float, dims: int | None) -> np.ndarray:
+        """(queries, gallery) cosine similarities in the candidate's space."""
         if not self.kernel:
-            matrix = _whitening(self.dec, shrinkage)
-            zg, zq = self.dec.centred @ matrix, self.query @ matrix
+            if shrinkage not in self._cache:
+                matrix = _whitening(self.dec, shrinkage)
+                self._cache[shrinkage] = (self.dec.centred @ matrix, self.query @ matrix, None)
+            zg, zq, _ = self._cache[shrinkage]
             if dims is not None and dims < zg.shape[1]:
                 keep = _top_directions(zg, dims)
                 zg, zq = zg @ keep, zq @ keep
-            return zq, zg
-        floor = shrinkage * self.dec.mean_eigenvalue
-        w = 1.0 / (self.dec.eigenvalues + floor) - 1.0 / floor
-        k_gg = (self.ag * w) @ self.ag.T + self.gg / floor
-        k_qg = (self.aq * w) @ self.ag.T + self.qg / floor
-        values, a = np.linalg.eigh(k_gg)  # kernel PCA: the whitened gallery's own directions
-        values, a = values[::-1], a[:, ::-1]
-        keep = values > max(float(values[0]), 0.0) * 1e-10
-        if dims is not None:
-            keep &= np.arange(len(values)) < dims
-        values, a = values[keep], a[:, keep]
-        if dims is None:  # all dimensions: plus the part of each query outside the gallery's span
-            q_in = k_qg @ a / np.sqrt(values)
+            return _normalise(zq) @ _normalise(zg).T
+        k_gg, k_qg, q_norm2 = self._kernels(shrinkage)
+        if dims is None:  # every dimension: cosine straight from the kernel
+            g_norm2 = np.clip(np.diag(k_gg), 1e-300, None)
+            return k_qg / np.sqrt(np.clip(q_norm2, 1e-300, None)[:, None] * g_norm2[None, :])
+        values, a = self._kernel_pca(shrinkage, k_gg)
+        values, a = values[:dims], a[:, :dims]
+        zq, zg = k_qg @ a / np.sqrt(values), a * np.sqrt(values)
+        return _normalise(zq) @ _normalise(zg).T
+
+    def _kernels(self, shrinkage: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if shrinkage not in self._cache:
+            floor = shrinkage * self.dec.mean_eigenvalue
+            w = 1.0 / (self.dec.eigenvalues + floor) - 1.0 / floor
+            k_gg = (self.ag * w) @ self.ag.T + self.gg / floor
+            k_qg = (self.aq * w) @ self.ag.T + self.qg / floor
             q_norm2 = (self.aq**2 * w).sum(axis=1) + self.qq / floor
-            outside = np.sqrt(np.clip(q_norm2 - (q_in**2).sum(axis=1), 0.0, None))
-            zq = np.c_[q_in, outside]
-            zg = np.c_[a * np.sqrt(values), np.zeros(len(a))]
-            return zq, zg
-        return k_qg @ a / np.sqrt(values), a * np.sqrt(values)
+            self._cache[shrinkage] = (k_gg, k_qg, q_norm2, None)
+        return self._cache[shrinkage][:3]
+
+    def _kernel_pca(self, shrinkage: float, k_gg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The whitened gallery's own directions (descending), computed once per shrinkage."""
+        cached = self._cache[shrinkage]
+        if cached[3] is None:
+            values, a = np.linalg.eigh(k_gg)
+            values, a = values[::-1], a[:, ::-1]
+            keep = values > max(float(values[0]), 0.0) * 1e-10
+            self._cache[shrinkage] = (*cached[:3], (values[keep], a[:, keep]))
+        return self._cache[shrinkage][3]
 
 
 def _nearest_same_product(x: np.ndarray, y: np.ndarray, q: int, mask: np.ndarray, share: float) -> np.ndarray:
@@ -395,9 +409,8 @@ def _nearest_same_product(x: np.ndarray, y: np.ndarray, q: int, mask: np.ndarray
     return rows[np.argsort(-sims)[:hide]]
 
 
-def _score(slot: list, queries: np.ndarray, gallery: np.ndarray, qy: np.ndarray, gy: np.ndarray) -> None:
+def _score(slot: list, sims: np.ndarray, qy: np.ndarray, gy: np.ndarray) -> None:
     """Add recall@1 hits and the rank of the right product's nearest photo to ``slot``."""
-    sims = queries @ gallery.T
     order = np.argsort(-sims, axis=1)
     right = gy[order] == qy[:, None]
     first = right.argmax(axis=1)  # rank (0-based) of the first photo of the right product
