@@ -325,6 +325,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from .audit import audit
+    from .model import load_embedder
+
+    embedder = load_embedder()
+    bar = _progress(None, None, f"auditing with {embedder.model_id}", args.json)
+    photos, found = audit(Path(args.folder), embedder, progress=bar.update)
+    bar.close()
+    shown = found[: args.top]
+    if args.json:
+        print(json.dumps({"photos": photos, "suspects": [s.as_json() for s in shown], "total": len(found)}))
+        return 0
+    print(f"{len(found)} of {photos} photos are nearer to another product than to their own")
+    for s in shown:
+        print(f"  {s.key}: {s.other_product} ({s.other_key}) {s.other_best:.3f} > own {s.own_best:.3f}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -532,6 +550,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--folds", type=_int_in(2), default=5, help="folds for leave-one-out with --adapt (5)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
+
+    au = sub.add_parser(
+        "audit",
+        help="list photos nearer to another product than to their own (likely mislabels)",
+        description="Embed every image of DIR (one subfolder per product) and list the photos whose "
+        "most similar photo of another product beats every photo of their own, worst first.",
+    )
+    au.add_argument("folder", metavar="DIR", help="one subfolder per product")
+    au.add_argument("--top", type=_int_in(1), default=50, help="suspects to list (default 50)")
+    au.add_argument("--json", action="store_true", help="print one JSON object")
+    au.set_defaults(func=cmd_audit)
 
     info = sub.add_parser("info", help="show the model and the store in use")
     info.set_defaults(func=cmd_info)
