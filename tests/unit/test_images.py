@@ -238,3 +238,30 @@ def test_full_image_crop_keeps_the_borders():
     full = decode(png_bytes(image), Preprocess(size=224, crop="full"), LIMITS)
     assert centre[:, :, :5].mean() < -0.9  # the centre crop cut the band away
     assert full[:, :, :5].mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    "size,photo,drafted",
+    [
+        (224, (1000, 750), (250, 188)),  # 1/4: 188 px >= 80% of 224
+        (448, (1000, 750), (500, 375)),  # 1/2 only: 1/4 (188 px) would be 42% of 448
+        (448, (4000, 3000), (500, 375)),  # 1/8
+        (448, (600, 450), (600, 450)),  # 1/2 (225 px) is too small: full size
+    ],
+)
+def test_draft_decodes_at_the_scale_the_input_size_needs(size, photo, drafted):
+    """The model input decides the DCT scale: a larger input keeps more of the photo."""
+    from dataclasses import replace
+
+    from visual_search.images import DRAFT_FLOOR, to_pixels
+
+    prep = replace(FULL, size=size)
+    data = jpeg_bytes(gradient(*photo), quality=90)
+    image = open_image(data, LIMITS)
+    _draft_for(image, prep)
+    assert image.size == drafted
+    assert min(image.size) >= DRAFT_FLOOR * size or image.size == photo
+    pixels = decode(data, prep, LIMITS)
+    assert pixels.shape == (3, size, size)
+    full = Image.open(io.BytesIO(data)).convert("RGB")
+    assert close(pixels, to_pixels(full, prep), 0.02)
