@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 from visual_search.config import StoreSettings, get_settings  # noqa: E402
 from visual_search.folders import DEMO_CATALOG, scan  # noqa: E402
 from visual_search.model import Embedder  # noqa: E402
-from visual_search.store import CatalogStore, connect  # noqa: E402
+from visual_search.store import CatalogStore, open_backend  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -52,12 +52,13 @@ def qdrant_shim():
     shim.stop()
 
 
-@pytest.fixture(params=["memory", "rest"])
+@pytest.fixture(params=["edge", "rest"])
 def store_settings(request) -> StoreSettings:
-    """Store settings for a fresh collection: embedded in memory, and over qdrant-client's REST
-    path (against a real server when QDRANT_URL is set, else the test shim)."""
+    """Store settings for a fresh collection: the embedded engine (qdrant-edge, in a temporary
+    folder), and over qdrant-client's REST path (against a real server when QDRANT_URL is set,
+    else the test shim in front of qdrant-client's local mode)."""
     collection = f"test-{uuid.uuid4().hex[:8]}"
-    if request.param == "memory":
+    if request.param == "edge":
         return StoreSettings(path=":memory:", collection=collection)
     url = os.environ.get("QDRANT_URL") or request.getfixturevalue("qdrant_shim").url
     return StoreSettings(
@@ -67,8 +68,8 @@ def store_settings(request) -> StoreSettings:
 
 @pytest.fixture
 def make_store(store_settings, embedder):
-    """Opens stores on one shared client, so several stores can see the same collections."""
-    client = connect(store_settings)
+    """Opens stores on one shared backend, so several stores can see the same collections."""
+    backend = open_backend(store_settings)
     opened = []
 
     def factory(
@@ -80,7 +81,7 @@ def make_store(store_settings, embedder):
     ) -> CatalogStore:
         settings = StoreSettings(**{**store_settings.__dict__, **overrides})
         store = CatalogStore(
-            client,
+            backend,
             settings,
             model_id or embedder.model_id,
             dim or embedder.dim,
@@ -95,7 +96,7 @@ def make_store(store_settings, embedder):
         physical = store.physical_collection()
         if physical:
             store.drop_collection(physical)
-    client.close()
+    backend.close()
 
 
 def jpeg_bytes(image: Image.Image, quality: int = 90, **kwargs) -> bytes:

@@ -307,45 +307,6 @@ def search_latency(repeat: int, sizes=(1000, 10000)) -> dict:
     return {"search": rows, "search_bare_session_run_ms": bare}
 
 
-def store_scaling(repeat: int, sizes=(1000, 10000, 100000)) -> dict:
-    """Vector search alone (top 10, grouped by product) in embedded Qdrant at growing sizes,
-    with and without a payload filter; synthetic vectors near the real ones."""
-    from .config import StoreSettings
-    from .store import CatalogStore, Query
-
-    embedder = load_embedder()
-    bare = bare_run_ms(embedder, repeat)
-    query = embedder.embed(sample_photos(1)[0])
-    rows = []
-    for size in sizes:
-        store = CatalogStore.open(
-            StoreSettings(path=":memory:", collection=f"scale{size}"), embedder.model_id, embedder.dim
-        )
-        started = time.perf_counter()
-        points = synthetic_catalog(embedder, size)
-        for start in range(0, size, 2000):
-            store.upsert(points[start : start + 2000])
-        load_s = time.perf_counter() - started
-        del points
-        for label, filters in (
-            ("none", {}),
-            ("category+price", {"category": "Milk", "price": {"gte": 5, "lte": 30}}),
-        ):
-            q = Query(top_k=10, filters=filters)
-            stats = timed(lambda s=store, q=q: s.search(query, q), max(5, repeat // (size // 1000 or 1)))
-            rows.append(
-                {
-                    "points": size,
-                    "filter": label,
-                    **stats,
-                    "median_vs_bare_run": round(stats["median_ms"] / bare, 2),
-                    "load_s": round(load_s, 1),
-                }
-            )
-        store.close()
-    return {"scale": rows, "scale_bare_session_run_ms": bare}
-
-
 def cold_start() -> dict:
     """A fresh process: import the search function (model session + store client), answer one
     search; wall times of each phase and the peak resident memory."""
@@ -494,21 +455,6 @@ def print_search(report: dict) -> None:
     )
 
 
-def print_scale(report: dict) -> None:
-    print(
-        f"\nembedded Qdrant, vector search only (bare session.run {report['scale_bare_session_run_ms']} ms)"
-    )
-    print(
-        markdown(
-            ("points", "filter", "median ms", "p90 ms", "median/bare run", "load s"),
-            [
-                (r["points"], r["filter"], r["median_ms"], r["p90_ms"], r["median_vs_bare_run"], r["load_s"])
-                for r in report["scale"]
-            ],
-        )
-    )
-
-
 def print_cold(report: dict) -> None:
     c = report["cold_start"]
     print(
@@ -518,12 +464,24 @@ def print_cold(report: dict) -> None:
     )
 
 
+def _scale():
+    from . import bench_scale
+
+    return bench_scale
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
 # section: (measure it, print its table)
 SECTIONS = {
     "embed": (lambda args: embed_breakdown(args.repeat), print_table),
     "ingest": (lambda args: ingest_throughput(args.repeat), print_ingest),
     "search": (lambda args: search_latency(args.repeat), print_search),
-    "scale": (lambda args: store_scaling(args.repeat), print_scale),
+    "scale": (lambda args: _scale().store_scaling(log=_stderr), lambda report: _scale().print_scale(report)),
     "cold": (lambda args: cold_start(), print_cold),
 }
 

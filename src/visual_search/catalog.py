@@ -259,6 +259,14 @@ class Catalog:
     def remove(self, refs: Sequence[tuple[str, str]]) -> None:
         self.store.delete_images(refs)
 
+    def optimize(self) -> None:
+        """Build the store's search indexes now (blocks; bulk commands only, never serving)."""
+        self.store.optimize()
+
+    def store_info(self) -> dict[str, Any]:
+        """The collection's points, named vectors and real bytes on disk."""
+        return self.store.info()
+
     def search_image(self, data: bytes, query: Query, region: Region | None = None) -> SearchResult:
         """The products nearest to a photo (to ``region`` of it only, when given)."""
         started = time.perf_counter()

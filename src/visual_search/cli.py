@@ -158,11 +158,13 @@ def cmd_ingest(args) -> int:
         syncer, bar = _syncer(args.quiet, f"backfilling {source}")
         report = syncer.backfill(bucket, prefix, batch=args.batch).as_dict()
         bar.close()
+        _optimize_after_bulk(args.quiet)
         print(json.dumps(report, indent=2))
         return 0 if not report["failed"] and not report["retry"] else 1
     counts = ingest_folder(
         get_catalog(), Path(source), args.bucket, batch=args.batch, quiet=args.quiet, prune=args.prune
     )
+    _optimize_after_bulk(args.quiet)
     print(json.dumps(counts))
     return 0 if counts["failed"] == 0 else 1
 
@@ -225,6 +227,29 @@ def cmd_reindex(args) -> int:
     return 0 if problems == 0 else 1
 
 
+def _optimize_after_bulk(quiet: bool) -> None:
+    """Bulk commands leave the embedded store's HNSW built (a server builds its own)."""
+    from .catalog import get_catalog
+    from .maintenance import optimize
+
+    optimize(get_catalog(), log=(lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr)))
+
+
+def cmd_optimize(args) -> int:
+    from .catalog import get_catalog
+    from .maintenance import optimize
+
+    print(json.dumps(optimize(get_catalog(), log=lambda m: print(m, file=sys.stderr))))
+    return 0
+
+
+def cmd_migrate_store(args) -> int:
+    from .maintenance import migrate_store
+
+    print(json.dumps(migrate_store(args.path, log=lambda m: print(m, file=sys.stderr))))
+    return 0
+
+
 def cmd_search(args) -> int:
     from .catalog import get_catalog
 
@@ -252,6 +277,7 @@ def cmd_info(args) -> int:
                     "mode": catalog.store.settings.mode,
                     "collection": catalog.store.collection,
                     "points": catalog.store.count(),
+                    "disk_bytes": catalog.store_info()["disk_bytes"],
                 },
             },
             indent=2,
@@ -562,6 +588,25 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--json", action="store_true", help="print one JSON object")
     au.set_defaults(func=cmd_audit)
 
+    optimize = sub.add_parser(
+        "optimize",
+        help="build the embedded store's HNSW index now (ingest and reindex do it when they finish)",
+        description="Build the HNSW graphs and merge the segments of the embedded store's collection. "
+        "It blocks while it runs: never while a `visual-search dev` serves the same folder. "
+        "Nothing to do on a Qdrant server.",
+    )
+    optimize.set_defaults(func=cmd_optimize)
+
+    migrate = sub.add_parser(
+        "migrate-store",
+        help="convert a qdrant-client local-mode folder to the embedded engine (qdrant-edge)",
+        description="Copy every collection, alias, vector and payload of a folder written by "
+        "qdrant-client's local mode (the embedded store before qdrant-edge) into qdrant-edge "
+        "shards in place; the old files move to local-mode-backup/.",
+    )
+    migrate.add_argument("path", nargs="?", help="the folder (default: QDRANT_PATH)")
+    migrate.set_defaults(func=cmd_migrate_store)
+
     info = sub.add_parser("info", help="show the model and the store in use")
     info.set_defaults(func=cmd_info)
 
@@ -571,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--only",
         help="comma-separated sections: embed, ingest, search, scale "
-        "(embedded Qdrant at 1k/10k/100k points), cold",
+        "(the embedded engine at 10k/100k synthetic points, HNSW + int8), cold",
     )
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -254,6 +254,8 @@ def reindex(
         log(f"re-index stopped before the switch: dropping {new}; {store.collection!r} is unchanged")
         new_store.drop_collection(new)
         raise
+    log(f"building the search index of {new} ...")
+    new_store.optimize()  # before the switch: searches move to an indexed collection
     if old == store.collection:  # a plain collection, not yet an alias: replace it
         if keep_old:
             log(

@@ -74,3 +74,52 @@ def test_reindex_exits_1_when_an_image_failed(memory_store, demo_images, capsys)
         assert main(["reindex", "--source", "s3://shop/catalog/", "--quiet"]) == 1
         s3.delete_object(Bucket="shop", Key="catalog/p2/broken.jpg")
         assert main(["reindex", "--source", "s3://shop/catalog/", "--quiet"]) == 0
+
+
+def test_ingest_builds_the_index_and_optimize_reports_real_sizes(
+    monkeypatch, tmp_path, embedder, demo_images, capsys
+):
+    import json
+    import shutil
+
+    monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "qdrant"))
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    get_settings.cache_clear()
+    get_catalog.cache_clear()
+    folder = tmp_path / "shop"
+    for img in demo_images[:8]:
+        (folder / img.key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(img.path, folder / img.key)
+    try:
+        assert main(["ingest", str(folder), "--quiet"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["indexed"] == 8
+        assert main(["optimize"]) == 0
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert report["points"] == 8 and 0 < report["disk_bytes"] < 64 * 2**20
+    finally:
+        get_catalog().store.close()
+        get_catalog.cache_clear()
+        get_settings.cache_clear()
+
+
+def test_a_local_mode_folder_is_refused_with_the_command_that_migrates_it(monkeypatch, tmp_path, capsys):
+    from qdrant_client import QdrantClient, models
+
+    legacy = QdrantClient(path=str(tmp_path / "qdrant"))
+    legacy.create_collection(
+        "products-x", vectors_config={"image": models.VectorParams(size=4, distance="Cosine")}
+    )
+    legacy.close()
+    monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "qdrant"))
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    get_settings.cache_clear()
+    get_catalog.cache_clear()
+    try:
+        assert main(["info"]) == 1
+        assert "visual-search migrate-store" in error_of(capsys)
+        assert main(["migrate-store"]) == 0
+        assert "products-x" in capsys.readouterr().out
+        assert (tmp_path / "qdrant" / "local-mode-backup" / "meta.json").is_file()
+    finally:
+        get_catalog.cache_clear()
+        get_settings.cache_clear()

@@ -11,7 +11,7 @@ from visual_search.catalog import Catalog
 from visual_search.cli import ingest_folder
 from visual_search.config import StoreSettings
 from visual_search.folders import read_products
-from visual_search.store import CatalogStore, connect
+from visual_search.store import CatalogStore, open_backend
 
 BUCKET = "local"
 
@@ -19,7 +19,7 @@ BUCKET = "local"
 @pytest.fixture
 def catalog(embedder):
     settings = StoreSettings(path=":memory:", collection="folder")
-    return Catalog(embedder, CatalogStore(connect(settings), settings, embedder.model_id, embedder.dim))
+    return Catalog(embedder, CatalogStore(open_backend(settings), settings, embedder.model_id, embedder.dim))
 
 
 @pytest.fixture

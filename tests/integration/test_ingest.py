@@ -451,8 +451,6 @@ def test_a_batch_larger_than_the_embed_chunk(monkeypatch, embedder, demo_images)
     applied again from the bucket."""
     import numpy as np
 
-    from visual_search.store import point_id
-
     monkeypatch.setenv("QDRANT_PATH", ":memory:")
     monkeypatch.delenv("QDRANT_URL", raising=False)
     monkeypatch.setenv("INGEST_EMBED_CHUNK", "2")
@@ -479,9 +477,6 @@ def test_a_batch_larger_than_the_embed_chunk(monkeypatch, embedder, demo_images)
         for n in range(5):
             key = f"catalog/p{n}/a.jpg"
             body = w.s3.get_object(Bucket=BUCKET, Key=key)
-            stored = w.store.client.retrieve(w.store.collection, [point_id(BUCKET, key)], with_vectors=True)[
-                0
-            ]
-            assert stored.payload["etag"] == body["ETag"]
-            vector = np.asarray(stored.vector["image"], np.float32)
+            assert w.store.get_images([(BUCKET, key)])[(BUCKET, key)]["etag"] == body["ETag"]
+            vector = np.asarray(w.store.vectors_of([(BUCKET, key)])[(BUCKET, key)], np.float32)
             assert float(vector @ embedder.embed(body["Body"].read())) > 0.999

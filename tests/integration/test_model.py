@@ -130,7 +130,7 @@ def test_a_card_edited_without_a_new_id_cannot_share_a_collection(embedder, tmp_
     from visual_search.config import StoreSettings
     from visual_search.errors import ModelMismatchError
     from visual_search.model import Embedder
-    from visual_search.store import CatalogStore, connect
+    from visual_search.store import CatalogStore, open_backend
 
     folder = tmp_path / "edited"
     shutil.copytree(embedder.model_dir, folder)
@@ -142,7 +142,7 @@ def test_a_card_edited_without_a_new_id_cannot_share_a_collection(embedder, tmp_
     assert Embedder(embedder.model_dir, threads=1).fingerprint == embedder.fingerprint
 
     settings = StoreSettings(path=":memory:", collection="fingerprint")
-    client = connect(settings)
+    client = open_backend(settings)
 
     def store(model):
         return CatalogStore(client, settings, model.model_id, model.dim, model_fingerprint=model.fingerprint)

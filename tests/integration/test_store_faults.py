@@ -52,11 +52,11 @@ def test_slow_server_times_out(qdrant_shim):
     assert time.perf_counter() - started < 2.9
 
 
-@pytest.mark.parametrize("mode", ["rest", "memory"])
+@pytest.mark.parametrize("mode", ["rest", "edge"])
 def test_a_collection_deleted_underneath_is_recreated(request, mode):
     settings = (
         StoreSettings(path=":memory:", collection="vanishing")
-        if mode == "memory"
+        if mode == "edge"
         else StoreSettings(
             url=request.getfixturevalue("qdrant_shim").url, collection="vanishing", timeout_s=2
         )
@@ -102,11 +102,11 @@ def test_many_instances_using_a_new_collection_at_once(qdrant_shim):
 
 
 def test_a_locked_embedded_folder_is_a_clear_error(tmp_path):
-    from visual_search.store import connect
+    from visual_search.store import open_backend
 
-    holder = connect(StoreSettings(path=str(tmp_path / "qdrant")))
+    holder = open_backend(StoreSettings(path=str(tmp_path / "qdrant")))
     try:
         with pytest.raises(StoreUnavailableError, match="in use by another process"):
-            connect(StoreSettings(path=str(tmp_path / "qdrant")))
+            open_backend(StoreSettings(path=str(tmp_path / "qdrant")))
     finally:
         holder.close()

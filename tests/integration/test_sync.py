@@ -11,7 +11,7 @@ from visual_search.catalog import Catalog
 from visual_search.events import S3Change
 from visual_search.config import IngestSettings, ImageLimits, StoreSettings
 from visual_search.ingest import Ingestor
-from visual_search.store import CatalogStore, Query, connect
+from visual_search.store import CatalogStore, Query, open_backend
 from visual_search.sync import Syncer, reindex
 
 BUCKET = "product-images"
@@ -60,7 +60,7 @@ def upload(s3, demo_images):
 
 def make_syncer(embedder, s3_client, collection="sync", client=None, model_id=None):
     settings = StoreSettings(path=":memory:", collection=collection)
-    store = CatalogStore(client or connect(settings), settings, model_id or embedder.model_id, embedder.dim)
+    store = CatalogStore(client or open_backend(settings), settings, model_id or embedder.model_id, embedder.dim)
     ingestor = Ingestor(Catalog(embedder, store), s3_client, IngestSettings(), ImageLimits())
     return Syncer(ingestor, sleep=lambda s: None)
 
@@ -143,7 +143,7 @@ def test_reconcile_converges_when_the_bucket_holds_objects_that_are_not_images(s
 
 def test_reindex_switches_the_alias_to_a_collection_of_the_current_model(s3, upload, embedder):
     upload(8)
-    client = connect(StoreSettings(path=":memory:"))
+    client = open_backend(StoreSettings(path=":memory:"))
     # A collection built by an older model (same size vectors, another id).
     old = make_syncer(embedder, s3, "shop", client, model_id="efficientnet-lite0-imagenet-v0")
     old.backfill(BUCKET, "catalog/")
@@ -167,7 +167,7 @@ def test_a_metadata_change_during_a_reindex_reaches_the_new_collection(s3, uploa
     """A copy-in-place with new metadata keeps the ETag; the live ingest function applies it to
     the old collection while the new one is built, and the re-index must carry it over."""
     upload(4)
-    client = connect(StoreSettings(path=":memory:"))
+    client = open_backend(StoreSettings(path=":memory:"))
     live = make_syncer(embedder, s3, "shop", client)
     live.backfill(BUCKET, "catalog/")
     key = sorted(keys(live.store))[0]
@@ -204,10 +204,10 @@ def test_a_metadata_change_during_a_reindex_reaches_the_new_collection(s3, uploa
 
 def test_a_reindex_that_fails_before_the_switch_leaves_nothing_behind(s3, upload, embedder):
     upload(4)
-    client = connect(StoreSettings(path=":memory:"))
+    client = open_backend(StoreSettings(path=":memory:"))
     live = make_syncer(embedder, s3, "shop", client)
     live.backfill(BUCKET, "catalog/")
-    before = {c.name for c in client.get_collections().collections}
+    before = set(client.list_collections())
     with pytest.raises(ClientError):
         reindex(
             live.ingestor.catalog,
@@ -215,7 +215,7 @@ def test_a_reindex_that_fails_before_the_switch_leaves_nothing_behind(s3, upload
             sources=[(BUCKET, "catalog/"), ("no-such-bucket", "")],
             log=lambda m: None,
         )
-    assert {c.name for c in client.get_collections().collections} == before
+    assert set(client.list_collections()) == before
     assert live.store.count() == 4  # searches still answer from the old collection
 
 
@@ -223,7 +223,7 @@ def test_reindex_reads_only_the_folders_that_were_indexed(s3, upload, embedder, 
     """The Lambda indexed catalog/ only (INGEST_PREFIX); an operator's shell without that
     setting must not pull query uploads or other images of the bucket into the catalogue."""
     upload(12)  # two products
-    client = connect(StoreSettings(path=":memory:"))
+    client = open_backend(StoreSettings(path=":memory:"))
     live = make_syncer(embedder, s3, "shop", client)
     live.backfill(BUCKET, "catalog/")
     photo = demo_images[40].path.read_bytes()

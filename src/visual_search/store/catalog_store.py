@@ -35,8 +35,19 @@ UPDATE_BATCH = 256  # points per update_vectors call
 
 
 def open_backend(settings: StoreSettings) -> StoreBackend:
-    """The backend for the configured mode."""
-    return ClientBackend(Connection(connect(settings), settings), settings)
+    """The backend for the configured mode: qdrant-client for a server (``QDRANT_URL``),
+    qdrant-edge for the embedded folder (``QDRANT_PATH``), or qdrant-edge in a temporary folder
+    (in shared memory where there is one) removed on close for ``QDRANT_PATH=:memory:`` --
+    or qdrant-client's local mode in memory where qdrant-edge is not installed."""
+    if settings.url:
+        return ClientBackend(Connection(connect(settings), settings), settings)
+    from .edge_backend import EdgeBackend, edge_installed
+
+    if settings.path == ":memory:":
+        if not edge_installed():  # e.g. inside a Lambda package, which ships no qdrant-edge
+            return ClientBackend(Connection(connect(settings), settings), settings)
+        return EdgeBackend.temporary_folder(settings)
+    return EdgeBackend(settings.path, settings)
 
 
 class CatalogStore:

@@ -98,6 +98,10 @@ class ClientBackend:
         with self.call():
             return self.client.collection_exists(name)
 
+    def list_collections(self) -> list[str]:
+        with self.call():
+            return sorted(c.name for c in self.client.get_collections().collections)
+
     def aliases(self) -> dict[str, str]:
         with self.call():
             return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}

@@ -1,0 +1,283 @@
+"""``visual-search bench --only scale``: the embedded engine (qdrant-edge) at 10k and 100k points.
+
+Synthetic clustered vectors stand in for a catalogue of that size (embedding 100k photos would
+take longer than the benchmark): 1280-d, products of 4 photos each around a product centre,
+products grouped in clusters of look-alikes, with category / brand / price payloads. The store is
+configured as for servers (HNSW m=16, ef_construct=128, int8 scalar quantisation in RAM with
+rescoring, original vectors on disk) in a temporary folder on disk. Measured per size: build
+time (upserts, then the HNSW build), median / p90 latency of top-10, filtered top-10,
+one-per-product and filtered one-per-product searches, recall@10 of each against exact
+(numpy) search, the store's RSS and its real bytes on disk. One row of qdrant-client's local
+mode (the previous embedded engine) at 10k is kept for comparison.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+DIM = 1280
+PER_PRODUCT = 4
+CATEGORIES = 20
+BRANDS = 25
+QUERIES = 100
+FILTER = {"category": "cat-3", "price": {"gte": 5, "lte": 30}}
+
+
+@dataclass
+class Synthetic:
+    vectors: np.ndarray  # (n, DIM) float32, unit length
+    products: np.ndarray  # product index of each vector
+    category: np.ndarray
+    price: np.ndarray
+
+
+def synthetic(count: int, seed: int = 7) -> Synthetic:
+    """Clustered unit vectors: cluster centre + product offset + photo noise."""
+    rng = np.random.default_rng(seed)
+    n_products = count // PER_PRODUCT
+    clusters = rng.normal(size=(max(1, n_products // 50), DIM)).astype(np.float32)
+    of_cluster = rng.integers(0, len(clusters), n_products)
+    centres = clusters[of_cluster] + 0.8 * rng.normal(size=(n_products, DIM)).astype(np.float32)
+    products = np.arange(count) // PER_PRODUCT
+    vectors = np.empty((count, DIM), np.float32)
+    for start in range(0, count, 10000):  # in chunks: no second full-size temporary
+        part = products[start : start + 10000]
+        chunk = centres[part] + 0.6 * rng.normal(size=(len(part), DIM)).astype(np.float32)
+        vectors[start : start + len(part)] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    category = (products * 7) % CATEGORIES
+    price = 1.0 + (products * 13) % 50
+    return Synthetic(vectors, products, category, price)
+
+
+def payload(data: Synthetic, n: int) -> dict:
+    product = int(data.products[n])
+    return {
+        "product_id": f"sku-{product}",
+        "bucket": "bench",
+        "key": f"sku-{product}/{n}.jpg",
+        "category": f"cat-{int(data.category[n])}",
+        "brand": f"brand-{product % BRANDS}",
+        "price": float(data.price[n]),
+    }
+
+
+def queries(data: Synthetic, seed: int = 11) -> np.ndarray:
+    """Other photos of stored products: stored vectors moved by fresh noise."""
+    rng = np.random.default_rng(seed)
+    picked = data.vectors[rng.choice(len(data.vectors), QUERIES, replace=False)]
+    moved = picked + 0.03 * rng.normal(size=picked.shape).astype(np.float32)
+    return moved / np.linalg.norm(moved, axis=1, keepdims=True)
+
+
+def exact(data: Synthetic, query: np.ndarray, filtered: bool, grouped: bool, k: int = 10) -> list[str]:
+    """The true top-k point ids (or product ids when grouped), by brute force."""
+    from .domain import point_id
+
+    scores = data.vectors @ query
+    if filtered:
+        mask = (data.category == 3) & (data.price >= 5) & (data.price <= 30)
+        scores = np.where(mask, scores, -np.inf)
+    order = np.argsort(-scores)
+    if not grouped:
+        return [point_id("bench", payload(data, int(n))["key"]) for n in order[:k] if np.isfinite(scores[n])]
+    seen: list[str] = []
+    for n in order:
+        if not np.isfinite(scores[n]):
+            break
+        product = f"sku-{int(data.products[n])}"
+        if product not in seen:
+            seen.append(product)
+            if len(seen) == k:
+                break
+    return seen
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+CASES = {
+    "top10": (False, False),
+    "filtered": (True, False),
+    "one_per_product": (False, True),
+    "filtered_one_per_product": (True, True),
+}
+
+
+def measure_store(store, data: Synthetic, qs: np.ndarray, truth: dict) -> dict:
+    from .domain import Query
+
+    row: dict = {}
+    for case, (filtered, grouped) in CASES.items():
+        query = Query(top_k=10, group_by_product=grouped, filters=FILTER if filtered else {})
+        store.search(qs[0], query)  # warm-up
+        times, recalls = [], []
+        for n, vector in enumerate(qs):
+            started = time.perf_counter()
+            hits = store.search(vector, query)
+            times.append((time.perf_counter() - started) * 1000.0)
+            got = [h.payload["product_id"] if grouped else h.id for h in hits]
+            want = truth[case][n]
+            recalls.append(len(set(got) & set(want)) / max(1, len(want)))
+        times.sort()
+        row[f"{case}_median_ms"] = round(statistics.median(times), 2)
+        row[f"{case}_p90_ms"] = round(times[int(0.9 * (len(times) - 1))], 2)
+        row[f"{case}_recall@10"] = round(float(np.mean(recalls)), 4)
+    return row
+
+
+def edge_row(size: int, log) -> dict:
+    from .config import StoreSettings
+    from .domain import ImagePoint
+    from .store import CatalogStore, open_backend
+    from .store.edge_backend import disk_bytes
+
+    data = synthetic(size)
+    qs = queries(data)
+    truth = {case: [exact(data, q, *flags) for q in qs] for case, flags in CASES.items()}
+    folder = tempfile.mkdtemp(prefix=f"bench-scale-{size}-")
+    settings = StoreSettings(path=folder, collection="scale")  # server defaults: HNSW, int8
+    store = CatalogStore(open_backend(settings), settings, "synthetic-clustered", DIM)
+    started = time.perf_counter()
+    for start in range(0, size, 1000):
+        store.upsert(
+            [
+                ImagePoint("bench", payload(data, n)["key"], data.vectors[n], payload(data, n))
+                for n in range(start, min(size, start + 1000))
+            ]
+        )
+    upsert_s = time.perf_counter() - started
+    log(f"scale {size}: upserted in {upsert_s:.1f} s; building the HNSW graph ...")
+    started = time.perf_counter()
+    store.optimize()
+    optimize_s = time.perf_counter() - started
+    store.close()
+    del data.vectors
+    gc.collect()
+    before = rss_mb()
+    started = time.perf_counter()
+    store = CatalogStore(open_backend(settings), settings, "synthetic-clustered", DIM)
+    store.count()
+    reopen_s = time.perf_counter() - started
+    data.vectors = np.zeros((0, DIM), np.float32)
+    row = {
+        "points": size,
+        "engine": "qdrant-edge (HNSW, int8)",
+        "upsert_s": round(upsert_s, 1),
+        "hnsw_build_s": round(optimize_s, 1),
+        "reopen_s": round(reopen_s, 2),
+        **measure_store(store, data, qs, truth),
+        "store_rss_mb": round(rss_mb() - before, 1),
+        "disk_mb": round(disk_bytes(folder) / 2**20, 1),
+    }
+    store.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    return row
+
+
+def local_mode_row(size: int, log) -> dict:
+    """The previous embedded engine, qdrant-client's local mode in memory, for comparison."""
+    from qdrant_client import QdrantClient
+
+    from .config import StoreSettings
+    from .domain import ImagePoint
+    from .store import CatalogStore
+    from .store.client_backend import ClientBackend
+    from .store.connection import Connection
+
+    data = synthetic(size)
+    qs = queries(data)[:20]
+    truth = {case: [exact(data, q, *flags) for q in qs] for case, flags in CASES.items()}
+    gc.collect()
+    before = rss_mb()
+    settings = StoreSettings(path=":memory:", collection="scale-local")
+    backend = ClientBackend(Connection(QdrantClient(location=":memory:"), settings), settings)
+    store = CatalogStore(backend, settings, "synthetic-clustered", DIM)
+    started = time.perf_counter()
+    for start in range(0, size, 1000):
+        store.upsert(
+            [
+                ImagePoint("bench", payload(data, n)["key"], data.vectors[n], payload(data, n))
+                for n in range(start, min(size, start + 1000))
+            ]
+        )
+    upsert_s = time.perf_counter() - started
+    log(f"scale {size} (local mode): upserted in {upsert_s:.1f} s")
+    row = {
+        "points": size,
+        "engine": "qdrant-client local mode (exact, Python)",
+        "upsert_s": round(upsert_s, 1),
+        "hnsw_build_s": None,
+        "reopen_s": None,
+        **measure_store(store, data, qs, truth),
+        "store_rss_mb": round(rss_mb() - before, 1),
+        "disk_mb": None,
+    }
+    store.close()
+    return row
+
+
+def store_scaling(sizes=(10_000, 100_000), log=print) -> dict:
+    from .bench import bare_run_ms
+    from .model import get_embedder
+
+    bare = bare_run_ms(get_embedder(), 30)
+    rows = [edge_row(size, log) for size in sizes]
+    rows.append(local_mode_row(10_000, log))
+    for row in rows:
+        row["filtered_one_per_product_vs_bare_run"] = round(
+            row["filtered_one_per_product_median_ms"] / bare, 2
+        )
+    return {"scale": rows, "scale_bare_session_run_ms": bare, "scale_vectors": "synthetic clustered, 1280-d"}
+
+
+def print_scale(report: dict) -> None:
+    from .bench import markdown
+
+    print(
+        f"\nembedded store, vector search only ({report['scale_vectors']}; "
+        f"bare session.run {report['scale_bare_session_run_ms']} ms)"
+    )
+    headers = (
+        "points",
+        "engine",
+        "build s (upsert + HNSW)",
+        "top-10 ms",
+        "filtered ms",
+        "one per product ms",
+        "filtered, one per product ms",
+        "recall@10 (top-10 / filtered / grouped / filtered grouped)",
+        "store RSS MB",
+        "disk MB",
+    )
+    rows = []
+    for r in report["scale"]:
+        build = (
+            f"{r['upsert_s']} + {r['hnsw_build_s']}" if r["hnsw_build_s"] is not None else f"{r['upsert_s']}"
+        )
+        rows.append(
+            (
+                r["points"],
+                r["engine"],
+                build,
+                r["top10_median_ms"],
+                r["filtered_median_ms"],
+                r["one_per_product_median_ms"],
+                r["filtered_one_per_product_median_ms"],
+                " / ".join(str(r[f"{c}_recall@10"]) for c in CASES),
+                r["store_rss_mb"],
+                r["disk_mb"] if r["disk_mb"] is not None else "-",
+            )
+        )
+    print(markdown(headers, rows))
