@@ -233,8 +233,12 @@ def store_scaling(sizes=(10_000, 100_000), log=print) -> dict:
     from .model import get_embedder
 
     bare = bare_run_ms(get_embedder(), 30)
-    rows = [edge_row(size, log) for size in sizes]
-    rows.append(local_mode_row(10_000, log))
+    import json
+
+    rows = []
+    for measure, size in [*((edge_row, s) for s in sizes), (local_mode_row, 10_000)]:
+        rows.append(measure(size, log))
+        log(f"scale row: {json.dumps(rows[-1])}")  # kept even if a later, bigger size is cut short
     for row in rows:
         row["filtered_one_per_product_vs_bare_run"] = round(
             row["filtered_one_per_product_median_ms"] / bare, 2

@@ -1,15 +1,17 @@
 """Everything Qdrant: the catalogue collection, its points, and the queries the service runs.
 
 One contract, ``CatalogStore``, over one backend (``backend.py`` is the seam): qdrant-client for
-a Qdrant server or Qdrant Cloud (production, where HNSW, quantisation, payload indexes and
-sharding live) and for qdrant-client's local mode. A point is one image: its id is a uuid5 of
+a Qdrant server or Qdrant Cloud (``QDRANT_URL``: production, where sharding and replication
+live; ``client_backend.py``) and qdrant-edge, Qdrant's engine in-process, for the embedded
+folder (``QDRANT_PATH``; ``edge_backend.py``). A point is one image: its id is a uuid5 of
 ``bucket/key`` so re-indexing an image overwrites it, and its payload carries the product's
 metadata. The collection records which model built it and refuses vectors from any other.
 
 - ``connection``: the API key (SSM / Secrets Manager, rotation) and the client;
 - ``collections``: aliases, physical collections, model / fingerprint metadata, payload indexes;
 - ``queries``: ``Filter`` -> Qdrant filter, grouping by product, rerank prefetch, pages;
-- ``catalog_store``: ``CatalogStore`` (named vectors from a dict: see its docstring).
+- ``catalog_store``: ``CatalogStore`` (named vectors from a dict: see its docstring);
+- ``migrate``: converting a qdrant-client local-mode folder to qdrant-edge.
 
 The domain types (``Query``, ``Hit``, ``ImagePoint``, ``Filter``) live in ``visual_search.domain``
 and are re-exported here for existing callers.
