@@ -7,7 +7,7 @@ grouping, so this adapter keeps, under ``QDRANT_PATH``:
 - ``collections/<name>/``: one edge shard per physical collection;
 - ``catalogue.json``: the collections (their named vectors and metadata) and the aliases,
   replaced atomically (written beside it, fsynced, renamed);
-- ``.edge.lock``: held while a process has the folder open (one process per folder, as edge's own
+- ``.lock``: held while a process has the folder open (one process per folder, as edge's own
   WAL lock enforces per shard).
 
 Grouping by product is done by the store in rounds (``groups_natively`` is False). ``optimize``
@@ -54,7 +54,7 @@ SHARDS = "collections"
 FORMAT = 1
 MIGRATE_COMMAND = "visual-search migrate-store"
 BACKUP = "local-mode-backup"  # where a migration leaves the local-mode files
-LOCK = ".edge.lock"
+LOCK = ".lock"  # the name qdrant-client used: the local stack probes it before loading the model
 
 
 class LegacyFolderError(StoreUnavailableError):
