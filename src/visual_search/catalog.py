@@ -2,7 +2,9 @@
 
 ``Catalog`` joins the embedder (bytes -> vector) and the store (vectors <-> Qdrant). It knows
 how an S3 object's metadata becomes a product payload, and it times each stage of a search so
-the API can report where the milliseconds went.
+the API can report where the milliseconds went. Its callers (ingest, the API, the CLI, the
+local stack) use its methods only, never its embedder or store: health, counts, facets, stored
+payloads, decoding ahead of ``index``, and its description (``info``) are all here.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from datetime import datetime, timezone
 from email.header import decode_header, make_header
 from functools import lru_cache
 from pathlib import PurePosixPath
-from typing import Any, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .config import Settings, get_settings
+from .config import ImageLimits, Settings, get_settings
 from .domain import Hit, ImagePoint, Query
-from .errors import ImageError
+from .errors import ImageError, StoreUnavailableError
 from .images import Region
 from .model import Embedder, get_embedder
 from .store import CatalogStore
@@ -106,6 +109,17 @@ class SearchResult:
     hits: list[Hit]
     model_id: str
     timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CatalogHealth:
+    """Whether the store answers, and how many images the collection holds (None if not)."""
+
+    model_id: str
+    collection: str
+    store_mode: str
+    reachable: bool
+    points: int | None
 
 
 def product_id_for(key: str, metadata: Mapping[str, str]) -> str:
@@ -225,6 +239,104 @@ class Catalog:
     def model_id(self) -> str:
         return self.embedder.model_id
 
+    # -- about the catalogue -----------------------------------------------------------------
+
+    @property
+    def collection(self) -> str:
+        """The collection (or alias) name searches and writes go to."""
+        return self.store.collection
+
+    @property
+    def store_mode(self) -> str:
+        """``server``, ``local`` or ``memory``: where the store lives."""
+        return self.store.settings.mode
+
+    @property
+    def space(self) -> str:
+        """The embedding space the collection's vectors belong to (model, version, input)."""
+        return self.store.space
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """The byte and pixel limits images are decoded under."""
+        return self.embedder.limits
+
+    def count(self) -> int:
+        return self.store.count()
+
+    def facets(self) -> dict:
+        """Categories and brands with their image counts."""
+        return self.store.facets()
+
+    def health(self) -> CatalogHealth:
+        points = None
+        reachable = self.store.ping()
+        if reachable:
+            try:
+                points = self.store.count()
+            except StoreUnavailableError:
+                reachable = False
+        return CatalogHealth(self.model_id, self.collection, self.store_mode, reachable, points)
+
+    def info(self) -> dict[str, Any]:
+        """The model and the store, as ``visual-search info`` prints them."""
+        card = self.embedder.card
+        return {
+            "model": {
+                "id": card.id,
+                "version": card.version,
+                "embedding_dim": card.embedding_dim,
+                "distance": card.distance,
+                "dir": str(self.embedder.model_dir),
+            },
+            "store": {
+                "mode": self.store_mode,
+                "collection": self.collection,
+                "points": self.count(),
+                "disk_bytes": self.store_info()["disk_bytes"],
+            },
+        }
+
+    def stored(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+        """The payloads of the images at these (bucket, key) refs that are in the catalogue."""
+        return self.store.get_images(refs)
+
+    def images_in(self, bucket: str | None = None) -> Iterator[Hit]:
+        """Every image of ``bucket`` (of all buckets: None) in the catalogue (payloads, no vectors)."""
+        return self.store.scroll({"bucket": bucket} if bucket is not None else {})
+
+    def close(self) -> None:
+        """Flush and release the store (embedded Qdrant holds a folder lock)."""
+        self.store.close()
+
+    # -- collections (re-indexing) -----------------------------------------------------------
+
+    def physical_collection(self) -> str | None:
+        """The collection ``collection`` names (the alias's target, or itself), if any."""
+        return self.store.physical_collection()
+
+    def new_collection(self, name: str) -> Catalog:
+        """The same models writing to a new, empty collection ``name``."""
+        return Catalog(self.embedder, self.store.new_collection(name), self.reranker)
+
+    def drop_collection(self, name: str) -> None:
+        self.store.drop_collection(name)
+
+    def point_alias(self, target: str) -> None:
+        """Point the alias ``collection`` at ``target`` (atomically)."""
+        self.store.point_alias(target)
+
+    def payloads_in(self, collection: str, fields: Sequence[str]) -> Iterator[dict]:
+        """These payload fields of every point of a physical collection."""
+        return self.store.payloads_in(collection, fields)
+
+    # -- images ------------------------------------------------------------------------------
+
+    def decode(self, data: bytes) -> Any:
+        """The model input of an image, made ahead of ``index`` (e.g. in a download thread, see
+        ``ImageSource.pixels``); raises ``ImageError``."""
+        return self.embedder.preprocess(data)
+
     def index(self, sources: Sequence[ImageSource]) -> IndexBatch:
         """Embed all images in one batch and upsert the good ones; bad images carry their error."""
         started = time.perf_counter()
@@ -271,12 +383,13 @@ class Catalog:
         """The products nearest to a photo (to ``region`` of it only, when given)."""
         started = time.perf_counter()
         extra = (region,) if region is not None else ()  # embedders without regions still work
+        reranker = self.reranker
         pixels = self.embedder.preprocess(data, *extra)
-        second = self.reranker.preprocess(data, *extra) if self.reranker else None
+        second = reranker.preprocess(data, *extra) if reranker else None
         decoded = time.perf_counter()
         vector = self.embedder.embed_pixels(pixels[None])[0]
-        if second is not None:
-            query = replace(query, rerank=self.reranker.embed_pixels(second[None])[0])
+        if reranker is not None and second is not None:
+            query = replace(query, rerank=reranker.embed_pixels(second[None])[0])
         embedded = time.perf_counter()
         hits = self.store.search(vector, query)
         done = time.perf_counter()
@@ -309,5 +422,5 @@ def get_catalog() -> Catalog:
     """The process-wide catalogue (one model session, one Qdrant client)."""
     catalog = Catalog.open()
     # Embedded Qdrant holds a folder lock and buffers writes: release both on exit.
-    atexit.register(catalog.store.close)
+    atexit.register(catalog.close)
     return catalog

@@ -36,7 +36,7 @@ def ingest_folder(
     bar = _progress(None, len(images), f"indexing {folder.name}", quiet)
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
-        stored = catalog.store.get_images([(bucket, img.key) for img in chunk])
+        stored = catalog.stored([(bucket, img.key) for img in chunk])
         sources = []
         for img in chunk:
             data = img.path.read_bytes()
@@ -61,7 +61,7 @@ def ingest_folder(
         present = {img.key for img in images}
         gone = [
             (bucket, h.payload["key"])
-            for h in catalog.store.scroll({"bucket": bucket})
+            for h in catalog.images_in(bucket)
             if h.payload.get("key") not in present
         ]
         catalog.remove(gone)
@@ -116,14 +116,11 @@ def cmd_demo(args) -> int:
     if not os.environ.get("QDRANT_URL") and not args.persist:
         os.environ["QDRANT_PATH"] = ":memory:"  # a throwaway catalogue, apart from the dev stack's
     catalog = get_catalog()
-    print(
-        f"model {catalog.model_id}; store {catalog.store.settings.mode} "
-        f"collection {catalog.store.collection!r}"
-    )
+    print(f"model {catalog.model_id}; store {catalog.store_mode} collection {catalog.collection!r}")
     counts = ingest_folder(catalog, folder, args.bucket)
     print(
         f"indexed {counts['indexed']} images ({counts['failed']} failed); "
-        f"{catalog.store.count()} images in the catalogue"
+        f"{catalog.count()} images in the catalogue"
     )
     query_image = Path(args.query) if args.query else images[0].path
     print(f"\nsample query: {query_image}")
@@ -261,28 +258,7 @@ def cmd_search(args) -> int:
 def cmd_info(args) -> int:
     from .catalog import get_catalog
 
-    catalog = get_catalog()
-    card = catalog.embedder.card
-    print(
-        json.dumps(
-            {
-                "model": {
-                    "id": card.id,
-                    "version": card.version,
-                    "embedding_dim": card.embedding_dim,
-                    "distance": card.distance,
-                    "dir": str(catalog.embedder.model_dir),
-                },
-                "store": {
-                    "mode": catalog.store.settings.mode,
-                    "collection": catalog.store.collection,
-                    "points": catalog.store.count(),
-                    "disk_bytes": catalog.store_info()["disk_bytes"],
-                },
-            },
-            indent=2,
-        )
-    )
+    print(json.dumps(get_catalog().info(), indent=2))
     return 0
 
 

@@ -278,12 +278,12 @@ def _evaluate_split(images, embedder, is_query, progress, batch, reranker) -> Ev
         if r:
             aps.append(average_precision_at_r(relevant, r))
         progress(1)
-    catalog.store.close()
+    catalog.close()
     latencies.sort()
     metrics = {f"recall@{k}": round(float(np.mean(v)), 4) for k, v in recalls.items()}
     metrics["mAP@R"] = round(float(np.mean(aps)), 4) if aps else 0.0
     return EvalResult(
-        catalog.store.space,
+        catalog.space,
         len(images),
         len({product_of(img) for img in images}),
         metrics,

@@ -119,7 +119,7 @@ class Ingestor:
         """With the environment's ingest settings and the catalogue embedder's image limits."""
         from .config import get_settings
 
-        return cls(catalog, s3_client, get_settings().ingest, catalog.embedder.limits)
+        return cls(catalog, s3_client, get_settings().ingest, catalog.image_limits)
 
     # -- filtering ---------------------------------------------------------------------------
 
@@ -179,7 +179,7 @@ class Ingestor:
         got = self.fetch(bucket, key)
         if got.data and self.is_image(key, got):
             try:
-                got.pixels = self.catalog.embedder.preprocess(got.data)
+                got.pixels = self.catalog.decode(got.data)
             except ImageError as exc:
                 got.pixels = exc
         return got
@@ -288,7 +288,7 @@ class Ingestor:
     def _not_stale(self, pending: list[Item]) -> list[Item]:
         """The changes newer than what is applied for their key (by the stored sequencer)."""
         try:
-            applied = self.catalog.store.get_images([item.change.ref for item in pending])
+            applied = self.catalog.stored([item.change.ref for item in pending])
         except StoreUnavailableError as exc:
             for item in pending:
                 item.settle(Status.RETRY, str(exc))

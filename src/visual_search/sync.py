@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 from .catalog import Catalog, is_image_key
 from .events import S3Change
 from .ingest import Ingestor, Outcome, bare_etag
-from .store import CatalogStore, slug
+from .store import slug
 
 RETRIES = 3
 
@@ -103,8 +103,8 @@ class Syncer:
         self.sleep = sleep
 
     @property
-    def store(self) -> CatalogStore:
-        return self.ingestor.catalog.store
+    def catalog(self) -> Catalog:
+        return self.ingestor.catalog
 
     def apply_with_retries(self, changes: list[S3Change]) -> list[Outcome]:
         """Apply; retry transient failures with backoff; return the final outcome of each."""
@@ -127,7 +127,7 @@ class Syncer:
             report.listed += len(chunk)
             wanted = [o for o in chunk if not self.ingestor.skip_reason(o.key)]
             report.skipped += len(chunk) - len(wanted)
-            stored = self.store.get_images([(o.bucket, o.key) for o in wanted])
+            stored = self.catalog.stored([(o.bucket, o.key) for o in wanted])
             todo = [o for o in wanted if bare_etag(stored.get((o.bucket, o.key), {}).get("etag")) != o.etag]
             report.unchanged += len(wanted) - len(todo)
             if todo:
@@ -167,7 +167,7 @@ class Syncer:
                 objects[obj.key] = obj
         points = {
             hit.payload.get("key"): bare_etag(hit.payload.get("etag"))
-            for hit in self.store.scroll({"bucket": bucket})
+            for hit in self.catalog.images_in(bucket)
             if str(hit.payload.get("key", "")).startswith(prefix)
         }
         missing = self._images_among(bucket, [k for k in objects if k not in points], report)
@@ -187,9 +187,9 @@ class Syncer:
         return report
 
 
-def written_to(store: CatalogStore, collection: str) -> Iterator[tuple[str, str, str]]:
+def written_to(catalog: Catalog, collection: str) -> Iterator[tuple[str, str, str]]:
     """(bucket, key, indexed_at) of every point of a collection, read without its vectors."""
-    for payload in store.payloads_in(collection, ["bucket", "key", "indexed_at"]):
+    for payload in catalog.payloads_in(collection, ["bucket", "key", "indexed_at"]):
         if payload.get("bucket") and payload.get("key"):
             yield payload["bucket"], payload["key"], str(payload.get("indexed_at", ""))
 
@@ -204,12 +204,12 @@ def _shared_folder(a: str, b: str) -> str:
     return "".join(parts)
 
 
-def sources_in(store: CatalogStore, collection: str) -> list[tuple[str, str]]:
+def sources_in(catalog: Catalog, collection: str) -> list[tuple[str, str]]:
     """Where a collection's images came from: per bucket, the deepest folder its keys share
     under each top-level folder (``catalog/shoes/``), so a re-index reads what was indexed and
     not the rest of the bucket (query uploads, exports, ...)."""
     shared: dict[tuple[str, str], str] = {}
-    for bucket, key, _ in written_to(store, collection):
+    for bucket, key, _ in written_to(catalog, collection):
         folder = key.rpartition("/")[0] + "/" if "/" in key else ""
         top = (bucket, folder.partition("/")[0])
         shared[top] = _shared_folder(shared.get(top, folder), folder)
@@ -233,17 +233,16 @@ def reindex(
 
     Searches keep answering from the old collection until the alias switches (atomically).
     """
-    store = catalog.store
-    old = store.physical_collection()
+    old = catalog.physical_collection()
     if sources is None:
-        sources = sources_in(store, old) if old else []
+        sources = sources_in(catalog, old) if old else []
     if not sources:
         raise ValueError("nothing to re-index from: give --source s3://bucket/prefix")
     started = datetime.now(timezone.utc)
     stamp = started.strftime("%Y%m%d%H%M%S%f")
-    new = f"{store.collection}-{slug(catalog.model_id)}-{stamp}"
-    new_store = store.new_collection(new)
-    ingestor = Ingestor.configured(Catalog(catalog.embedder, new_store, catalog.reranker), s3)
+    new = f"{catalog.collection}-{slug(catalog.model_id)}-{stamp}"
+    building = catalog.new_collection(new)
+    ingestor = Ingestor.configured(building, s3)
     syncer = Syncer(ingestor, progress)
     reports = {}
     try:
@@ -251,35 +250,35 @@ def reindex(
             log(f"indexing s3://{bucket}/{prefix} into {new}")
             reports[f"s3://{bucket}/{prefix}"] = syncer.backfill(bucket, prefix).as_dict()
     except BaseException:  # S3 or Qdrant gone, Ctrl-C: the alias never moved; leave no debris
-        log(f"re-index stopped before the switch: dropping {new}; {store.collection!r} is unchanged")
-        new_store.drop_collection(new)
+        log(f"re-index stopped before the switch: dropping {new}; {catalog.collection!r} is unchanged")
+        building.drop_collection(new)
         raise
     log(f"building the search index of {new} ...")
-    new_store.optimize()  # before the switch: searches move to an indexed collection
-    if old == store.collection:  # a plain collection, not yet an alias: replace it
+    building.optimize()  # before the switch: searches move to an indexed collection
+    if old == catalog.collection:  # a plain collection, not yet an alias: replace it
         if keep_old:
             log(
                 f"{old!r} is a plain collection, not an alias: it must go for the alias to "
                 f"take its name, so it is dropped despite --keep-old"
             )
-        store.drop_collection(old)
-    store.point_alias(new)
-    log(f"alias {store.collection!r} now points at {new}")
+        catalog.drop_collection(old)
+    catalog.point_alias(new)
+    log(f"alias {catalog.collection!r} now points at {new}")
     catch_up = Syncer(Ingestor.configured(catalog, s3))
     for bucket, prefix in sources:
         catch_up.reconcile(bucket, prefix)
-    if old and old != store.collection:  # what the live ingest function wrote meanwhile,
+    if old and old != catalog.collection:  # what the live ingest function wrote meanwhile,
         # a metadata-only change (same ETag) included
         since = started.isoformat(timespec="seconds")
         touched = [
             (b, k)
-            for b, k, at in written_to(store, old)
+            for b, k, at in written_to(catalog, old)
             if at >= since and any(b == bucket and k.startswith(prefix) for bucket, prefix in sources)
         ]
         if touched:
             log(f"applying again {len(touched)} images changed during the re-index")
             catch_up.apply_with_retries([S3Change(b, k, "created", "Reindex") for b, k in touched])
-    if old and old != store.collection and not keep_old:
-        store.drop_collection(old)
+    if old and old != catalog.collection and not keep_old:
+        catalog.drop_collection(old)
         log(f"dropped the old collection {old}")
     return {"collection": new, "previous": old, "sources": reports}

@@ -82,7 +82,7 @@ def test_backfill_is_idempotent_and_resumable(s3, upload, embedder):
     assert second.indexed == 1 and second.unchanged == 11 and len(flaky.gets) == 1
     third = syncer.backfill(BUCKET, "catalog/")
     assert third.indexed == 0 and third.unchanged == 12
-    assert len(keys(syncer.store)) == 12
+    assert len(keys(syncer.catalog.store)) == 12
 
 
 def test_transient_failures_are_retried_within_a_run(s3, upload, embedder):
@@ -105,11 +105,11 @@ def test_reconcile_repairs_both_kinds_of_drift(s3, upload, embedder, demo_images
         s3.put_object(Bucket=BUCKET, Key="catalog/" + img.key, Body=img.path.read_bytes())
     dry = syncer.reconcile(BUCKET, "catalog/", dry_run=True)
     assert (dry.missing, dry.changed, dry.orphaned) == (2, 1, 1)
-    assert len(keys(syncer.store)) == 10  # dry run changed nothing
+    assert len(keys(syncer.catalog.store)) == 10  # dry run changed nothing
     fixed = syncer.reconcile(BUCKET, "catalog/")
     assert fixed.indexed == 3 and fixed.deleted == 1
     listed = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"] if o["Key"].endswith(".jpg")}
-    assert keys(syncer.store) == listed
+    assert keys(syncer.catalog.store) == listed
     again = syncer.reconcile(BUCKET, "catalog/", dry_run=True)
     assert (again.missing, again.changed, again.orphaned) == (0, 0, 0)
 
@@ -138,7 +138,7 @@ def test_reconcile_converges_when_the_bucket_holds_objects_that_are_not_images(s
     syncer.reconcile(BUCKET, "catalog/")
     again = syncer.reconcile(BUCKET, "catalog/", dry_run=True)
     assert (again.missing, again.changed, again.orphaned) == (0, 0, 0)
-    assert "catalog/p9/IMG_2024.05.01" in keys(syncer.store)
+    assert "catalog/p9/IMG_2024.05.01" in keys(syncer.catalog.store)
 
 
 def test_reindex_switches_the_alias_to_a_collection_of_the_current_model(s3, upload, embedder):
@@ -147,17 +147,17 @@ def test_reindex_switches_the_alias_to_a_collection_of_the_current_model(s3, upl
     # A collection built by an older model (same size vectors, another id).
     old = make_syncer(embedder, s3, "shop", client, model_id="efficientnet-lite0-imagenet-v0")
     old.backfill(BUCKET, "catalog/")
-    old_physical = old.store.physical_collection()
+    old_physical = old.catalog.store.physical_collection()
     current = make_syncer(embedder, s3, "shop", client)
     with pytest.raises(Exception, match="efficientnet-lite0-imagenet-v0"):
-        current.store.count()
+        current.catalog.store.count()
     result = reindex(current.ingestor.catalog, s3, log=lambda m: None)
     assert result["previous"] == old_physical and result["collection"].startswith("shop-")
-    assert current.store.physical_collection() == result["collection"]
-    assert current.store.count() == 8
+    assert current.catalog.store.physical_collection() == result["collection"]
+    assert current.catalog.store.count() == 8
     assert not client.collection_exists(old_physical)
-    hits = current.store.search(
-        embedder.embed(s3.get_object(Bucket=BUCKET, Key=next(iter(keys(current.store))))["Body"].read()),
+    hits = current.catalog.store.search(
+        embedder.embed(s3.get_object(Bucket=BUCKET, Key=next(iter(keys(current.catalog.store))))["Body"].read()),
         Query(top_k=3, group_by_product=False),
     )
     assert len(hits) == 3
@@ -170,7 +170,7 @@ def test_a_metadata_change_during_a_reindex_reaches_the_new_collection(s3, uploa
     client = open_backend(StoreSettings(path=":memory:"))
     live = make_syncer(embedder, s3, "shop", client)
     live.backfill(BUCKET, "catalog/")
-    key = sorted(keys(live.store))[0]
+    key = sorted(keys(live.catalog.store))[0]
     changed = []
 
     def change_price_once(_):
@@ -199,7 +199,7 @@ def test_a_metadata_change_during_a_reindex_reaches_the_new_collection(s3, uploa
         log=lambda m: None,
     )
     assert changed == ["indexed"]
-    assert current.store.get_images([(BUCKET, key)])[(BUCKET, key)]["price"] == 9.99
+    assert current.catalog.store.get_images([(BUCKET, key)])[(BUCKET, key)]["price"] == 9.99
 
 
 def test_a_reindex_that_fails_before_the_switch_leaves_nothing_behind(s3, upload, embedder):
@@ -216,7 +216,7 @@ def test_a_reindex_that_fails_before_the_switch_leaves_nothing_behind(s3, upload
             log=lambda m: None,
         )
     assert set(client.list_collections()) == before
-    assert live.store.count() == 4  # searches still answer from the old collection
+    assert live.catalog.store.count() == 4  # searches still answer from the old collection
 
 
 def test_reindex_reads_only_the_folders_that_were_indexed(s3, upload, embedder, demo_images):
@@ -229,7 +229,7 @@ def test_reindex_reads_only_the_folders_that_were_indexed(s3, upload, embedder, 
     photo = demo_images[40].path.read_bytes()
     for key in ("query-uploads/0123abcd.jpg", "uploads-of-another-app/x.jpg", "exports/y.jpg"):
         s3.put_object(Bucket=BUCKET, Key=key, Body=photo, ContentType="image/jpeg")
-    indexed = keys(live.store)
+    indexed = keys(live.catalog.store)
     result = reindex(live.ingestor.catalog, s3, log=lambda m: None)
     assert list(result["sources"]) == ["s3://product-images/catalog/"]
-    assert keys(live.store) == indexed
+    assert keys(live.catalog.store) == indexed

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 
 from ..api_models import ErrorResponse, HealthResponse, SearchResponse, UploadResponse
-from ..errors import ImageTooLargeError, InvalidOptions, RequestError, StoreUnavailableError
+from ..errors import ImageTooLargeError, InvalidOptions, RequestError
 from .requests import IMAGE_TYPES, query_options, search_input, upload_request, uploaded_image
 from .responses import search_response
 
@@ -103,27 +103,19 @@ def uploads():
 
 
 def health():
-    api = current()
-    store = api.catalog.store
-    points = None
-    reachable = store.ping()
-    if reachable:
-        try:
-            points = store.count()
-        except StoreUnavailableError:
-            reachable = False
+    health = current().catalog.health()
     return HealthResponse(
-        status="ok" if reachable else "degraded",
-        model=api.catalog.model_id,
-        collection=store.collection,
-        store=store.settings.mode,
-        store_reachable=reachable,
-        points=points,
+        status="ok" if health.reachable else "degraded",
+        model=health.model_id,
+        collection=health.collection,
+        store=health.store_mode,
+        store_reachable=health.reachable,
+        points=health.points,
     ).model_dump()
 
 
 def facets():
-    return current().catalog.store.facets()
+    return current().catalog.facets()
 
 
 def openapi():

@@ -198,8 +198,7 @@ class DevStack:
 
         o = self.options
         ingestor: Ingestor = self.ingest.ingestor
-        store = ingestor.catalog.store
-        foreign = [(h.payload.get("bucket"), h.payload.get("key")) for h in store.scroll({})]
+        foreign = [(h.payload.get("bucket"), h.payload.get("key")) for h in ingestor.catalog.images_in()]
         foreign = [(b, k) for b, k in foreign if b != o.bucket and b and k]
         if foreign:
             ingestor.catalog.remove(foreign)
@@ -302,15 +301,15 @@ class DevStack:
             f"{f' ({report.failed} failed)' if report.failed else ''}; indexing through the ingest function ..."
         )
         started = time.monotonic()
-        store = self.ingest.ingestor.catalog.store
+        catalog = self.ingest.ingestor.catalog
         refs = [(self.options.bucket, object_key("catalog", img)) for img in images]
         while time.monotonic() - started < 120:  # until every demo image is in the catalogue
-            if len(store.get_images(refs)) == len(refs) or self.bridge.dead_letters:
+            if len(catalog.stored(refs)) == len(refs) or self.bridge.dead_letters:
                 break
             time.sleep(0.1)
         self.log(
             f"demo catalogue indexed in {time.monotonic() - started:.1f} s "
-            f"({store.count()} images in the catalogue)"
+            f"({catalog.count()} images in the catalogue)"
         )
 
     # -- banner, run, stop -------------------------------------------------------------------
@@ -368,7 +367,7 @@ asynchronously: one image in well under a second; bulk loads index at the speed 
             if self.bridge.dead_letters:
                 self.log(f"{len(self.bridge.dead_letters)} notifications could not be delivered")
         if self.ingest:
-            self.ingest.ingestor.catalog.store.close()  # releases the data folder's lock
+            self.ingest.ingestor.catalog.close()  # releases the data folder's lock
         if self.moto:
             self.moto.stop()
         if self.lock:
