@@ -188,13 +188,11 @@ def edge_row(size: int, log) -> dict:
 
 def local_mode_row(size: int, log) -> dict:
     """The previous embedded engine, qdrant-client's local mode in memory, for comparison."""
-    from qdrant_client import QdrantClient
-
     from .config import StoreSettings
     from .domain import ImagePoint
     from .store import CatalogStore
     from .store.client_backend import ClientBackend
-    from .store.connection import Connection
+    from .store.connection import Connection, connect
 
     data = synthetic(size)
     qs = queries(data)[:20]
@@ -202,7 +200,7 @@ def local_mode_row(size: int, log) -> dict:
     gc.collect()
     before = rss_mb()
     settings = StoreSettings(path=":memory:", collection="scale-local")
-    backend = ClientBackend(Connection(QdrantClient(location=":memory:"), settings), settings)
+    backend = ClientBackend(Connection(connect(settings), settings), settings)  # local mode
     store = CatalogStore(backend, settings, "synthetic-clustered", DIM)
     started = time.perf_counter()
     for start in range(0, size, 1000):
