@@ -345,6 +345,12 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from .training.command import run
+
+    return run(args, lambda desc, total: _progress(None, total, desc, args.quiet))
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -585,6 +591,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="show the model and the store in use")
     info.set_defaults(func=cmd_info)
+
+    finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune the model on a catalogue's own photos (needs the train extra: torch)",
+        description="Train the current model's architecture from its ImageNet weights on the "
+        "product labels of SOURCE, validate on held-back photos and write a model folder "
+        "(model.onnx + model.json) for MODEL_DIR, only when it beats the base model.",
+    )
+    finetune.add_argument("source", help="a folder (one subfolder per product) or s3://bucket/prefix")
+    finetune.add_argument("--out", required=True, help="the model folder to write")
+    finetune.add_argument("--epochs", type=_int_in(0, 100), help="training epochs (default 4)")
+    finetune.add_argument(
+        "--image-size", type=_int_in(32, 1024), help="input px (default: the current model's)"
+    )
+    finetune.add_argument("--seed", type=int, default=0, help="seed of the split, order and augmentation")
+    finetune.add_argument("--device", choices=["cpu", "cuda"], help="default: CUDA when present, else CPU")
+    finetune.add_argument("--lr", type=float, help="peak learning rate (default 1e-4)")
+    finetune.add_argument("--reindex", action="store_true", help="then move the catalogue to the new model")
+    finetune.add_argument("--quiet", action="store_true", help="no progress bars")
+    finetune.set_defaults(func=cmd_finetune)
 
     bench = sub.add_parser("bench", help="measure decoding, inference and search speed")
     bench.add_argument("--repeat", type=_int_in(1), default=30, help="timed runs per case (default 30)")

@@ -188,6 +188,14 @@ def to_pixels(image: Image.Image, prep: Preprocess, fast: bool = True) -> np.nda
 def decode(data: bytes, prep: Preprocess, limits: ImageLimits, region: Region | None = None) -> np.ndarray:
     """Image file bytes -> the model's input tensor for one image (C, H, W); with ``region``,
     for that box of the EXIF-rotated image only."""
+    return to_pixels(decode_rgb(data, prep, limits, region), prep)
+
+
+def decode_rgb(
+    data: bytes, prep: Preprocess, limits: ImageLimits, region: Region | None = None
+) -> Image.Image:
+    """Image file bytes -> the upright RGB image (or its ``region``), decoded at the reduced
+    scale ``prep`` allows (what ``decode`` resizes; fine-tuning augments it first)."""
     image = open_image(data, limits)
     _draft_for(image, prep, region)
     image = _load(image)
@@ -197,7 +205,7 @@ def decode(data: bytes, prep: Preprocess, limits: ImageLimits, region: Region | 
         pass  # a broken EXIF block should not cost us an otherwise good photo
     if region is not None:
         image = image.crop(region.pixels(*image.size))
-    return to_pixels(_to_rgb(image), prep)
+    return _to_rgb(image)
 
 
 def describe(data: bytes, limits: ImageLimits) -> dict:

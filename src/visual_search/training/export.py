@@ -104,10 +104,10 @@ def export_onnx(model: EmbeddingNet, path: Path) -> None:
         )
 
 
-def sample_pixels(spec: NetworkSpec, photos: Sequence[Path] = ()) -> np.ndarray:
+def sample_pixels(spec: NetworkSpec, photos: Sequence[Path | bytes] = ()) -> np.ndarray:
     """A check batch: a few real photos (preprocessed as the service does) and random inputs."""
     prep, limits = preprocess_for(spec), ImageLimits()
-    real = [decode(p.read_bytes(), prep, limits) for p in photos]
+    real = [decode(p if isinstance(p, bytes) else p.read_bytes(), prep, limits) for p in photos]
     noise = np.random.default_rng(0).standard_normal((3, 3, spec.image_size, spec.image_size))
     return np.concatenate([np.stack(real), noise]).astype(np.float32) if real else noise.astype(np.float32)
 
@@ -133,7 +133,7 @@ def write_model_folder(
     model: EmbeddingNet,
     out: Path,
     model_id: str,
-    photos: Sequence[Path] = (),
+    photos: Sequence[Path | bytes] = (),
     **extra: Any,
 ) -> dict[str, Any]:
     """Export, verify against torch and write ``model.onnx`` + ``model.json`` into ``out``.
