@@ -65,10 +65,15 @@ def resolve_defaults(value, template: dict):
     """A value with Refs to parameters replaced by their defaults; None when it cannot be."""
     if isinstance(value, (str, int, float)):
         return str(value)
+    params = template.get("Parameters", {})
     if isinstance(value, dict) and set(value) == {"Ref"}:
-        param = template.get("Parameters", {}).get(value["Ref"])
+        param = params.get(value["Ref"])
         if param and "Default" in param:
             return str(param["Default"])
+    if isinstance(value, dict) and set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
+        names = re.findall(r"\$\{([^}]+)\}", value["Fn::Sub"])
+        if all("Default" in params.get(n, {}) for n in names):
+            return re.sub(r"\$\{([^}]+)\}", lambda m: str(params[m.group(1)]["Default"]), value["Fn::Sub"])
     return None
 
 

@@ -83,7 +83,8 @@ def test_no_secret_in_the_environment(template, function):
     env = function_environment(template, function)
     assert "QDRANT_API_KEY" not in env, "the key comes from SSM, never a plain environment value"
     assert env["QDRANT_API_KEY_PARAMETER"] == ref("QdrantApiKeyParameter")
-    assert env["MODEL_DIR"] == "/opt/efficientnet-lite0"
+    assert env["MODEL_DIR"] == {"Fn::Sub": "/opt/${ModelFolder}"}
+    assert resolve_defaults(env["MODEL_DIR"], template) == "/opt/efficientnet-lite0"
 
 
 def test_parameters(template):
@@ -106,8 +107,13 @@ def test_parameters(template):
 def test_model_dir_matches_the_model_layer(template):
     layer = template["Resources"]["ModelLayer"]
     assert "Metadata" not in layer, "the model layer is packaged as is, without a build"
-    model_dir = REPO / layer["Properties"]["ContentUri"] / "efficientnet-lite0"
+    folder = template["Parameters"]["ModelFolder"]
+    model_dir = REPO / layer["Properties"]["ContentUri"] / folder["Default"]
     assert (model_dir / "model.onnx").is_file() and (model_dir / "model.json").is_file()
+    # Every folder of the layer is a model the parameter can select: a card and its ONNX file.
+    for candidate in (REPO / layer["Properties"]["ContentUri"]).iterdir():
+        assert re.fullmatch(folder["AllowedPattern"], candidate.name), candidate
+        assert (candidate / "model.onnx").is_file() and (candidate / "model.json").is_file(), candidate
 
 
 def test_layers_and_runtime(template):

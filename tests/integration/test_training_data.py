@@ -14,7 +14,9 @@ BUCKET = "shop-photos"
 
 
 def fake(products: int, each: int) -> list[Photo]:
-    return [Photo(f"p{p:02d}", f"p{p:02d}/{n}.jpg", lambda: b"") for p in range(products) for n in range(each)]
+    return [
+        Photo(f"p{p:02d}", f"p{p:02d}/{n}.jpg", lambda: b"") for p in range(products) for n in range(each)
+    ]
 
 
 def test_folder_photos_are_labelled_as_ingest_labels_them():
@@ -76,3 +78,22 @@ def test_product_recall_ranks_products_by_their_best_photo():
     queries = np.asarray([[0.1, 0.9, 0.3, 0], [0, 0.2, 0.5, 0.9]], np.float32)
     result = product_recall(gallery, labels, queries, ["a", "b"])
     assert (result.recall_at_1, result.recall_at_5, result.queries) == (0.5, 1.0, 2)
+
+
+def test_with_vectors_the_held_back_photos_of_a_product_are_one_cluster():
+    """Two sessions per product: the held-back photos come from one, not from both."""
+    photos = fake(4, 10)
+    rng = np.random.default_rng(0)
+    sessions = {}
+    vectors = []
+    for i, photo in enumerate(photos):
+        session = i % 2  # alternate photos belong to two far-apart sessions
+        sessions[i] = session
+        centre = np.zeros(8)
+        centre[2 * int(photo.product_id[1:]) % 8 + session] = 5.0
+        vectors.append(centre + rng.normal(0, 0.1, 8))
+    vectors = np.asarray(vectors) / np.linalg.norm(vectors, axis=1, keepdims=True)
+    parts = split(photos, seed=3, vectors=vectors, query_fraction=0.3)
+    for product in {p.product_id for p in photos}:
+        held = [i for i in parts.queries if photos[i].product_id == product]
+        assert len(held) == 3 and len({sessions[i] for i in held}) == 1

@@ -87,7 +87,7 @@ def card_for(spec: NetworkSpec, model_id: str, sha256: str, dim: int, **extra: A
 
 def export_onnx(model: EmbeddingNet, path: Path) -> None:
     """Write the graph: one input, two outputs, a dynamic batch axis."""
-    model = model.eval().cpu()
+    model = model.eval().to("cpu", memory_format=torch.contiguous_format)
     size = model.spec.image_size
     with torch.no_grad(), warnings.catch_warnings():
         # The static "same" padding leaves Slice nodes torch cannot constant-fold: harmless.
@@ -117,7 +117,8 @@ def verify(model: EmbeddingNet, onnx_path: Path, pixels: np.ndarray) -> dict[str
     import onnxruntime as ort
 
     with torch.no_grad():
-        embedding, logits = (t.numpy() for t in model.eval().cpu()(torch.from_numpy(pixels)))
+        model = model.eval().to("cpu", memory_format=torch.contiguous_format)
+        embedding, logits = (t.numpy() for t in model(torch.from_numpy(pixels)))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got_embedding, got_logits = session.run(["embedding", "logits"], {"pixels": pixels})
     diff = {

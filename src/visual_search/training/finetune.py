@@ -130,23 +130,19 @@ def finetune(
     torch.manual_seed(options.seed)
 
     photos = photos_from(options.source, s3)
-    parts = split(photos, options.seed)
+    _check_enough(photos, split(photos, options.seed), options.source)
+    cache = PhotoCache(photos, preprocess_for(spec), progress=progress("decoding", len(photos)))
+    net = build(spec)
+    everyone = list(range(len(photos)))
+    base_vectors = embed_all(net, cache, everyone, device, progress=progress("base embeddings", len(photos)))
+    parts = split(photos, options.seed, base_vectors)
     trained = sorted({photos[i].product_id for i in parts.train})
-    if len(trained) < 2 or not parts.queries:
-        raise ValueError(
-            f"{options.source}: {len(photos)} photos of {len({p.product_id for p in photos})} products; "
-            "fine-tuning needs 2 or more products with 3 or more photos each"
-        )
     log(
         f"{len(photos)} photos of {len({p.product_id for p in photos})} products: training on "
         f"{len(parts.train)}, validating on {len(parts.queries)} held back"
         + (f" (and {len(parts.unseen_products)} whole products)" if parts.unseen_products else "")
         + f"; {spec.variant} at {spec.image_size} px, {spec.pooling} pooling, on {device}"
     )
-    cache = PhotoCache(photos, preprocess_for(spec), progress=progress("decoding", len(photos)))
-    net = build(spec)
-    everyone = list(range(len(photos)))
-    base_vectors = embed_all(net, cache, everyone, device, progress=progress("base embeddings", len(photos)))
     label_of = {p: i for i, p in enumerate(trained)}
     labels = np.asarray([label_of.get(p.product_id, -1) for p in photos])
     proxies = unit(
@@ -227,6 +223,15 @@ def finetune(
     (out / "model.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / CHECKPOINT).unlink(missing_ok=True)
     return FinetuneResult(out, card, validation, state.seconds)
+
+
+def _check_enough(photos: list[Photo], parts: Split, source: str) -> None:
+    trained = {photos[i].product_id for i in parts.train}
+    if len(trained) < 2 or not parts.queries:
+        raise ValueError(
+            f"{source}: {len(photos)} photos of {len({p.product_id for p in photos})} products; "
+            "fine-tuning needs 2 or more products with 3 or more photos each"
+        )
 
 
 def validate(photos: list[Photo], parts: Split, base: np.ndarray, tuned: np.ndarray, seed: int) -> Validation:
