@@ -23,7 +23,7 @@ from visual_search.folders import DEMO_CATALOG
 from visual_search.ingest import Ingestor
 from visual_search.lambdas import LambdaContext, load_function
 from visual_search.model import Embedder, ModelCard, file_sha256, get_embedder
-from visual_search.store import CatalogStore, Query, connect
+from visual_search.store import CatalogStore, Query, open_backend
 from visual_search.sync import Syncer, reindex
 from visual_search.training.data import PhotoCache, fingerprint, photos_from, split
 from visual_search.training.export import preprocess_for
@@ -120,7 +120,7 @@ def test_a_fine_tuned_folder_serves_both_functions_through_model_dir(tuned, monk
 
 def test_a_collection_built_with_the_base_model_is_refused_until_reindexed(tuned, embedder, demo_images):
     fine = Embedder(tuned)
-    client = connect(StoreSettings(path=":memory:"))
+    client = open_backend(StoreSettings(path=":memory:", collection="shop"))
 
     def catalog_of(model: Embedder) -> Catalog:
         settings = StoreSettings(path=":memory:", collection="shop")
