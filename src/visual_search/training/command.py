@@ -91,7 +91,7 @@ def _reindex(model_dir: Path, source: str) -> dict[str, Any]:
     )
     catalog = Catalog.open(settings, embedder=embedder)
     sources = None
-    if not catalog.store.physical_collection() and source.startswith("s3://"):
+    if not catalog.physical_collection() and source.startswith("s3://"):
         sources = [parse_s3_url(source)]  # nothing indexed yet: index the training source
     result = reindex(catalog, s3_client(), sources, log=_log)
     _log(f"the catalogue now uses {embedder.model_id}: deploy MODEL_DIR={model_dir} with it")
