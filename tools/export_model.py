@@ -5,9 +5,9 @@ time through onnxruntime (``MODEL_DIR``); torch is needed only here and by ``vis
 finetune`` (the ``train`` extra), never by the service or its default tests.
 
     .venv/bin/pip install -e '.[train]'
+    .venv/bin/python tools/export_model.py --out layers/model/efficientnet-lite0   # today's default
     .venv/bin/python tools/export_model.py --image-size 448 --pooling avg \\
-        --out layers/model/efficientnet-lite0-448   # the shipped default (docs/quality.md)
-    .venv/bin/python tools/export_model.py --out /tmp/lite0-224-gem   # the earlier 224 px GeM model
+        --out layers/model/efficientnet-lite0-448
 
 The graph has two outputs: ``embedding`` (the last feature map pooled by generalised mean
 (GeM, p=3) or by average, L2-normalised, so cosine similarity is a dot product) and ``logits``

@@ -84,7 +84,7 @@ def test_no_secret_in_the_environment(template, function):
     assert "QDRANT_API_KEY" not in env, "the key comes from SSM, never a plain environment value"
     assert env["QDRANT_API_KEY_PARAMETER"] == ref("QdrantApiKeyParameter")
     assert env["MODEL_DIR"] == {"Fn::Sub": "/opt/${ModelFolder}"}
-    assert resolve_defaults(env["MODEL_DIR"], template) == "/opt/efficientnet-lite0-448"
+    assert resolve_defaults(env["MODEL_DIR"], template) == "/opt/efficientnet-lite0"
 
 
 def test_parameters(template):

@@ -33,7 +33,7 @@ def run_eval(*extra: str) -> dict:
 def test_eval_reports_the_metrics_and_beats_raw_pixels():
     model = run_eval()
     pixels = run_eval("--baseline", "pixels")
-    assert KEYS <= set(model) and model["model"] == "efficientnet-lite0-imagenet-448"
+    assert KEYS <= set(model) and model["model"] == "efficientnet-lite0-imagenet-gem"
     assert model["images"] == 30 and model["products"] == 10
     for key in KEYS:
         assert 0.0 <= model[key] <= 1.0
