@@ -4,6 +4,11 @@ Lambda refuses a function whose code plus layers exceed 250 MB unzipped; this fa
 above a lower limit (230 MB by default) to keep a margin:
 
     python tools/lambda_size.py [--build-dir .aws-sam/build] [--limit-mb 230] [--json]
+                                [--architecture x86_64|arm64]
+
+It also reports the processor the native libraries in the package are built for (read from
+their ELF headers), and with ``--architecture`` fails (exit 1) when they are not all for that
+one: a layer built for x86_64 under an arm64 function fails only at its first import in Lambda.
 
 It reads the built template (.aws-sam/build/template.yaml): each AWS::Serverless::Function's
 CodeUri and its layers (Globals + its own Layers, given as Ref to an
@@ -58,6 +63,24 @@ def tree_size(path: Path) -> int:
     return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() or p.is_symlink())
 
 
+# ELF e_machine values (bytes 18-19, little-endian) of Lambda's two architectures
+ELF_MACHINES = {0x3E: "x86_64", 0xB7: "arm64"}
+
+
+def native_architectures(folder: Path) -> set[str]:
+    """Architectures of the shared libraries (*.so*) under a folder."""
+    found = set()
+    for path in folder.rglob("*.so*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        with open(path, "rb") as handle:
+            head = handle.read(20)
+        if len(head) == 20 and head[:4] == b"\x7fELF":
+            machine = int.from_bytes(head[18:20], "little")
+            found.add(ELF_MACHINES.get(machine, f"elf-machine-{machine:#x}"))
+    return found
+
+
 def function_sizes(build_dir: Path) -> list[dict]:
     """One row per function: its code and layers with their sizes in bytes."""
     template = load_template(build_dir / "template.yaml")
@@ -94,6 +117,7 @@ def function_sizes(build_dir: Path) -> list[dict]:
                 "parts": parts,
                 "unmeasured_layers": unmeasured,
                 "bytes": sum(p["bytes"] for p in parts),
+                "architectures": sorted(set().union(*(native_architectures(Path(p["path"])) for p in parts))),
             }
         )
     return rows
@@ -109,12 +133,22 @@ def main(argv: list[str] | None = None) -> int:
         help=f"fail above this many MiB (default {LIMIT_MB:g}; Lambda's limit is {LAMBDA_LIMIT_MB:g})",
     )
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    parser.add_argument(
+        "--architecture",
+        choices=sorted(set(ELF_MACHINES.values())),
+        help="fail unless every native library is built for this architecture",
+    )
     args = parser.parse_args(argv)
     if not (args.build_dir / "template.yaml").is_file():
         print(f"error: no {args.build_dir / 'template.yaml'}: run `sam build` first", file=sys.stderr)
         return 2
     rows = function_sizes(args.build_dir)
     over = [row for row in rows if row["bytes"] > args.limit_mb * MB]
+    wrong = [
+        row["function"]
+        for row in rows
+        if args.architecture and row["architectures"] not in ([], [args.architecture])
+    ]
     if args.json:
         print(
             json.dumps(
@@ -122,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                     "limit_mb": args.limit_mb,
                     "functions": rows,
                     "over_limit": [row["function"] for row in over],
+                    "wrong_architecture": wrong,
                 },
                 indent=2,
             )
@@ -132,11 +167,14 @@ def main(argv: list[str] | None = None) -> int:
             flag = "OVER THE LIMIT" if row in over else "ok"
             print(
                 f"{row['function']}: {row['bytes'] / MB:.1f} MB unzipped ({detail})"
-                f" - {flag} (limit {args.limit_mb:g} MB)"
+                f" - {flag} (limit {args.limit_mb:g} MB); native code: "
+                f"{', '.join(row['architectures']) or 'none'}"
             )
+            if row["function"] in wrong:
+                print(f"  WRONG ARCHITECTURE: expected {args.architecture} only")
             if row["unmeasured_layers"]:
                 print(f"  not measured (not in this template): {row['unmeasured_layers']}")
-    return 1 if over else 0
+    return 1 if over or wrong else 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Ingest function: S3 uploads, replacements and deletions keep the Qdrant catalogue in sync.
 
 Triggered by SQS (bucket notifications -> queue -> this function, partial batch failures
-reported) or directly by an S3 notification event. The model session, the Qdrant client and the
-S3 client are created at import time, in Lambda's init phase.
+reported) or directly by an S3 notification event. The model session and the Qdrant client are
+created at import time, in Lambda's init phase, the S3 client on first use. With SnapStart, the
+after-restore hook gives each resumed instance new clients (see visual_search.snapstart).
 """
 
 from __future__ import annotations
@@ -10,13 +11,27 @@ from __future__ import annotations
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from visual_search.aws import s3_client
+from visual_search.aws import LazyClient
 from visual_search.catalog import get_catalog
 from visual_search.events import EventError, S3Change, changes_in_message, event_kind, parse_sqs_body
+from visual_search.fleet import Router, message_target
 from visual_search.ingest import IngestBatch, Ingestor, Status
 from visual_search.observability import MetricUnit, logger, metrics, tracer
+from visual_search.snapstart import after_restore, prewarm, renew
 
-ingestor = Ingestor.configured(get_catalog(), s3_client())
+s3 = LazyClient()
+prewarm(s3)
+ingestor = Ingestor.configured(get_catalog(), s3)
+# Changes go to the live alias, and also to the collection a running re-index builds; those of
+# a re-index's own messages (which name their collection) go to that collection only.
+router = Router(ingestor)
+
+
+@after_restore
+def renew_after_restore() -> None:
+    renew(ingestor.catalog)
+    s3.reset()
+
 
 METRIC_NAMES = {
     "indexed": "ImagesIndexed",
@@ -58,6 +73,7 @@ def record_outcomes(batch: IngestBatch) -> None:
 def handle_sqs(event: dict) -> dict:
     changes: list[S3Change] = []
     owners: list[str] = []  # message id of each change
+    targets: list[str | None] = []  # the collection its message names, if any
     unreadable: dict[str, str] = {}
     for raw in event["Records"]:
         record = SQSRecord(raw)
@@ -68,7 +84,8 @@ def handle_sqs(event: dict) -> dict:
             continue
         changes += found
         owners += [record.message_id] * len(found)
-    batch = ingestor.apply_batch(changes)
+        targets += [message_target(raw)] * len(found)
+    batch = router.apply_batch(changes, targets)
     record_outcomes(batch)
     transient = {owner: o.reason for owner, o in zip(owners, batch.outcomes, strict=False) if o.transient}
     if unreadable:
@@ -87,7 +104,8 @@ def handle_sqs(event: dict) -> dict:
 
 
 def handle_s3(event: dict) -> dict:
-    batch = ingestor.apply_batch(list(changes_in_message(event)))
+    changes = list(changes_in_message(event))
+    batch = router.apply_batch(changes, [None] * len(changes))
     record_outcomes(batch)
     outcomes = batch.outcomes
     transient = [o for o in outcomes if o.transient]

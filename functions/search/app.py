@@ -1,7 +1,9 @@
 """Search function: the REST API (API Gateway proxy integration) for visual product search.
 
-The model session, the Qdrant client and the S3 client are created at import time, in Lambda's
-init phase; each request then only parses, embeds, searches and shapes the response.
+The model session and the Qdrant client are created at import time, in Lambda's init phase
+(the S3 client on first use: health, facets and searches without result URLs need none); each
+request then only parses, embeds, searches and shapes the response. With SnapStart, the
+after-restore hook gives each resumed instance new clients (see visual_search.snapstart).
 """
 
 from __future__ import annotations
@@ -9,13 +11,22 @@ from __future__ import annotations
 from aws_lambda_powertools.logging import correlation_paths
 
 from visual_search.api import SearchApi
-from visual_search.aws import s3_client
+from visual_search.aws import LazyClient
 from visual_search.catalog import get_catalog
 from visual_search.config import get_settings
 from visual_search.observability import MetricUnit, logger, metrics, tracer
+from visual_search.snapstart import after_restore, prewarm, renew
 
-api = SearchApi(get_catalog(), s3_client(), get_settings())
+s3 = LazyClient()
+prewarm(s3)
+api = SearchApi(get_catalog(), s3, get_settings())
 app = api.app
+
+
+@after_restore
+def renew_after_restore() -> None:
+    renew(api.catalog)
+    s3.reset()
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)

@@ -8,6 +8,8 @@ status) and what that means to a caller (the object is missing, the request was 
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -49,3 +51,35 @@ def is_refused(exc: BaseException) -> bool:
     """S3 refused the request itself (a 4xx other than throttling): retrying cannot help."""
     status = error_status(exc)
     return 400 <= status < 500 and status != 429
+
+
+class LazyClient:
+    """A boto3 client made on first use, and made again after ``reset()``.
+
+    The functions hold one of these instead of a client: a request that needs no S3 (health,
+    facets, a search without result URLs) does not pay for creating one, and after a SnapStart
+    restore ``reset()`` drops the client whose connections belong to the snapshot."""
+
+    def __init__(self, factory: Callable[[], Any] = s3_client):
+        self._factory = factory
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._factory()
+                client = self._client
+        return client
+
+    @property
+    def made(self) -> bool:
+        return self._client is not None
+
+    def reset(self) -> None:
+        self._client = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)

@@ -29,6 +29,7 @@ from .images import Region
 from .model import Embedder, get_embedder
 from .store import CatalogStore
 
+REINDEX_SUFFIX = ".reindex"  # alias <COLLECTION>.reindex -> the collection a re-index builds
 # User metadata with a meaning of its own; every other key is kept as a string under "metadata".
 KNOWN_METADATA = ("product-id", "category", "brand", "title", "price")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -336,6 +337,47 @@ class Catalog:
         """The model input of an image, made ahead of ``index`` (e.g. in a download thread, see
         ``ImageSource.pixels``); raises ``ImageError``."""
         return self.embedder.preprocess(data)
+
+    def reconnect(self) -> None:
+        """New store connections (after a SnapStart restore)."""
+        self.store.reconnect()
+
+    # -- collections (re-index through the function fleet, visual_search.fleet) -----------------
+
+    def for_collection(self, name: str) -> Catalog:
+        """The same catalogue over another collection (sharing the model and the connection)."""
+        return Catalog(self.embedder, self.store.for_collection(name), self.reranker)
+
+    def exists(self) -> bool:
+        return self.store.exists()
+
+    def create(self) -> None:
+        self.store.create()
+
+    def reindex_target(self) -> str | None:
+        """The collection a running re-index builds (every change goes there too), or None."""
+        return self.store.alias_target(self.store.collection + REINDEX_SUFFIX)
+
+    def set_reindex_target(self, collection: str | None) -> None:
+        self.store.set_alias(self.store.collection + REINDEX_SUFFIX, collection)
+
+    def switch_to(self, collection: str) -> None:
+        """The alias to ``collection`` and the re-index over, in one atomic step."""
+        self.store.switch_alias(collection, drop=[self.store.collection + REINDEX_SUFFIX])
+
+    def count_under(self, sources: Sequence[tuple[str, str]]) -> int:
+        """Images stored from these (bucket, key prefix) sources."""
+        total = 0
+        for bucket, prefix in sources:
+            if not prefix:
+                total += self.store.count({"bucket": bucket})
+            else:
+                total += sum(
+                    1
+                    for h in self.store.scroll({"bucket": bucket})
+                    if str(h.payload.get("key", "")).startswith(prefix)
+                )
+        return total
 
     def index(self, sources: Sequence[ImageSource]) -> IndexBatch:
         """Embed all images in one batch and upsert the good ones; bad images carry their error."""

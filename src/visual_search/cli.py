@@ -145,6 +145,20 @@ def cmd_ingest(args) -> int:
     from .sync import parse_s3_url
 
     source = args.source
+    if args.via_queue:
+        from .fleet import run_ingest
+
+        if not source.startswith("s3://"):
+            raise ValueError("--via-queue takes s3://bucket/prefix: the fleet reads from S3")
+        return run_ingest(
+            source,
+            args.via_queue,
+            force=args.force,
+            dry_run=args.dry_run,
+            rate=args.rate,
+            records_per_message=args.records_per_message,
+            quiet=args.quiet,
+        )
     if source.startswith("s3://"):
         if args.prune:
             raise ValueError(
@@ -209,6 +223,17 @@ def cmd_reindex(args) -> int:
     from .sync import parse_s3_url, reindex
 
     sources = [parse_s3_url(s) for s in args.source] or None
+    if args.via_queue:
+        from .fleet import run_reindex
+
+        return run_reindex(
+            args.via_queue,
+            sources,
+            keep_old=args.keep_old,
+            rate=args.rate,
+            timeout_s=args.timeout,
+            quiet=args.quiet,
+        )
     bar = _progress(None, None, "re-indexing", args.quiet)
     result = reindex(
         get_catalog(),
@@ -425,6 +450,26 @@ def build_parser() -> argparse.ArgumentParser:
         "from the folder (use one --bucket label per folder)",
     )
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    ingest.add_argument(
+        "--via-queue",
+        metavar="QUEUE",
+        help="do not embed here: send the objects to the deployed ingest queue (name or URL, the "
+        "stack's IngestQueueName output) as S3 notifications, for the function fleet to index in "
+        "parallel; already indexed objects (same ETag) are not sent; prints how to watch the drain",
+    )
+    ingest.add_argument("--force", action="store_true", help="with --via-queue: send indexed objects too")
+    ingest.add_argument(
+        "--rate", type=float, metavar="N", help="with --via-queue: at most N messages per second"
+    )
+    ingest.add_argument(
+        "--dry-run", action="store_true", help="with --via-queue: only count what would be sent"
+    )
+    ingest.add_argument(
+        "--records-per-message",
+        type=_int_in(1, 100),
+        default=10,
+        help="with --via-queue: S3 records per message (default 10; the function takes 10 messages a batch)",
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     reconcile = sub.add_parser(
@@ -466,6 +511,23 @@ def build_parser() -> argparse.ArgumentParser:
         "recorded in the current collection)",
     )
     reindex.add_argument("--keep-old", action="store_true", help="keep the previous collection")
+    reindex.add_argument(
+        "--via-queue",
+        metavar="QUEUE",
+        help="fill the new collection through the deployed ingest queue and its function fleet "
+        "(messages name the new collection; live changes go to both meanwhile); waits for the queue "
+        "to drain and the counts to match, then switches the alias",
+    )
+    reindex.add_argument(
+        "--rate", type=float, metavar="N", help="with --via-queue: at most N messages per second"
+    )
+    reindex.add_argument(
+        "--timeout",
+        type=float,
+        default=86400,
+        metavar="S",
+        help="with --via-queue: give up (alias unchanged) after S seconds (default 86400)",
+    )
     reindex.add_argument("--quiet", action="store_true", help="no progress bar")
     reindex.set_defaults(func=cmd_reindex)
 

@@ -13,7 +13,16 @@ import sys
 
 import pytest
 
-from tests.deploy._support import INSTALL_HINT, LIMIT_MB, REPO, TEMPLATE, find_tool, record, tool_env
+from tests.deploy._support import (
+    INSTALL_HINT,
+    LIMIT_MB,
+    REPO,
+    TEMPLATE,
+    find_python312,
+    find_tool,
+    record,
+    tool_env,
+)
 
 
 def _require(name: str) -> str:
@@ -101,3 +110,78 @@ def test_each_function_with_its_layers_fits_lambda(sam_build):
     assert all(not row["unmeasured_layers"] for row in report["functions"])
     assert not report["over_limit"], f"over {LIMIT_MB} MB: {sizes}"
     assert proc.returncode == 0
+
+
+def test_events_invoke_the_snapstart_alias():
+    """After SAM's transform, the API's integrations, its invoke permissions and the queue's
+    event source mapping name the alias (whose versions have snapshots), never $LATEST."""
+    python = REPO / ".venv-sam" / "bin" / "python"
+    if not python.exists():
+        pytest.skip(f"aws-sam-translator is not installed: {INSTALL_HINT}")
+    proc = subprocess.run(
+        [
+            str(python),
+            str(REPO / "tests" / "deploy" / "sam_translate.py"),
+            str(TEMPLATE),
+            '{"QdrantUrl": "https://q.example:6333"}',
+        ],
+        env={**tool_env(), "AWS_DEFAULT_REGION": "us-east-1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    resources = json.loads(proc.stdout)
+    aliases = {k: v["Properties"] for k, v in resources.items() if v["Type"] == "AWS::Lambda::Alias"}
+    assert set(aliases) == {"SearchFunctionAliaslive", "IngestFunctionAliaslive"}
+    mapping = next(v for v in resources.values() if v["Type"] == "AWS::Lambda::EventSourceMapping")
+    assert mapping["Properties"]["FunctionName"] == {"Ref": "IngestFunctionAliaslive"}
+    permissions = [v["Properties"] for v in resources.values() if v["Type"] == "AWS::Lambda::Permission"]
+    assert permissions and all(p["FunctionName"] == {"Ref": "SearchFunctionAliaslive"} for p in permissions)
+    paths = resources["SearchApi"]["Properties"]["Body"]["paths"]
+    integrations = [
+        op.get("x-amazon-apigateway-integration", {}) for route in paths.values() for op in route.values()
+    ]
+    uris = [i["uri"]["Fn::Sub"] for i in integrations if i.get("type") == "aws_proxy"]
+    assert uris and all("${SearchFunctionAliaslive}" in uri for uri in uris)
+    versions = [v["Properties"] for v in resources.values() if v["Type"] == "AWS::Lambda::Version"]
+    assert len(versions) == 2 and all("Fn::Sub" in v["Description"] for v in versions)
+
+
+def test_the_dependency_layer_builds_for_arm64_and_fits(sam_build, tmp_path):
+    """`Architecture=arm64`: the layer's Makefile (ARCHITECTURE=arm64, as sam gives it no
+    architecture) installs aarch64 wheels only, and each function still fits with it."""
+    python312 = find_python312()
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import lambda_size
+    finally:
+        sys.path.pop(0)
+    artifacts = tmp_path / "arm64"
+    proc = subprocess.run(
+        ["make", "--makefile", str(REPO / "layers/dependencies/Makefile"), "build-DependenciesLayer"],
+        cwd=REPO / "layers" / "dependencies",
+        env={
+            **tool_env(python312),
+            "ARTIFACTS_DIR": str(artifacts),
+            "ARCHITECTURE": "arm64",
+            "PYTHON": python312,
+        },
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    layer = artifacts / "python"
+    assert lambda_size.native_architectures(layer) == {"arm64"}
+    assert list((layer / "onnxruntime" / "capi").glob("*.cpython-312-aarch64-linux-gnu.so"))
+    assert lambda_size.native_architectures(sam_build.dir / "DependenciesLayer" / "python") == {"x86_64"}
+    sizes = {}
+    for row in lambda_size.function_sizes(sam_build.dir):
+        others = sum(p["bytes"] for p in row["parts"] if p["name"] != "DependenciesLayer")
+        sizes[row["function"]] = round((others + lambda_size.tree_size(layer)) / 2**20, 1)
+    record(arm64_unzipped_mb=sizes)
+    print(f"\narm64 unzipped MB: {sizes}")
+    assert all(mb < LIMIT_MB for mb in sizes.values()), sizes

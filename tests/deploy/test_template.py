@@ -119,11 +119,16 @@ def test_model_dir_matches_the_model_layer(template):
 def test_layers_and_runtime(template):
     glob = template["Globals"]["Function"]
     assert glob["Runtime"] == "python3.12"
-    assert glob["Architectures"] == ["x86_64"]
+    assert glob["Architectures"] == [ref("Architecture")]
+    arch = template["Parameters"]["Architecture"]
+    assert arch["Default"] == "x86_64" and arch["AllowedValues"] == ["x86_64", "arm64"]
     assert glob["Layers"] == [ref("DependenciesLayer"), ref("AppLayer"), ref("ModelLayer")]
     for name, layer in resources_of_type(template, "AWS::Serverless::LayerVersion").items():
         assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"], name
-        assert layer["Properties"]["CompatibleArchitectures"] == ["x86_64"], name
+        assert layer["Properties"]["CompatibleArchitectures"] == [ref("Architecture")], name
+        # a new layer version publishes new function versions (AutoPublishAlias)
+        assert layer["Properties"]["PublishLambdaVersion"] is True, name
+    assert template["Resources"]["DependenciesLayer"]["Metadata"]["BuildArchitecture"] == ref("Architecture")
     deps = template["Resources"]["DependenciesLayer"]
     assert deps["Metadata"]["BuildMethod"] == "makefile"
     assert (REPO / deps["Properties"]["ContentUri"] / "Makefile").is_file()
@@ -376,3 +381,42 @@ def test_sample_events_are_json():
 
     for path in sorted(Path(REPO / "events").glob("*.json")):
         json.loads(path.read_text())
+
+
+def _parameters_in(node, names: set[str]) -> set[str]:
+    """Template parameters a property refers to (!Ref X, ${X} in !Sub)."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref" and value in names:
+                found.add(value)
+            elif key == "Fn::Sub":
+                text = value if isinstance(value, str) else value[0]
+                found |= set(re.findall(r"\$\{([A-Za-z0-9]+)\}", text)) & names
+            else:
+                found |= _parameters_in(value, names)
+    elif isinstance(node, list):
+        for item in node:
+            found |= _parameters_in(item, names)
+    return found
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_snapstart_through_an_alias_that_follows_every_parameter(template, function):
+    props = template["Resources"][function]["Properties"]
+    assert props["SnapStart"] == {"ApplyOn": ref("SnapStartApplyOn")}
+    applies = template["Parameters"]["SnapStartApplyOn"]
+    assert applies["Default"] == "PublishedVersions" and applies["AllowedValues"] == [
+        "PublishedVersions",
+        "None",
+    ]
+    assert props["AutoPublishAlias"] == "live" and props["AutoPublishAliasAllProperties"] is True
+    # SAM hashes the version from properties as written: every parameter the function's own
+    # configuration uses must be in the version's description, so changing it alone publishes
+    # a new version (CloudFormation replaces a version whose description changed).
+    names = set(template["Parameters"])
+    config = {k: v for k, v in props.items() if k not in ("Events", "VersionDescription")}
+    used = _parameters_in(config, names) | _parameters_in(template["Globals"]["Function"], names)
+    described = _parameters_in(props["VersionDescription"], names)
+    assert used - described == set(), f"{function}: parameters missing from VersionDescription"
+    assert {"MemorySize", "Architecture", "QdrantUrl"} <= used

@@ -139,6 +139,12 @@ class CatalogStore:
     def close(self) -> None:
         self.backend.close()
 
+    def reconnect(self) -> None:
+        """New connections (after a SnapStart restore), for backends that have any."""
+        reconnect = getattr(self.backend, "reconnect", None)
+        if reconnect:
+            reconnect()
+
     @contextmanager
     def _guard(self) -> Iterator[None]:
         """A collection deleted underneath: look for it (and re-create it) next time."""
@@ -174,6 +180,34 @@ class CatalogStore:
         """Make COLLECTION an alias of ``target`` in one atomic step."""
         self.backend.set_alias(self.collection, target)
         self._ready = False  # checked again (model, indexes) on next use
+
+    def exists(self) -> bool:
+        """Whether COLLECTION exists (as an alias or a collection); never creates it. A store
+        over an existing collection is then used as it is (see fleet.Router)."""
+        with self._guard():
+            found = self.lifecycle.exists(self.collection)
+        self._ready = found
+        return found
+
+    def create(self) -> None:
+        """Create COLLECTION as a new physical collection, ready for writes."""
+        self.create_physical(self.collection)
+        self._ready = True
+
+    def alias_target(self, alias: str) -> str | None:
+        return self.backend.aliases().get(alias)
+
+    def set_alias(self, alias: str, target: str | None) -> None:
+        """Point ``alias`` at ``target`` (replacing it), or delete it (None)."""
+        if target:
+            self.backend.set_alias(alias, target)
+        else:
+            self.backend.delete_alias(alias)
+
+    def switch_alias(self, target: str, drop: Sequence[str] = ()) -> None:
+        """COLLECTION -> ``target`` and the aliases ``drop`` deleted, in one atomic step."""
+        self.backend.set_alias(self.collection, target, drop)
+        self._ready = False
 
     def for_collection(self, name: str) -> CatalogStore:
         """The same store over another (physical) collection, sharing the backend."""

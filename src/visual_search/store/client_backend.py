@@ -106,10 +106,14 @@ class ClientBackend:
         with self.call():
             return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
 
-    def set_alias(self, alias: str, target: str) -> None:
-        ops: list = []
-        if alias in self.aliases():
-            ops.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
+    def set_alias(self, alias: str, target: str, drop: Sequence[str] = ()) -> None:
+        """``alias`` -> ``target`` (replacing it), and the aliases ``drop`` deleted, atomically."""
+        have = self.aliases()
+        ops: list = [
+            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))
+            for name in [alias, *drop]
+            if name in have
+        ]
         ops.append(
             models.CreateAliasOperation(
                 create_alias=models.CreateAlias(collection_name=target, alias_name=alias)
@@ -117,6 +121,19 @@ class ClientBackend:
         )
         with self.call():
             self.client.update_collection_aliases(change_aliases_operations=ops)
+
+    def delete_alias(self, alias: str) -> None:
+        if alias not in self.aliases():
+            return
+        with self.call():
+            self.client.update_collection_aliases(
+                change_aliases_operations=[
+                    models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+                ]
+            )
+
+    def reconnect(self) -> None:
+        self.conn.reconnect()
 
     def create_collection(
         self, name: str, vectors: Mapping[str, VectorSpec], metadata: Mapping[str, Any]

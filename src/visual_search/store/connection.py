@@ -109,5 +109,16 @@ class Connection:
                 self._client, self._key = connect(self.settings, key), key
         return True
 
+    def reconnect(self) -> None:
+        """A new client, with the key read again now (after a SnapStart restore: the snapshot's
+        sockets are dead and the key may have been rotated since). Embedded Qdrant has no
+        connection to renew."""
+        if not self.settings.url:
+            return
+        key = resolve_api_key(self.settings, force=True) if self._rotates else None
+        with self._lock:
+            self._client, self._key = connect(self.settings, key), key
+            self._check_at = time.time() + KEY_MAX_AGE_S
+
     def close(self) -> None:
         self._client.close()

@@ -1,0 +1,71 @@
+"""SnapStart: what an instance resumed from the snapshot must make again.
+
+With SnapStart (template.yaml: ``SnapStart: ApplyOn: PublishedVersions``) Lambda runs a
+function's init once per published version, snapshots the memory, and starts every later
+instance from a copy of it. Whatever the init made that belongs to one instance, or to one
+moment, is made again by the after-restore hooks, in each restored instance:
+
+- network clients: the Qdrant client (its HTTP connection pool), the boto3 clients (S3, and the
+  SSM / Secrets Manager client of Powertools Parameters): sockets opened before the snapshot are
+  dead after it, and shared by every copy;
+- the Qdrant API key, read again from SSM / Secrets Manager now (it may have been rotated since
+  the snapshot was taken, days ago);
+- random state: every restored copy would otherwise draw the same "random" numbers.
+
+Time taken at init is not kept anywhere it matters: the key's re-read deadline is wall-clock
+time (``time.time()``, which is right after a restore) and is reset here; the presigned-URL
+cache is emptied (URLs are bound to the credentials that signed them); ``indexed_at`` and the
+re-index stamps are taken per call.
+
+``snapshot_restore_py`` is provided by Lambda's python3.12+ runtime (and on PyPI as
+``snapshot-restore-py``, for tests); without it, nothing is ever restored and registering a
+hook does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+try:
+    from snapshot_restore_py import register_after_restore as _register
+except ImportError:  # not in Lambda and not installed: no snapshot is ever restored here
+    _register = None
+
+
+def after_restore(func: Callable[[], Any]) -> Callable[[], Any]:
+    """Decorator: run ``func`` in every instance restored from a SnapStart snapshot."""
+    if _register is not None:
+        _register(func)
+    return func
+
+
+def snapshotted_init() -> bool:
+    """Whether this init is paid once for many instances (Lambda sets
+    AWS_LAMBDA_INITIALIZATION_TYPE: snap-start, provisioned-concurrency or on-demand)."""
+    return os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") in ("snap-start", "provisioned-concurrency")
+
+
+def prewarm(*clients: Any) -> None:
+    """Make lazily created clients now when the init is snapshotted: their cost (for S3, a
+    botocore session and the service model, ~0.1 s) then lands in the snapshot, and the one
+    re-made after a restore reuses boto3's warm default session. An on-demand init leaves them
+    to the first request that needs one."""
+    if snapshotted_init():
+        for client in clients:
+            client.get()
+
+
+def renew(catalog: Any) -> None:
+    """What every restored instance needs, whichever function: new random state, new clients
+    for SSM / Secrets Manager, and a new Qdrant client made with the key as it is now."""
+    random.seed()  # from os.urandom, different in each instance
+    try:
+        from aws_lambda_powertools.utilities.parameters import base
+
+        base.DEFAULT_PROVIDERS.clear()  # their boto3 clients are re-made on the next read
+    except (ImportError, AttributeError):  # pragma: no cover - another Powertools layout
+        pass
+    catalog.reconnect()

@@ -1,0 +1,140 @@
+"""SnapStart: the after-restore hooks both functions register give a resumed instance new
+clients (Qdrant over the REST shim, S3 and SSM on moto), the Qdrant key as it is now, and new
+random state; afterwards both functions still work.
+
+The hooks are called as Lambda's runtime calls them (``snapshot_restore_py.get_after_restore``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+
+import boto3
+import pytest
+import snapshot_restore_py
+from aws_lambda_powertools.utilities import parameters
+from moto import mock_aws
+from PIL import Image
+
+from tests.conftest import jpeg_bytes
+from tests.support.apigw import json_event
+from tests.support.qdrant_rest_shim import QdrantRestShim
+from visual_search.lambdas import LambdaContext, load_function
+
+KEY_NAME = "/visual-search/qdrant-api-key"
+BUCKET = "product-images"
+
+
+@pytest.fixture
+def restore():
+    """Runs the registered after-restore hooks, as the runtime does after resuming a snapshot."""
+    registry = snapshot_restore_py.get_after_restore()
+    registry.clear()  # hooks of functions loaded by earlier tests
+
+    def run() -> int:
+        for func, args, kwargs in list(registry):
+            func(*args, **kwargs)
+        return len(registry)
+
+    yield run
+    registry.clear()
+
+
+@pytest.fixture
+def deployed(monkeypatch):
+    """A Qdrant with an API key kept in SSM, a bucket, and the environment of the template."""
+    parameters.clear_caches()
+    with mock_aws(), QdrantRestShim() as shim:
+        ssm = boto3.client("ssm", region_name="us-east-1")
+        ssm.put_parameter(Name=KEY_NAME, Value="key-1", Type="SecureString")
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        for name, value in {
+            "QDRANT_URL": shim.url,
+            "QDRANT_API_KEY_PARAMETER": KEY_NAME,
+            "COLLECTION": "snapstart",
+            "BUCKET": BUCKET,
+            "QDRANT_TIMEOUT": "2",
+        }.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("QDRANT_API_KEY", raising=False)
+        shim.accepted_keys = {"key-1"}
+        yield shim, ssm, s3
+    parameters.clear_caches()
+
+
+def rotate(deployed) -> None:
+    """The key rotated (and the old one revoked) while the snapshot waited."""
+    shim, ssm, _ = deployed
+    ssm.put_parameter(Name=KEY_NAME, Value="key-2", Type="SecureString", Overwrite=True)
+    shim.accepted_keys = {"key-2"}
+
+
+def search(app) -> dict:
+    image = base64.b64encode(jpeg_bytes(Image.new("RGB", (80, 80), "navy"))).decode()
+    return app.handler(json_event("POST", "/search", {"image": image}), LambdaContext())
+
+
+def test_the_search_function_resumes_with_new_clients_and_the_current_key(deployed, restore):
+    shim = deployed[0]
+    app = load_function("search")
+    assert search(app)["statusCode"] == 200
+    uploads = app.handler(json_event("POST", "/uploads", {"content_type": "image/jpeg"}), LambdaContext())
+    assert uploads["statusCode"] == 200, uploads["body"]
+    qdrant, s3 = app.api.catalog.store.client, app.s3.get()
+    random.seed(7)
+    snapshot_state = random.getstate()
+    rotate(deployed)
+
+    assert restore() == 1
+    assert app.api.catalog.store.client is not qdrant and app.s3.get() is not s3
+    assert random.getstate() != snapshot_state
+    # The key was read again in the hook: the first request after the restore already works.
+    assert search(app)["statusCode"] == 200
+    assert shim.keys_seen[-1] == "key-2"
+    uploads = app.handler(json_event("POST", "/uploads", {"content_type": "image/jpeg"}), LambdaContext())
+    assert uploads["statusCode"] == 200 and "upload_url" in json.loads(uploads["body"])
+
+
+def test_the_ingest_function_resumes_with_new_clients_and_indexes(deployed, restore):
+    shim, _, s3 = deployed
+    app = load_function("ingest")
+    qdrant = app.ingestor.catalog.store.client
+    app.s3.get()  # made before the snapshot
+    made_before = app.s3.get()
+    rotate(deployed)
+
+    assert restore() == 1
+    assert app.ingestor.catalog.store.client is not qdrant and app.s3.get() is not made_before
+    key = "catalog/Navy-Tee/1.jpg"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=jpeg_bytes(Image.new("RGB", (90, 90), "navy")))
+    record = {
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": BUCKET}, "object": {"key": key}},
+    }
+    result = app.handler({"Records": [record]}, LambdaContext())
+    assert [o["status"] for o in result["outcomes"]] == ["indexed"]
+    assert app.ingestor.catalog.store.count() == 1 and shim.keys_seen[-1] == "key-2"
+
+
+def test_without_a_restore_the_key_is_not_read_again(deployed, restore):
+    # The control: the same functions, no hook run, keep the key of the snapshot (and fail
+    # once with a retryable 503 when it was revoked), so the test above can fail.
+    app = load_function("search")
+    assert search(app)["statusCode"] == 200
+    rotate(deployed)
+    assert search(app)["statusCode"] == 503
+
+
+@pytest.mark.parametrize(("init_type", "made"), [("on-demand", False), ("snap-start", True)])
+def test_the_s3_client_is_made_at_init_only_when_the_init_is_snapshotted(
+    deployed, restore, monkeypatch, init_type, made
+):
+    monkeypatch.setenv("AWS_LAMBDA_INITIALIZATION_TYPE", init_type)
+    app = load_function("search")
+    assert app.s3.made is made
+    restore()
+    assert not app.s3.made  # dropped after a restore, made again on first use
