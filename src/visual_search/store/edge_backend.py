@@ -241,14 +241,22 @@ class EdgeBackend:
         with self.lock:
             return dict(self.catalogue["aliases"])
 
-    def set_alias(self, alias: str, target: str) -> None:
+    def set_alias(self, alias: str, target: str, drop: Sequence[str] = ()) -> None:
+        """``alias`` -> ``target``, and the aliases ``drop`` deleted, in one save."""
         with self.call():
             if target not in self.catalogue["collections"]:
                 raise CollectionMissing(f"cannot point alias {alias!r} at missing collection {target!r}")
             if alias in self.catalogue["collections"]:
                 raise CollectionExists(f"a collection named {alias!r} already exists")
+            for name in drop:
+                self.catalogue["aliases"].pop(name, None)
             self.catalogue["aliases"][alias] = target
             self._save()
+
+    def delete_alias(self, alias: str) -> None:
+        with self.call():
+            if self.catalogue["aliases"].pop(alias, None) is not None:
+                self._save()
 
     def _config(self, vectors: Mapping[str, VectorSpec]):
         E, s = self.E, self.settings
