@@ -269,6 +269,20 @@ class UploadResponse(BaseModel):
     max_bytes: int
 
 
+class ProjectionInfo(BaseModel):
+    """The catalogue's projection (learned whitening): see `visual-search adapt`."""
+
+    id: str
+    fitted_at: str | None = None
+    products: int | None = None
+    photos: int | None = None
+    dims: int | None = None
+    shrinkage: float | None = None
+    cv_recall_raw: float | None = None
+    cv_recall_adapted: float | None = None
+    cv_gain: float | None = None
+
+
 class HealthResponse(BaseModel):
     status: str
     model: str
@@ -276,6 +290,7 @@ class HealthResponse(BaseModel):
     store: str
     store_reachable: bool
     points: int | None
+    projection: ProjectionInfo | None = None  # null: the raw model space
 
 
 class ErrorBody(BaseModel):

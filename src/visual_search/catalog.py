@@ -24,10 +24,11 @@ import numpy as np
 
 from .config import ImageLimits, Settings, get_settings
 from .domain import Hit, ImagePoint, Query
-from .errors import ImageError, StoreUnavailableError
+from .errors import ImageError, StaleProjectionError, StoreUnavailableError
 from .images import Region
 from .model import Embedder, get_embedder
-from .store import CatalogStore
+from .spaces import ADAPTED, Space, SpaceTracker
+from .store import CatalogStore, CollectionMissing
 
 REINDEX_SUFFIX = ".reindex"  # alias <COLLECTION>.reindex -> the collection a re-index builds
 # User metadata with a meaning of its own; every other key is kept as a string under "metadata".
@@ -121,6 +122,7 @@ class CatalogHealth:
     store_mode: str
     reachable: bool
     points: int | None
+    projection: dict | None = None  # the catalogue's projection (spaces.Space.summary), if any
 
 
 def product_id_for(key: str, metadata: Mapping[str, str]) -> str:
@@ -185,7 +187,8 @@ def build_payload(source: ImageSource, model_id: str) -> dict[str, Any]:
         "version_id": source.version_id,
         "sequencer": source.sequencer,
         "model_id": model_id,
-        "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # to the microsecond: `adapt` and `reindex` catch up by comparing these stamps
+        "indexed_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
     }
     for name in ("category", "brand", "title"):
         if meta.get(name):
@@ -213,10 +216,19 @@ def is_image_key(key: str, content_type: str | None = None) -> bool:
 
 
 class Catalog:
-    def __init__(self, embedder: Embedder, store: CatalogStore, reranker: Embedder | None = None):
+    def __init__(
+        self,
+        embedder: Embedder,
+        store: CatalogStore,
+        reranker: Embedder | None = None,
+        projection_check_s: float | None = None,
+    ):
         self.embedder = embedder
         self.store = store
         self.reranker = reranker
+        check_s = get_settings().adapt.check_s if projection_check_s is None else projection_check_s
+        # The physical collection behind the alias and its projection (see spaces.py).
+        self.spaces = SpaceTracker(store, check_s)
 
     @classmethod
     def open(cls, settings: Settings | None = None, embedder: Embedder | None = None) -> "Catalog":
@@ -270,14 +282,15 @@ class Catalog:
         return self.store.facets()
 
     def health(self) -> CatalogHealth:
-        points = None
+        points, projection = None, None
         reachable = self.store.ping()
         if reachable:
             try:
                 points = self.store.count()
+                projection = self.projection
             except StoreUnavailableError:
                 reachable = False
-        return CatalogHealth(self.model_id, self.collection, self.store_mode, reachable, points)
+        return CatalogHealth(self.model_id, self.collection, self.store_mode, reachable, points, projection)
 
     def info(self) -> dict[str, Any]:
         """The model and the store, as ``visual-search info`` prints them."""
@@ -407,11 +420,58 @@ class Catalog:
                 )
             )
             results.append(IndexResult(source))
-        self.store.upsert(points)
+        if points:
+            self._write(lambda space: self._upsert(space, points))
         return IndexBatch(results, _ms(embedded_at - started), _ms(time.perf_counter() - embedded_at))
 
+    @staticmethod
+    def _upsert(space: Space, points: list[ImagePoint]) -> None:
+        """Both vectors: the model's, and its projection when the collection has one."""
+        adapted = space.project(np.stack([p.vector for p in points]))
+        for i, point in enumerate(points):
+            point.vectors.pop(ADAPTED, None)
+            if adapted is not None:
+                point.vectors[ADAPTED] = adapted[i]
+        space.store.upsert(points)
+
+    def _write(self, write) -> None:
+        """Write into the current space, then make sure it still is the current one.
+
+        A write that raced ``visual-search adapt`` (or ``reindex``) landed in the collection the
+        alias just left, made with the projection it just left: refused as stale (transient, so
+        the change is retried), with the space reloaded for the retry. Never a mixed space.
+        """
+        space = self.spaces.current()
+        try:
+            write(space)
+        except CollectionMissing:  # dropped after a switch: look again before the retry
+            self.spaces.invalidate()
+            raise
+        if not self.spaces.still_current(space):
+            fresh = self.spaces.reload()
+            raise StaleProjectionError(
+                f"the catalogue moved from {space.collection} (projection {_short(space.projection_id)}) "
+                f"to {fresh.collection} (projection {_short(fresh.projection_id)}) during the write: "
+                f"reloaded, retry"
+            )
+
     def remove(self, refs: Sequence[tuple[str, str]]) -> None:
-        self.store.delete_images(refs)
+        if refs:
+            self._write(lambda space: space.store.delete_images(refs))
+
+    def _read(self, read):
+        """Read from the current space; a collection dropped under us (a switch this process
+        has not seen yet) means: reload and read once more."""
+        space = self.spaces.current()
+        try:
+            return read(space)
+        except CollectionMissing:
+            return read(self.spaces.reload())
+
+    @property
+    def projection(self) -> dict | None:
+        """The current projection's summary (id, when fitted, products, photos, gain), or None."""
+        return self.spaces.current().summary()
 
     def optimize(self) -> None:
         """Build the store's search indexes now (blocks; bulk commands only, never serving)."""
@@ -433,7 +493,7 @@ class Catalog:
         if reranker is not None and second is not None:
             query = replace(query, rerank=reranker.embed_pixels(second[None])[0])
         embedded = time.perf_counter()
-        hits = self.store.search(vector, query)
+        hits = self._read(lambda space: self._search(space, vector, query))
         done = time.perf_counter()
         return SearchResult(
             hits,
@@ -446,13 +506,23 @@ class Catalog:
             },
         )
 
+    @staticmethod
+    def _search(space: Space, vector: np.ndarray, query: Query) -> list[Hit]:
+        """The query projected like the collection's vectors, compared with the same vector."""
+        adapted = space.project(vector)
+        return space.store.search(vector if adapted is None else adapted, replace(query, using=space.using))
+
     def similar(self, product_id: str, query: Query) -> SearchResult:
         started = time.perf_counter()
-        hits = self.store.similar(product_id, query)
+        hits = self._read(lambda space: space.store.similar(product_id, replace(query, using=space.using)))
         total = _ms(time.perf_counter() - started)
         return SearchResult(
             hits, self.model_id, {"decode": 0.0, "embed": 0.0, "search": total, "total": total}
         )
+
+
+def _short(projection_id: str | None) -> str:
+    return projection_id[:12] if projection_id else "none"
 
 
 def _ms(seconds: float) -> float:

@@ -120,6 +120,22 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class AdaptSettings:
+    """Catalogue adaptation (learned whitening, see adaptation.py)."""
+
+    auto: bool = True  # ADAPT: refit on schedule (maintenance function) and in the local stack
+    check_s: float = 30.0  # PROJECTION_CHECK_S: how often a warm function re-reads the projection id
+    change_threshold: float = 0.1  # ADAPT_CHANGE_THRESHOLD: share of the catalogue changed before a refit
+    min_products: int = 4  # ADAPT_MIN_PRODUCTS: products with 2+ photos needed to fit at all
+    min_photos: int = 16  # ADAPT_MIN_PHOTOS: photos in those products needed to fit at all
+    sample: int = 20_000  # ADAPT_SAMPLE: photos the fit reads at most (stratified by product)
+    batch: int = 256  # ADAPT_BATCH: points read and rewritten per request
+    grace_s: float | None = None  # ADAPT_GRACE_S: old collection kept after the switch (None: auto)
+    settle_s: float = 30.0  # ADAPT_SETTLE_S: local stack waits this long without changes
+    dims: tuple[int | None, ...] = (None, 512, 256)  # ADAPT_DIMS: candidate sizes (None: all)
+
+
+@dataclass(frozen=True)
 class Settings:
     model_dir: Path
     ort_threads: int
@@ -130,10 +146,23 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    adapt: AdaptSettings = field(default_factory=AdaptSettings)
 
 
 def _env_list(name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
+
+
+def _adapt_dims(raw: str) -> tuple[int | None, ...]:
+    out: list[int | None] = []
+    for item in (i.strip().lower() for i in raw.split(",") if i.strip()):
+        if item == "full":
+            out.append(None)
+        elif item.isdigit() and int(item) > 0:
+            out.append(int(item))
+        else:
+            raise ValueError(f"ADAPT_DIMS must list sizes or 'full' (e.g. full,512,256), got {raw!r}")
+    return tuple(out) or (None,)
 
 
 def load_settings() -> Settings:
@@ -181,6 +210,19 @@ def load_settings() -> Settings:
         result_image_urls=_env_bool("RESULT_IMAGE_URLS", True),
         image_url_ttl_s=_env_int("IMAGE_URL_TTL", 3600),
     )
+    grace = os.environ.get("ADAPT_GRACE_S", "").strip()
+    adapt = AdaptSettings(
+        auto=_env_bool("ADAPT", True),
+        check_s=max(0.0, _env_float("PROJECTION_CHECK_S", 30.0)),
+        change_threshold=max(0.0, _env_float("ADAPT_CHANGE_THRESHOLD", 0.1)),
+        min_products=max(2, _env_int("ADAPT_MIN_PRODUCTS", 4)),
+        min_photos=max(4, _env_int("ADAPT_MIN_PHOTOS", 16)),
+        sample=max(100, _env_int("ADAPT_SAMPLE", 20_000)),
+        batch=max(1, _env_int("ADAPT_BATCH", 256)),
+        grace_s=max(0.0, _env_float("ADAPT_GRACE_S", 0.0)) if grace else None,
+        settle_s=max(0.0, _env_float("ADAPT_SETTLE_S", 30.0)),
+        dims=_adapt_dims(_env("ADAPT_DIMS", "full,512,256")),
+    )
     return Settings(
         model_dir=Path(_env("MODEL_DIR", str(_default_model_dir()))),
         ort_threads=_env_int("ORT_THREADS", available_cpus()),
@@ -191,6 +233,7 @@ def load_settings() -> Settings:
         store=store,
         ingest=ingest,
         api=api,
+        adapt=adapt,
     )
 
 

@@ -57,6 +57,14 @@ class StoreUnavailableError(VisualSearchError):
     code = "store_unavailable"
 
 
+class StaleProjectionError(StoreUnavailableError):
+    """This instance holds another projection than the collection's (``visual-search adapt``
+    switched it meanwhile). Transient, like an outage: the space is reloaded and the work retried,
+    so no write ever mixes two projections in one collection."""
+
+    code = "stale_projection"
+
+
 class NotFoundError(VisualSearchError):
     code = "not_found"
 

@@ -263,6 +263,7 @@ def reindex(
             )
         catalog.drop_collection(old)
     catalog.point_alias(new)
+    catalog.spaces.reload()  # this process writes and reads the new collection from now on
     log(f"alias {catalog.collection!r} now points at {new}")
     catch_up = Syncer(Ingestor.configured(catalog, s3))
     for bucket, prefix in sources:

@@ -420,3 +420,27 @@ def test_snapstart_through_an_alias_that_follows_every_parameter(template, funct
     described = _parameters_in(props["VersionDescription"], names)
     assert used - described == set(), f"{function}: parameters missing from VersionDescription"
     assert {"MemorySize", "Architecture", "QdrantUrl"} <= used
+def test_maintenance_function_refits_on_a_schedule_with_qdrant_only(template, env_read_by_code):
+    props = template["Resources"]["MaintenanceFunction"]["Properties"]
+    path = REPO / props["CodeUri"] / "app.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    assert "handler" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    (event,) = props["Events"].values()
+    assert event["Type"] == "Schedule" and event["Properties"]["Schedule"] == ref("AdaptSchedule")
+    env = function_environment(template, "MaintenanceFunction")
+    assert env["ADAPT_CHANGE_THRESHOLD"] == ref("AdaptChangeThreshold")
+    assert not sorted(set(env) - env_read_by_code)
+    assert "QDRANT_API_KEY" not in env and env["QDRANT_API_KEY_PARAMETER"] == ref("QdrantApiKeyParameter")
+    assert "PROJECTION_CHECK_S" in function_environment(template, "SearchFunction")
+    assert function_setting(template, "MaintenanceFunction", "Timeout") == 900
+    params = template["Parameters"]
+    assert params["AdaptSchedule"]["Default"].startswith("rate(")
+    assert re.fullmatch(
+        params["AdaptChangeThreshold"]["AllowedPattern"], params["AdaptChangeThreshold"]["Default"]
+    )
+    role = props["Role"]
+    assert role == getatt("MaintenanceFunctionRole", "Arn")
+    actions = {a for s in _statements(template, "MaintenanceFunctionRole") for a in _as_list(s["Action"])}
+    assert not any(a.startswith(("s3:", "sqs:")) for a in actions), "the projection lives in Qdrant"
+    for statement in _statements(template, "MaintenanceFunctionRole"):
+        assert all("*" not in a for a in _as_list(statement["Action"]))

@@ -461,17 +461,20 @@ def test_a_batch_larger_than_the_embed_chunk(monkeypatch, embedder, demo_images)
         records = [w.put(f"catalog/p{n}/a.jpg", photos[n]) for n in range(5)]
         records.append(w.put("catalog/bad/a.jpg", b"\xff\xd8\xff not really a jpeg"))
         records.append(w.delete("catalog/gone/a.jpg"))
-        real_upsert, writes = w.store.upsert, []
+        from visual_search.store import CatalogStore
 
-        def upsert_then_replace(points):
+        # on the class: the catalogue writes through a store pinned to the physical collection
+        real_upsert, writes = CatalogStore.upsert, []
+
+        def upsert_then_replace(store, points):
             writes.append(len(points))
             if len(writes) == 1:  # another writer replaces an image of the first chunk meanwhile
                 w.put(points[0].key, photos[5])
-            return real_upsert(points)
+            return real_upsert(store, points)
 
-        w.store.upsert = upsert_then_replace
+        monkeypatch.setattr(CatalogStore, "upsert", upsert_then_replace)
         assert w.deliver(*records) == {"batchItemFailures": []}
-        w.store.upsert = real_upsert
+        monkeypatch.setattr(CatalogStore, "upsert", real_upsert)
         assert max(writes) <= 2 and sum(writes) >= 6  # chunks of two, one key written again
         assert {h.payload["key"] for h in w.store.scroll()} == {f"catalog/p{n}/a.jpg" for n in range(5)}
         for n in range(5):

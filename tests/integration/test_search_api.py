@@ -483,6 +483,7 @@ def test_health(env, catalog):
         "store": "memory",
         "store_reachable": True,
         "points": 60,
+        "projection": None,  # not adapted: the raw space (see test_adaptation.py)
     }
 
 

@@ -494,17 +494,18 @@ def test_concurrent_changes_of_one_key_end_with_the_newest(embedder, monkeypatch
         old, new = (img.path.read_bytes() for img in (demo_images[0], demo_images[30]))
         first = world.put(key, old)
         store = world.store
-        real_upsert = store.upsert
+        # on the class: the catalogue writes through a store pinned to the physical collection
+        real_upsert = type(store).upsert
         state = {"raced": False}
 
-        def upsert_after_b(points):
+        def upsert_after_b(pinned, points):
             if not state["raced"]:  # invocation A is about to write the old image: B runs first
                 state["raced"] = True
                 change = world.put(key, new) if b_change == "replace" else world.delete(key)
                 state["b"] = world.deliver(change)
-            return real_upsert(points)
+            return real_upsert(pinned, points)
 
-        store.upsert = upsert_after_b
+        monkeypatch.setattr(type(store), "upsert", upsert_after_b)
         a = world.deliver(first)
         if not state["raced"] or a != state["b"] or a != {"batchItemFailures": []}:
             raise RuntimeError(f"precondition: both invocations acknowledged ({a}, {state})")

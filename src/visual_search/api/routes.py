@@ -111,6 +111,7 @@ def health():
         store=health.store_mode,
         store_reachable=health.reachable,
         points=health.points,
+        projection=health.projection,
     ).model_dump()
 
 

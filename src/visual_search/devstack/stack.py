@@ -90,6 +90,7 @@ class DevStack:
         self.bridge: Any = None
         self.gateway: Any = None
         self.ingest: Any = None
+        self.refit: Any = None  # catalogue adaptation once changes settle (refits.SettledRefit)
         self.s3: Any = None
         self.s3_url = ""
         self.stopped = threading.Event()
@@ -259,6 +260,7 @@ class DevStack:
                 self.bridge.notify(change)
             self._early.clear()
         self.bridge.start()
+        self._start_refit()
         self.gateway.ready(search.handler, self.health_extra)
         threading.Thread(target=self._report_progress, name="progress", daemon=True).start()
         from .running import write_marker
@@ -266,6 +268,20 @@ class DevStack:
         write_marker(o.data_dir, self.gateway.url, self.s3_url, o.bucket)
         if o.demo and fresh:
             self.upload_demo()
+
+    def _start_refit(self) -> None:
+        """Refit the catalogue's projection once the bucket's changes have settled, as the
+        deployed maintenance function does on its schedule (ADAPT=false turns it off)."""
+        from ..config import get_settings
+        from ..refits import SettledRefit
+
+        settings = get_settings().adapt
+        if settings.auto:
+            bridge = self.bridge
+            self.refit = SettledRefit(
+                self.ingest.ingestor.catalog, settings, busy=lambda: bridge.pending() > 0, log=self.log
+            )
+            self.refit.start()
 
     def health_extra(self) -> dict:
         return {"backlog": self.bridge.backlog()} if self.bridge else {}
@@ -360,6 +376,8 @@ asynchronously: one image in well under a second; bulk loads index at the speed 
 
     def stop(self) -> None:
         self.stopped.set()
+        if self.refit:
+            self.refit.stop()
         if self.gateway:
             self.gateway.stop()
         if self.bridge:

@@ -101,6 +101,7 @@ class CatalogStore:
             self.backend, self.collection, settings, VECTOR, RERANK if rerank_dim else None
         )
         self._ready = False
+        self._pinned = False  # see pinned(): never looks for nor creates its collection
 
     @classmethod
     def open(
@@ -162,7 +163,7 @@ class CatalogStore:
         ``COLLECTION`` names an alias over a physical collection (``<name>-<model id>`` at first),
         so ``visual-search reindex`` can build a new one and switch the alias atomically.
         """
-        if self._ready:
+        if self._ready or self._pinned:
             return
         with self._guard():
             self.lifecycle.ensure(self.model_id)
@@ -224,6 +225,33 @@ class CatalogStore:
             vectors=vectors,
             metadata=metadata,
         )
+
+    def pinned(
+        self,
+        name: str,
+        vectors: Mapping[str, VectorSpec] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> CatalogStore:
+        """The same store over physical collection ``name`` with these further named vectors
+        and metadata (a collection of the catalogue's projection: ``spaces.py``). It reads and
+        writes ``name`` only, and never looks for nor creates it or the alias: once ``name`` is
+        dropped (a switch moved on) every call raises ``CollectionMissing`` and the caller
+        resolves the alias again."""
+        extra_vectors, extra_metadata = self._extra
+        other = CatalogStore(
+            self.backend,
+            replace(self.settings, collection=name),
+            self.model_id,
+            self.dim,
+            self.distance,
+            self.rerank_model_id,
+            self.rerank_dim,
+            self.model_fingerprint,
+            vectors={**extra_vectors, **(vectors or {})},
+            metadata={**extra_metadata, **(metadata or {})},
+        )
+        other._pinned = True
+        return other
 
     def create_physical(self, name: str) -> None:
         """Create a collection for this model with the configured scale settings."""

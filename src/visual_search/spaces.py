@@ -1,0 +1,117 @@
+"""Which embedding space this process reads and writes: the physical collection behind the alias,
+and the projection that collection's ``adapted`` vectors were made with (or none: raw space).
+
+Both are resolved together and kept for ``PROJECTION_CHECK_S`` seconds of wall-clock time (a
+SnapStart-restored or long-warm function looks again on its first call after that), so a warm
+function picks up a new projection within that bound. Reads and writes go to the resolved
+*physical* collection, never through the alias, so a query is never projected with one
+projection and compared with another's vectors; after a write, the alias is looked at again and
+a switch in the meantime raises ``StaleProjectionError`` (transient: the space is reloaded and
+the write retried into the new collection), see ``Catalog.index``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .projections import ProjectionRepository
+from .store import VECTOR, VectorSpec
+from .whitening import Projection
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import CatalogStore
+
+ADAPTED = "adapted"  # the named vector of the adapted space
+
+
+@dataclass(frozen=True)
+class Space:
+    collection: str  # the physical collection the alias pointed at
+    projection: Projection | None  # None: the raw model space
+    store: CatalogStore  # pinned to ``collection``, with the ``adapted`` vector when projected
+
+    @property
+    def using(self) -> str:
+        """The named vector queries compare with."""
+        return VECTOR if self.projection is None else ADAPTED
+
+    @property
+    def projection_id(self) -> str | None:
+        return self.projection.id if self.projection is not None else None
+
+    def project(self, vectors: np.ndarray) -> np.ndarray | None:
+        """Model vectors -> adapted vectors (None in the raw space)."""
+        return None if self.projection is None else self.projection.apply(vectors)
+
+    def summary(self) -> dict[str, Any] | None:
+        """What /health and `visual-search info` report about the projection."""
+        if self.projection is None:
+            return None
+        stats = self.projection.stats
+        raw, adapted = stats.get("cv_recall_raw"), stats.get("cv_recall_adapted")
+        return {
+            "id": self.projection.id,
+            "fitted_at": stats.get("fitted_at"),
+            "products": stats.get("products"),
+            "photos": stats.get("photos"),
+            "dims": self.projection.dim,
+            "shrinkage": self.projection.shrinkage,
+            "cv_recall_raw": raw,
+            "cv_recall_adapted": adapted,
+            "cv_gain": round(adapted - raw, 4) if raw is not None and adapted is not None else None,
+        }
+
+
+class SpaceTracker:
+    """The current ``Space`` of a store, re-read every ``check_s`` seconds or on demand."""
+
+    def __init__(self, store: CatalogStore, check_s: float = 30.0, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.projections = ProjectionRepository(store)
+        self.check_s = check_s
+        self.clock = clock
+        self._space: Space | None = None
+        self._checked_at = 0.0
+        self._lock = threading.Lock()
+
+    def current(self) -> Space:
+        space = self._space
+        if space is not None and self.clock() - self._checked_at < self.check_s:
+            return space
+        return self.reload()
+
+    def reload(self) -> Space:
+        with self._lock:
+            self._space = self.resolve()
+            self._checked_at = self.clock()
+            return self._space
+
+    def resolve(self) -> Space:
+        """The space behind the alias now (one alias and one collection lookup)."""
+        self.store.ensure_collection()
+        physical = self.store.physical_collection() or self.store.collection
+        return self.space_of(physical)
+
+    def space_of(self, physical: str) -> Space:
+        """The space of one physical collection: its projection, and the store pinned to it."""
+        info = self.store.backend.collection_info(physical)
+        pid = info.metadata.get("projection_id")
+        projection = self.projections.load(str(pid)) if pid else None
+        vectors = {}
+        if ADAPTED in info.vectors:
+            on_disk = self.store.settings.vectors_on_disk
+            vectors[ADAPTED] = VectorSpec(info.vectors[ADAPTED], "cosine", on_disk=on_disk)
+        return Space(physical, projection, self.store.pinned(physical, vectors))
+
+    def invalidate(self) -> None:
+        self._space = None
+
+    def still_current(self, space: Space) -> bool:
+        """Whether the alias still points at ``space``'s collection (asked of the store now)."""
+        return self.store.physical_collection() == space.collection
