@@ -24,11 +24,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from visual_search.adaptation import Adapter  # noqa: E402
-from visual_search.catalog import Catalog  # noqa: E402
-from visual_search.config import AdaptSettings, load_settings  # noqa: E402
-from visual_search.model import get_embedder  # noqa: E402
-from visual_search.store import CatalogStore, ImagePoint, connect  # noqa: E402
+from visual_search.adaptation import Adapter
+from visual_search.catalog import Catalog
+from visual_search.config import AdaptSettings, load_settings
+from visual_search.model import get_embedder
+from visual_search.store import CatalogStore, ImagePoint, connect
 
 
 def fill(store: CatalogStore, points: int, products: int, dim: int, batch: int = 512) -> float:
