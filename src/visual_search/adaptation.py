@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -79,6 +80,15 @@ def same_space(a: Projection, b: Projection, sample: np.ndarray, tolerance: floa
     x = sample[:256]
     pa, pb = a.apply(x), b.apply(x)
     return float(np.abs(pa @ pa.T - pb @ pb.T).max()) <= tolerance
+
+
+def _saved(offset: Any) -> Any:
+    """A scroll position as collection metadata (JSON): engines give ids as str, int or UUID."""
+    return {"uuid": str(offset)} if isinstance(offset, uuid.UUID) else offset
+
+
+def _restored(saved: Any) -> Any:
+    return uuid.UUID(saved["uuid"]) if isinstance(saved, dict) and "uuid" in saved else saved
 
 
 def _now() -> datetime:
@@ -143,12 +153,21 @@ class RawCollections:
             self.backend.delete_ids(name, ids)
 
     def count_indexed_since(self, name: str, stamp: str) -> int:
+        """Points indexed after the ISO time ``stamp``: a datetime-range count where the engine
+        has one (a server), else a scan of the stamps (the embedded engine; small catalogues)."""
         from qdrant_client import models
 
         where = models.Filter(
             must=[models.FieldCondition(key="indexed_at", range=models.DatetimeRange(gt=stamp))]
         )
-        return self.backend.count(name, where)
+        try:
+            return self.backend.count(name, where)
+        except (TypeError, ValueError):
+            return sum(
+                1
+                for r in self.iter_records(name, payload=["indexed_at"], page=2048)
+                if str(r.payload.get("indexed_at", "")) > stamp
+            )
 
     def building_collections(self, live: str) -> list[str]:
         """The collection an adapt run is filling for the live collection ``live`` (recorded in
@@ -301,7 +320,7 @@ class Adapter:
             shrinkage=projection.shrinkage if projection else None,
         )
         self.log(result.reason)
-        target = (name, datetime.fromisoformat(begun_at), meta.get("adapt_offset"))
+        target = (name, datetime.fromisoformat(begun_at), _restored(meta.get("adapt_offset")))
         return self.move(result, projection, result.points, deadline, started, target)
 
     def move(
@@ -323,7 +342,7 @@ class Adapter:
         result.copied = copied
         result.seconds["copy"] = _seconds(copy_started)
         if offset is not None:  # out of time: leave the position for the next run
-            self.raw.update_collection_metadata(new, {"adapt_offset": offset})
+            self.raw.update_collection_metadata(new, {"adapt_offset": _saved(offset)})
             result.status = "incomplete"
             result.reason += f"; copied {copied} points into {new}, to be resumed by the next run"
             self.log(result.reason)
@@ -402,7 +421,7 @@ class Adapter:
             if deadline is not None and time.monotonic() >= deadline:
                 return offset, copied
             if n % CHECKPOINT_BATCHES == 0:  # a crash resumes from here, not from the start
-                self.raw.update_collection_metadata(new, {"adapt_offset": offset})
+                self.raw.update_collection_metadata(new, {"adapt_offset": _saved(offset)})
         raise AssertionError("unreachable")
 
     def _write(self, new: str, records: list, projection: Projection | None) -> None:

@@ -18,16 +18,18 @@ import threading
 import uuid
 from typing import TYPE_CHECKING
 
+import numpy as np
 from qdrant_client import models
 
 from .errors import NotFoundError
-from .store import CollectionExists
+from .store import CollectionExists, VectorSpec
 from .store.backend import StoredPoint
 from .whitening import Projection
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import CatalogStore
 
+PLACEHOLDER = "part"  # the side collection's only vector (unused)
 PART_CHARS = 1 << 20  # base64 characters per point (a 1280x1280 projection is ~9 parts)
 _NAMESPACE = uuid.UUID("0b8f2f7e-6f0e-4f5c-9d83-6c0a3f2b9e14")
 
@@ -51,14 +53,16 @@ class ProjectionRepository:
         pid = projection.id
         backend = self.store.backend
         if not backend.collection_exists(self.collection):
-            try:  # payload-only points: no vectors
-                backend.create_collection(self.collection, {}, {"holds": "catalogue projections"})
+            try:  # the parts are payloads; a 1-d placeholder vector, as every engine wants one
+                backend.create_collection(
+                    self.collection, {PLACEHOLDER: VectorSpec(1, "dot")}, {"holds": "projections"}
+                )
             except CollectionExists:
                 pass  # another process made it a moment ago
         points = [
             StoredPoint(
                 str(uuid.uuid5(_NAMESPACE, f"{pid}/{i}")),
-                {},
+                {PLACEHOLDER: np.ones(1, np.float32)},
                 {"projection_id": pid, "part": i, "parts": len(parts), "data": part},
             )
             for i, part in enumerate(parts)

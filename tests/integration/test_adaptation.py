@@ -27,7 +27,7 @@ from visual_search.errors import StaleProjectionError, StoreUnavailableError
 from visual_search.folders import scan
 from visual_search.lambdas import LambdaContext
 from visual_search.spaces import ADAPTED
-from visual_search.store import VECTOR, CatalogStore, ImagePoint, Query, connect
+from visual_search.store import VECTOR, CatalogStore, ImagePoint, Query
 
 GROCERY = Path(__file__).resolve().parents[1] / "data" / "grocery-subset"
 SETTINGS = AdaptSettings(batch=32, grace_s=0.0, dims=(None,))  # one size: keeps the test short
@@ -37,8 +37,7 @@ def open_catalog(embedder, check_s: float = 0.0, dim: int | None = None) -> Cata
     """A catalogue on a fresh in-memory collection; ``dim`` smaller than the model's for tests
     that only store synthetic vectors (a fit in 64-d takes milliseconds, in 1280-d seconds)."""
     settings = StoreSettings(path=":memory:", collection=f"adapt-{uuid.uuid4().hex[:8]}")
-    store = CatalogStore(
-        connect(settings),
+    store = CatalogStore.open(  # the configured engine: qdrant-edge in a temporary folder
         settings,
         embedder.model_id,
         dim or embedder.dim,
@@ -80,7 +79,8 @@ def synthetic_points(
 
 def all_points(catalog: Catalog) -> list:
     space = catalog.spaces.reload()
-    return list(RawCollections(catalog.store).iter_records(space.collection, vectors=[VECTOR, ADAPTED]))
+    names = [VECTOR, ADAPTED] if space.projection is not None else [VECTOR]  # engines refuse unknown names
+    return list(RawCollections(catalog.store).iter_records(space.collection, vectors=names))
 
 
 def metadata_of(catalog: Catalog, collection: str) -> dict:
