@@ -36,6 +36,7 @@ import numpy as np
 from .spaces import ADAPTED
 from .store import RERANK, VECTOR, CatalogStore, VectorSpec, slug
 from .store.backend import Record, StoredPoint
+from .store.raw import indexed_after
 from .whitening import FitReport, Projection, choose, sample_rows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -155,11 +156,7 @@ class RawCollections:
     def count_indexed_since(self, name: str, stamp: str) -> int:
         """Points indexed after the ISO time ``stamp``: a datetime-range count where the engine
         has one (a server), else a scan of the stamps (the embedded engine; small catalogues)."""
-        from qdrant_client import models
-
-        where = models.Filter(
-            must=[models.FieldCondition(key="indexed_at", range=models.DatetimeRange(gt=stamp))]
-        )
+        where = indexed_after(stamp)
         try:
             return self.backend.count(name, where)
         except (TypeError, ValueError):
@@ -190,8 +187,8 @@ class Adapter:
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.catalog = catalog
-        self.store = catalog.store
-        self.raw = RawCollections(catalog.store)
+        self.store = catalog.adaptation_store
+        self.raw = RawCollections(self.store)
         self.settings = settings
         self.progress = progress or (lambda n: None)
         self.log = log

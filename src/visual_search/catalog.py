@@ -469,6 +469,12 @@ class Catalog:
             return read(self.spaces.reload())
 
     @property
+    def adaptation_store(self) -> CatalogStore:
+        """The store, for ``visual-search adapt`` (adaptation.py), which copies whole physical
+        collections by name: the one caller that works below this facade, by design."""
+        return self.store
+
+    @property
     def projection(self) -> dict | None:
         """The current projection's summary (id, when fitted, products, photos, gain), or None."""
         return self.spaces.current().summary()

@@ -16,14 +16,14 @@ from __future__ import annotations
 import base64
 import threading
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qdrant_client import models
 
 from .errors import NotFoundError
 from .store import CollectionExists, VectorSpec
 from .store.backend import StoredPoint
+from .store.raw import field_is
 from .whitening import Projection
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,7 +99,7 @@ class ProjectionRepository:
             self.store.backend.delete_where(self.collection, _match(pid))
         return len(gone)
 
-    def _payloads(self, where: models.Filter | None, fields: list[str] | bool = True) -> list[dict]:
+    def _payloads(self, where: Any, fields: list[str] | bool = True) -> list[dict]:
         backend = self.store.backend
         if not backend.collection_exists(self.collection):
             return []
@@ -112,7 +112,5 @@ class ProjectionRepository:
                 return out
 
 
-def _match(projection_id: str) -> models.Filter:
-    return models.Filter(
-        must=[models.FieldCondition(key="projection_id", match=models.MatchValue(value=projection_id))]
-    )
+def _match(projection_id: str) -> Any:
+    return field_is("projection_id", projection_id)

@@ -37,7 +37,7 @@ def refit_due(catalog: Catalog, settings: AdaptSettings, threshold: float | None
         return RefitDecision(
             False, "automatic refits are off (ADAPT=false); `visual-search adapt` still works"
         )
-    store = catalog.store
+    store = catalog.adaptation_store
     space = catalog.spaces.reload()
     raw = RawCollections(store)
     if raw.building_collections(space.collection):
@@ -111,7 +111,7 @@ class SettledRefit:
         last_count, quiet_since, checked = -1, time.monotonic(), False
         while not self._stop.wait(self.interval_s):
             try:
-                count = self.catalog.store.count()
+                count = self.catalog.count()
                 if self.busy() or count != last_count:
                     last_count, quiet_since, checked = count, time.monotonic(), False
                     continue
