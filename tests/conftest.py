@@ -15,17 +15,17 @@ os.environ.setdefault("QDRANT_PATH", ":memory:")
 # threads on a busy 2-core machine.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import io  # noqa: E402
-import uuid  # noqa: E402
-from pathlib import Path  # noqa: E402
+import io
+import uuid
+from pathlib import Path
 
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import pytest
+from PIL import Image
 
-from visual_search.config import StoreSettings, get_settings  # noqa: E402
-from visual_search.folders import DEMO_CATALOG, scan  # noqa: E402
-from visual_search.model import Embedder  # noqa: E402
-from visual_search.store import CatalogStore, open_backend  # noqa: E402
+from visual_search.config import StoreSettings, get_settings
+from visual_search.folders import DEMO_CATALOG, scan
+from visual_search.model import Embedder
+from visual_search.store import CatalogStore, open_backend
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"

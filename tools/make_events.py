@@ -25,7 +25,7 @@ QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:visual-search-ingest"
 
 
 def s3_record(name: str, key: str, sequencer: str, size: int = 0) -> dict:
-    obj = {"key": quote_plus(key, safe="/"), "sequencer": sequencer}
+    obj: dict[str, str | int] = {"key": quote_plus(key, safe="/"), "sequencer": sequencer}
     if name.startswith("ObjectCreated"):
         obj.update(size=size, eTag="0123456789abcdef0123456789abcdef")
     return {

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import py_compile
 import shutil
 import sys
 from pathlib import Path
@@ -85,7 +86,7 @@ def compile_tree(root: Path) -> bool:
         quiet=2,
         workers=1,
         legacy=False,
-        invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
     )
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Mapping, Union
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -14,8 +15,8 @@ from .domain import Filter, Query, Range
 from .errors import InvalidOptions
 from .images import Region
 
-Scalar = Union[str, float, int, bool]
-FilterValue = Union[Scalar, list[Scalar]]
+Scalar = str | float | int | bool
+FilterValue = Scalar | list[Scalar]
 # S3 user-metadata names as they arrive (lower case letters, digits, - and _); no dots or colons,
 # which Qdrant would read as a path into the payload.
 METADATA_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -45,7 +46,7 @@ class PriceRange(BaseModel):
     lt: float | None = None
 
     @model_validator(mode="after")
-    def finite_and_ordered(self) -> "PriceRange":
+    def finite_and_ordered(self) -> PriceRange:
         values = [v for v in (self.gte, self.lte, self.gt, self.lt) if v is not None]
         if not values:
             raise ValueError("give at least one of gte, lte, gt, lt")
@@ -65,7 +66,7 @@ def _check_scalar(value: Any, field: str) -> Any:
         if len(value) > MAX_STRING:
             raise ValueError(f"{field}: values are at most {MAX_STRING} characters")
         return value
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, (bool, int)):
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value
@@ -82,9 +83,9 @@ class Filters(BaseModel):
     any other metadata key: an exact value or a list."""
 
     model_config = ConfigDict(extra="allow")
-    category: Union[str, list[str], None] = None
-    brand: Union[str, list[str], None] = None
-    product_id: Union[str, list[str], None] = None
+    category: str | list[str] | None = None
+    brand: str | list[str] | None = None
+    product_id: str | list[str] | None = None
     price: PriceRange | None = None
 
     @field_validator("category", "brand", "product_id")
@@ -100,7 +101,7 @@ class Filters(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def metadata_keys(self) -> "Filters":
+    def metadata_keys(self) -> Filters:
         for key, value in (self.model_extra or {}).items():
             if key in RESERVED:
                 raise ValueError(f"cannot filter on {key!r}")
@@ -147,7 +148,7 @@ class Crop(BaseModel):
     height: float = Field(gt=0.0, le=1.0, description="box height, a fraction of the image's height")
 
     @model_validator(mode="after")
-    def inside_the_image(self) -> "Crop":
+    def inside_the_image(self) -> Crop:
         if self.x + self.width > 1.0 + 1e-6 or self.y + self.height > 1.0 + 1e-6:
             raise ValueError("the box must lie inside the image: x + width and y + height at most 1")
         return self
@@ -213,7 +214,7 @@ class SearchRequest(SearchOptions):
     )
 
     @model_validator(mode="after")
-    def one_image(self) -> "SearchRequest":
+    def one_image(self) -> SearchRequest:
         if (self.image is None) == (self.s3_key is None):
             raise ValueError("give exactly one of image (base64) or s3_key")
         return self

@@ -19,6 +19,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -116,11 +117,11 @@ CASES = {
 
 
 def measure_store(store, data: Synthetic, qs: np.ndarray, truth: dict) -> dict:
-    from .domain import Query
+    from .domain import Filter, Query
 
     row: dict = {}
     for case, (filtered, grouped) in CASES.items():
-        query = Query(top_k=10, group_by_product=grouped, filters=FILTER if filtered else {})
+        query = Query(top_k=10, group_by_product=grouped, filters=Filter.of(FILTER if filtered else {}))
         store.search(qs[0], query)  # warm-up
         times, recalls = [], []
         for n, vector in enumerate(qs):
@@ -179,7 +180,7 @@ def edge_row(size: int, log) -> dict:
         "reopen_s": round(reopen_s, 2),
         **measure_store(store, data, qs, truth),
         "store_rss_mb": round(rss_mb() - before, 1),
-        "disk_mb": round(disk_bytes(folder) / 2**20, 1),
+        "disk_mb": round(disk_bytes(Path(folder)) / 2**20, 1),
     }
     store.close()
     shutil.rmtree(folder, ignore_errors=True)

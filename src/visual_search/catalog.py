@@ -12,12 +12,12 @@ from __future__ import annotations
 import atexit
 import re
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.header import decode_header, make_header
 from functools import lru_cache
 from pathlib import PurePosixPath
-from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -153,8 +153,8 @@ def parse_price(raw: str | None) -> float | None:
         number = number.replace(thousands, "").replace(decimal, ".")
     elif "," in number:  # 1,299 and 1,299,000 group thousands; 3,99 is a decimal comma
         groups = number.split(",")
-        thousands = len(groups) > 2 or len(groups[-1]) == 3
-        number = number.replace(",", "") if thousands else number.replace(",", ".")
+        grouped = len(groups) > 2 or len(groups[-1]) == 3
+        number = number.replace(",", "") if grouped else number.replace(",", ".")
     elif number.count(".") > 1:  # 1.299.000
         number = number.replace(".", "")
     try:
@@ -171,7 +171,7 @@ def decode_metadata_value(value: Any) -> str:
         return text
     try:
         return str(make_header(decode_header(text)))
-    except Exception:  # noqa: BLE001 - HeaderParseError and friends: a malformed word stays as sent
+    except Exception:
         return text
 
 
@@ -188,7 +188,7 @@ def build_payload(source: ImageSource, model_id: str) -> dict[str, Any]:
         "sequencer": source.sequencer,
         "model_id": model_id,
         # to the microsecond: `adapt` and `reindex` catch up by comparing these stamps
-        "indexed_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+        "indexed_at": datetime.now(UTC).isoformat(timespec="microseconds"),
     }
     for name in ("category", "brand", "title"):
         if meta.get(name):
@@ -231,7 +231,7 @@ class Catalog:
         self.spaces = SpaceTracker(store, check_s)
 
     @classmethod
-    def open(cls, settings: Settings | None = None, embedder: Embedder | None = None) -> "Catalog":
+    def open(cls, settings: Settings | None = None, embedder: Embedder | None = None) -> Catalog:
         from .model import load_reranker
 
         settings = settings or get_settings()
@@ -406,9 +406,11 @@ class Catalog:
         embedded_at = time.perf_counter()
         results, points = [], []
         for source, item, second in zip(sources, embedded, reranked):
-            error = item if isinstance(item, ImageError) else second
-            if isinstance(error, ImageError):
-                results.append(IndexResult(source, error))
+            if isinstance(item, ImageError):
+                results.append(IndexResult(source, item))
+                continue
+            if isinstance(second, ImageError):  # the reranking model refused the image
+                results.append(IndexResult(source, second))
                 continue
             points.append(
                 ImagePoint(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import StoreUnavailableError, VisualSearchError
 
@@ -70,7 +70,7 @@ def ingest_folder(
 
 
 def _query_from_args(args):
-    from .domain import Query
+    from .domain import Filter, Query
 
     filters: dict = {}
     if args.category:
@@ -79,7 +79,7 @@ def _query_from_args(args):
         filters["brand"] = args.brand
     if args.price_min is not None or args.price_max is not None:
         filters["price"] = {"gte": args.price_min, "lte": args.price_max}
-    return Query(top_k=args.top_k, filters=filters, group_by_product=not args.no_group)
+    return Query(top_k=args.top_k, filters=Filter.of(filters), group_by_product=not args.no_group)
 
 
 def _print_hits(result, as_json: bool) -> None:
@@ -326,6 +326,7 @@ def cmd_eval(args) -> int:
     from .model import Embedder
 
     settings = get_settings()
+    embedder: Embedder | PixelEmbedder
     if args.baseline == "pixels":
         embedder = PixelEmbedder()
     else:

@@ -111,7 +111,8 @@ class EvalResult:
         out = self.as_json()
         split = f", {self.queries} queries against {self.gallery}" if self.protocol == "split" else ""
         lines = [
-            f"{self.model} on {folder}: {self.images} images of {self.products} products ({self.protocol}{split})"
+            f"{self.model} on {folder}: {self.images} images of {self.products} products "
+            f"({self.protocol}{split})"
         ]
         keys = ("recall@1", "recall@5", "recall@10", "mAP@R")
         if self.adapted:
@@ -194,7 +195,7 @@ def evaluate(
         progress(len(chunk))
     index_rate = len(images) / (time.perf_counter() - started)
     counts = {p: sum(1 for img in images if product_of(img) == p) for p in products}
-    recalls = {k: [] for k in KS}
+    recalls: dict[int, list[bool]] = {k: [] for k in KS}
     aps, latencies = [], []
     for img in images:
         product, r = product_of(img), counts[product_of(img)] - 1
@@ -236,7 +237,7 @@ def _open_catalog(embedder, reranker) -> Catalog:
         rerank_model_id=reranker.model_id if reranker else None,
         rerank_dim=reranker.dim if reranker else None,
     )
-    return Catalog(embedder, store, reranker)  # type: ignore[arg-type]
+    return Catalog(embedder, store, reranker)
 
 
 def _index(catalog: Catalog, images: Sequence[LocalImage], batch: int, progress) -> float:

@@ -8,8 +8,9 @@ configured, carry no change and are recognised so they can be acknowledged.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 from urllib.parse import unquote_plus
 
 

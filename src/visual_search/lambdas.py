@@ -23,6 +23,8 @@ def load_function(name: str, fresh_catalog: bool = True) -> ModuleType:
         get_catalog.cache_clear()
     module_name = f"lambda_{name}_app"
     spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -24,6 +24,14 @@ from .errors import ImageError, ModelError
 from .images import Preprocess, Region, decode
 
 DISTANCES = ("cosine", "dot", "euclid")
+
+
+def _per_channel(values: Sequence[float], name: str) -> tuple[float, float, float]:
+    """An RGB triple of a model card (mean or std): three numbers."""
+    channels = tuple(float(v) for v in values)
+    if len(channels) != 3:
+        raise ValueError(f"input.{name} needs three values (R, G, B), got {list(values)!r}")
+    return channels[0], channels[1], channels[2]
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class ModelCard:
     source: dict
 
     @classmethod
-    def load(cls, model_dir: Path) -> "ModelCard":
+    def load(cls, model_dir: Path) -> ModelCard:
         path = model_dir / "model.json"
         try:
             raw = json.loads(path.read_text())
@@ -63,8 +71,8 @@ class ModelCard:
                     size=int(inp["size"]),
                     crop=inp.get("crop", "center"),
                     crop_fraction=float(inp.get("crop_fraction", 1.0)),
-                    mean=tuple(float(v) for v in inp["mean"]),
-                    std=tuple(float(v) for v in inp["std"]),
+                    mean=_per_channel(inp["mean"], "mean"),
+                    std=_per_channel(inp["std"], "std"),
                     interpolation=inp.get("interpolation", "bicubic"),
                 ),
                 input_name=inp.get("name", "pixels"),
@@ -194,10 +202,12 @@ class Embedder:
         return vectors.astype(np.float32, copy=False)
 
     def _run(self, chunk: np.ndarray) -> np.ndarray:
-        run = lambda x: self.session.run(
-            [self.card.embedding_output],  # noqa: E731
-            {self.card.input_name: x},
-        )[0]
+        def run(x):
+            return self.session.run(
+                [self.card.embedding_output],
+                {self.card.input_name: x},
+            )[0]
+
         if not self.flip_tta:
             return run(chunk)
         both = run(np.concatenate([chunk, np.ascontiguousarray(chunk[..., ::-1])]))
@@ -216,7 +226,7 @@ class Embedder:
         good = [i for i, item in enumerate(decoded) if isinstance(item, np.ndarray)]
         results: list[np.ndarray | ImageError] = list(decoded)
         if good:
-            vectors = self.embed_pixels(np.stack([decoded[i] for i in good]))
+            vectors = self.embed_pixels(np.stack([np.asarray(decoded[i]) for i in good]))
             for i, vector in zip(good, vectors):
                 results[i] = vector
         return results

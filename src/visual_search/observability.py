@@ -18,4 +18,4 @@ logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 tracer = Tracer(service=SERVICE)
 
-__all__ = ["logger", "metrics", "tracer", "MetricUnit"]
+__all__ = ["MetricUnit", "logger", "metrics", "tracer"]

@@ -8,8 +8,9 @@ function applies them like any notification (idempotently: replays change nothin
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from .catalog import Catalog, is_image_key
 from .events import S3Change
@@ -145,7 +146,7 @@ class Syncer:
         def content_type(key: str) -> str:
             try:
                 return str(ingestor.s3.head_object(Bucket=bucket, Key=key).get("ContentType") or "")
-            except Exception:  # noqa: BLE001 - cannot tell: keep it, the repair will look
+            except Exception:
                 return "image/?"
 
         unsure = [k for k in keys if not is_image_key(k)]
@@ -166,7 +167,7 @@ class Syncer:
             else:
                 objects[obj.key] = obj
         points = {
-            hit.payload.get("key"): bare_etag(hit.payload.get("etag"))
+            str(hit.payload.get("key", "")): bare_etag(hit.payload.get("etag"))
             for hit in self.catalog.images_in(bucket)
             if str(hit.payload.get("key", "")).startswith(prefix)
         }
@@ -238,7 +239,7 @@ def reindex(
         sources = sources_in(catalog, old) if old else []
     if not sources:
         raise ValueError("nothing to re-index from: give --source s3://bucket/prefix")
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%d%H%M%S%f")
     new = f"{catalog.collection}-{slug(catalog.model_id)}-{stamp}"
     building = catalog.new_collection(new)

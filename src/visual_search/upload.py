@@ -14,10 +14,11 @@ import base64
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .folders import LocalImage, scan
 
@@ -111,7 +112,7 @@ def upload_folder(
         try:
             status, sent = upload_one(s3, bucket, object_key(prefix, image), image)
             return image, status, sent, ""
-        except Exception as exc:  # noqa: BLE001 - reported per file, the others go on
+        except Exception as exc:
             return image, "failed", 0, f"{type(exc).__name__}: {exc}"
 
     with ThreadPoolExecutor(max(1, workers)) as pool:

@@ -155,9 +155,8 @@ def find_python312() -> str | None:
     candidates += sorted(pyenv_root.glob("versions/3.12.*/bin/python3.12"), reverse=True)
     candidates += [shutil.which("python3.12") or ""]
     for candidate in candidates:
-        if candidate and Path(candidate).exists():
-            if _is_python312(candidate):
-                return str(candidate)
+        if candidate and Path(candidate).exists() and _is_python312(candidate):
+            return str(candidate)
     return None
 
 
@@ -177,7 +176,7 @@ def tool_env(python312: str | None = None) -> dict[str, str]:
     path = [str(SAM_VENV / "bin")]
     if python312:
         path.insert(0, str(Path(python312).parent))
-    env["PATH"] = os.pathsep.join(path + [env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join([*path, env.get("PATH", "")])
     return env
 
 

@@ -98,7 +98,7 @@ def test_parameters(template):
         "NotificationPrefix",
     } <= set(params)
     assert "Default" not in params["QdrantUrl"], "the Qdrant URL must be given explicitly"
-    for name, param in params.items():
+    for name, _param in params.items():
         assert not re.search(r"api.?key$", name, re.I) or name == "QdrantApiKeyParameter", (
             f"{name}: secrets are not template parameters"
         )
@@ -262,7 +262,7 @@ def test_api_routes_binary_types_key_and_cors(template):
     api = template["Resources"]["SearchApi"]
     assert api["Type"] == "AWS::Serverless::Api"
     props = api["Properties"]
-    assert BINARY_TYPES <= set(props["BinaryMediaTypes"])
+    assert set(props["BinaryMediaTypes"]) >= BINARY_TYPES
     assert props["Auth"]["ApiKeyRequired"] is True
     plan = props["Auth"]["UsagePlan"]
     assert plan["CreateUsagePlan"] == "PER_API" and {"RateLimit", "BurstLimit"} <= set(plan["Throttle"])

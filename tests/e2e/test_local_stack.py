@@ -125,7 +125,7 @@ def test_a_body_the_gateway_cannot_frame_gets_an_error(stack, framing, status):
         while chunk := conn.recv(65536):  # the gateway closes the connection after answering
             chunks.append(chunk)
         reply = b"".join(chunks).decode("utf-8", "replace")
-    assert reply.startswith(f"HTTP/1.0 {status}") or reply.startswith(f"HTTP/1.1 {status}"), reply
+    assert reply.startswith((f"HTTP/1.0 {status}", f"HTTP/1.1 {status}")), reply
     assert '"error"' in reply
 
 

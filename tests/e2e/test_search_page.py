@@ -118,7 +118,8 @@ def test_on_a_desktop_details_more_results_and_price_fields(stack, browser, demo
     assert len(set(ids)) == 8
     page.fill("#price_max", "1.5")  # a price field searches again by itself
     page.wait_for_function(
-        "document.querySelectorAll('article.card').length > 0 && [...document.querySelectorAll('article.card')]"
+        "document.querySelectorAll('article.card').length > 0"
+        " && [...document.querySelectorAll('article.card')]"
         ".every(c => Number(c.dataset.price) <= 1.5)",
         timeout=30_000,
     )

@@ -28,7 +28,7 @@ LEFT_HALF = {"x": 0, "y": 0, "width": 0.5, "height": 1}
 RIGHT_HALF = {"x": 0.5, "y": 0, "width": 0.5, "height": 1}
 
 
-def test_crop_as_a_json_field_a_query_parameter_and_a_form_field(env, catalog, demo_images):  # noqa: F811
+def test_crop_as_a_json_field_a_query_parameter_and_a_form_field(env, catalog, demo_images):
     photo = collage(demo_images)
     encoded = base64.b64encode(photo).decode()
     status, body, _ = call(
@@ -54,7 +54,7 @@ def test_crop_as_a_json_field_a_query_parameter_and_a_form_field(env, catalog, d
         "not json",
     ],
 )
-def test_a_crop_outside_the_image_or_empty_is_422(env, catalog, demo_images, crop):  # noqa: F811
+def test_a_crop_outside_the_image_or_empty_is_422(env, catalog, demo_images, crop):
     value = crop if isinstance(crop, str) else json.dumps(crop)
     status, body, _ = call(
         env,
@@ -66,13 +66,13 @@ def test_a_crop_outside_the_image_or_empty_is_422(env, catalog, demo_images, cro
     assert body["error"]["details"][0]["loc"][0] == "crop"
 
 
-def test_crop_is_refused_where_there_is_no_query_image(env, catalog):  # noqa: F811
+def test_crop_is_refused_where_there_is_no_query_image(env, catalog):
     query = quote(json.dumps(LEFT_HALF))
     status, body, _ = call(env, rest_event("GET", f"/products/{LEFT}/similar?crop={query}"))
     assert_error(status, body, 422, "invalid_options")
 
 
-def test_next_offset_is_null_when_no_result_follows(env, catalog, demo_images):  # noqa: F811
+def test_next_offset_is_null_when_no_result_follows(env, catalog, demo_images):
     photo = base64.b64encode(query_photo(demo_images, 9)).decode()
     last = call(env, json_event("POST", "/search", {"image": photo, "top_k": 5, "offset": 5}))[1]
     assert len(last["results"]) == 5 and last["next_offset"] is None  # 10 products in all
@@ -81,7 +81,7 @@ def test_next_offset_is_null_when_no_result_follows(env, catalog, demo_images): 
 
 
 @pytest.mark.parametrize("fmt,media", [("GIF", "image/gif"), ("BMP", "image/bmp"), ("TIFF", "image/tiff")])
-def test_every_image_type_the_decoder_reads_is_accepted(env, catalog, demo_images, fmt, media):  # noqa: F811
+def test_every_image_type_the_decoder_reads_is_accepted(env, catalog, demo_images, fmt, media):
     buffer = io.BytesIO()
     Image.open(io.BytesIO(query_photo(demo_images, 21))).save(buffer, fmt)
     status, body, _ = call(
@@ -90,7 +90,7 @@ def test_every_image_type_the_decoder_reads_is_accepted(env, catalog, demo_image
     assert status == 200 and products(body) == [demo_images[21].metadata["product-id"]]
 
 
-def test_octet_stream_is_sniffed(env, catalog, demo_images):  # noqa: F811
+def test_octet_stream_is_sniffed(env, catalog, demo_images):
     photo = query_photo(demo_images, 33)
     status, body, _ = call(
         env, rest_event("POST", "/search?top_k=1", body=photo, content_type="application/octet-stream")
@@ -110,14 +110,14 @@ def test_a_known_route_with_another_method_is_405(env, method, path, allow):
     assert headers["Allow"] == allow
 
 
-def test_keyword_filter_values_are_case_sensitive(env, catalog, demo_images):  # noqa: F811
+def test_keyword_filter_values_are_case_sensitive(env, catalog, demo_images):
     photo = query_photo(demo_images, 0)
     ok = call(env, rest_event("POST", "/search?category=Milk", body=photo, content_type="image/jpeg"))[1]
     lower = call(env, rest_event("POST", "/search?category=milk", body=photo, content_type="image/jpeg"))[1]
     assert ok["results"] and lower["results"] == []
 
 
-def test_a_field_repeated_in_the_query_string_counts_its_last_value(env, catalog, demo_images):  # noqa: F811
+def test_a_field_repeated_in_the_query_string_counts_its_last_value(env, catalog, demo_images):
     photo = query_photo(demo_images, 0)
     status, body, _ = call(
         env, rest_event("POST", "/search?top_k=3&top_k=5", body=photo, content_type="image/jpeg")

@@ -33,7 +33,7 @@ def run_eval(*extra: str) -> dict:
 def test_eval_reports_the_metrics_and_beats_raw_pixels():
     model = run_eval()
     pixels = run_eval("--baseline", "pixels")
-    assert KEYS <= set(model) and model["model"] == "efficientnet-lite0-imagenet-gem"
+    assert set(model) >= KEYS and model["model"] == "efficientnet-lite0-imagenet-gem"
     assert model["images"] == 30 and model["products"] == 10
     for key in KEYS:
         assert 0.0 <= model[key] <= 1.0
@@ -60,8 +60,17 @@ GROCERY_SMALL = REPO / "tests" / "data" / "grocery-small"
 def test_eval_split_protocol_with_adaptation():
     """Gallery train_ photos, queries test_ (another photo session); the fit sees the gallery only."""
     result = subprocess.run(
-        [sys.executable, "-m", "visual_search", "eval", str(GROCERY_SMALL), "--json"]
-        + ["--queries", "val_*,test_*", "--adapt"],
+        [
+            sys.executable,
+            "-m",
+            "visual_search",
+            "eval",
+            str(GROCERY_SMALL),
+            "--json",
+            "--queries",
+            "val_*,test_*",
+            "--adapt",
+        ],
         check=False,
         capture_output=True,
         text=True,
@@ -71,7 +80,7 @@ def test_eval_split_protocol_with_adaptation():
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["protocol"] == "split" and out["queries"] == 40 and out["gallery"] == 80
-    assert KEYS <= set(out["raw"]) and KEYS <= set(out["adapted"])
+    assert set(out["raw"]) >= KEYS and set(out["adapted"]) >= KEYS
     assert [f["photos"] for f in out["fits"]] == [80]
     assert out["fits"][0]["shrinkage"] is not None, out["fits"][0]["reason"]
     assert out["adapted"]["recall@1"] >= out["raw"]["recall@1"] + 0.05

@@ -401,7 +401,7 @@ def test_qdrant_down_then_recovered(monkeypatch, embedder, photos, qdrant_shim):
 def test_sample_events(world, name, photos):
     """Each sample event in events/ runs through the handler against objects it names."""
     event = json.loads((EVENTS / name).read_text())
-    from visual_search.events import event_kind, parse_sqs_body, changes_in_message
+    from visual_search.events import changes_in_message, event_kind, parse_sqs_body
 
     changes = (
         changes_in_message(event)

@@ -20,11 +20,11 @@ from PIL import Image
 from tests.conftest import jpeg_bytes
 from tests.support.apigw import json_event, rest_event
 from tests.support.qdrant_rest_shim import QdrantRestShim
-from visual_search.store import connection as store_module
 from visual_search.config import StoreSettings
 from visual_search.errors import StoreUnavailableError
 from visual_search.lambdas import LambdaContext, load_function
 from visual_search.store import CatalogStore
+from visual_search.store import connection as store_module
 
 NAME = "/visual-search/qdrant-api-key"
 
@@ -101,7 +101,7 @@ def test_a_revoked_key_costs_one_retryable_failure(keys, shim, embedder):
     store.count()
     keys.put("key-3")
     shim.accepted_keys = {"key-3"}  # the old key revoked at once
-    with pytest.raises(StoreUnavailableError, match="a new one was read from .*: retry"):
+    with pytest.raises(StoreUnavailableError, match=r"a new one was read from .*: retry"):
         store.count()
     assert store.count() == 0 and shim.keys_seen[-1] == "key-3"
 
@@ -110,7 +110,7 @@ def test_a_wrong_key_is_reported_as_such(keys, shim, embedder):
     shim.accepted_keys = {"another-key"}
     store = open_store(keys, shim, embedder)
     for _ in range(2):
-        with pytest.raises(StoreUnavailableError, match="refused the API key .*check that it is valid"):
+        with pytest.raises(StoreUnavailableError, match=r"refused the API key .*check that it is valid"):
             store.count()
 
 

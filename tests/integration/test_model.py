@@ -101,7 +101,7 @@ def test_model_dir_with_a_tampered_onnx_is_refused(embedder, tmp_path):
 
 
 def test_missing_or_broken_card_is_a_clear_error(tmp_path):
-    with pytest.raises(ModelError, match="model.json"):
+    with pytest.raises(ModelError, match=r"model\.json"):
         ModelCard.load(tmp_path)
     (tmp_path / "model.json").write_text('{"id": "x"}')
     with pytest.raises(ModelError, match="missing or has a bad field"):

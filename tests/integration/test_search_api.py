@@ -16,10 +16,10 @@ from PIL import Image, ImageOps
 
 from tests.conftest import jpeg_bytes
 from tests.support.apigw import json_event, multipart_body, rest_event
-from visual_search.lambdas import LambdaContext, load_function
 from visual_search.api import SearchApi
 from visual_search.catalog import ImageSource
 from visual_search.config import StoreSettings, load_settings
+from visual_search.lambdas import LambdaContext, load_function
 from visual_search.store import CatalogStore
 
 BUCKET = "product-images"
@@ -130,7 +130,7 @@ def test_multipart_form(env, catalog, demo_images):
 
 
 def test_s3_key_of_an_upload(env, catalog, demo_images):
-    app, s3 = env
+    _app, s3 = env
     status, upload, _ = call(env, json_event("POST", "/uploads", {"content_type": "image/jpeg"}))
     assert status == 200 and upload["s3_key"].startswith("query-uploads/")
     s3.put_object(
@@ -402,7 +402,7 @@ def test_contradictory_price_bounds_are_refused(env, catalog, demo_images, price
 
 
 def test_similar_takes_the_decoded_product_id_of_an_encoded_path(env, catalog, demo_images):
-    app, s3 = env
+    app, _s3 = env
     product = "Caffè Latte/Large"
     key = "catalog/special/a.jpg"
     data = demo_images[3].path.read_bytes()
@@ -513,7 +513,7 @@ def test_openapi_document(env):
     ],
 )
 def test_sample_events(env, catalog, name):
-    app, s3 = env
+    _app, s3 = env
     if name == "api-search-s3-key.json":
         s3.put_object(
             Bucket=BUCKET,

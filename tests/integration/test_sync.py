@@ -8,8 +8,8 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from visual_search.catalog import Catalog
+from visual_search.config import ImageLimits, IngestSettings, StoreSettings
 from visual_search.events import S3Change
-from visual_search.config import IngestSettings, ImageLimits, StoreSettings
 from visual_search.ingest import Ingestor
 from visual_search.store import CatalogStore, Query, open_backend
 from visual_search.sync import Syncer, reindex
@@ -60,7 +60,9 @@ def upload(s3, demo_images):
 
 def make_syncer(embedder, s3_client, collection="sync", client=None, model_id=None):
     settings = StoreSettings(path=":memory:", collection=collection)
-    store = CatalogStore(client or open_backend(settings), settings, model_id or embedder.model_id, embedder.dim)
+    store = CatalogStore(
+        client or open_backend(settings), settings, model_id or embedder.model_id, embedder.dim
+    )
     ingestor = Ingestor(Catalog(embedder, store), s3_client, IngestSettings(), ImageLimits())
     return Syncer(ingestor, sleep=lambda s: None)
 
@@ -157,7 +159,9 @@ def test_reindex_switches_the_alias_to_a_collection_of_the_current_model(s3, upl
     assert current.catalog.store.count() == 8
     assert not client.collection_exists(old_physical)
     hits = current.catalog.store.search(
-        embedder.embed(s3.get_object(Bucket=BUCKET, Key=next(iter(keys(current.catalog.store))))["Body"].read()),
+        embedder.embed(
+            s3.get_object(Bucket=BUCKET, Key=next(iter(keys(current.catalog.store))))["Body"].read()
+        ),
         Query(top_k=3, group_by_product=False),
     )
     assert len(hits) == 3

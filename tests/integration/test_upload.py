@@ -43,7 +43,7 @@ def objects(s3) -> dict[str, dict]:
     return {k: s3.head_object(Bucket="shop", Key=k) for k in keys}
 
 
-def test_metadata_from_products_csv_then_indexed_with_it(bucket, shop_folder, memory_store, capsys):  # noqa: F811
+def test_metadata_from_products_csv_then_indexed_with_it(bucket, shop_folder, memory_store, capsys):
     assert main(["upload", str(shop_folder), "s3://shop/catalog/"]) == 0
     out, err = capsys.readouterr()
     assert "3 images; 3 uploaded" in out and "0 failed" in out

@@ -10,8 +10,8 @@ import contextlib
 import io
 import json
 import logging
-import sys
 import resource
+import sys
 from pathlib import Path
 from typing import Any
 

@@ -293,7 +293,7 @@ def pytest_generate_tests(metafunc):
 
 
 def test_bad_search_requests(env, catalog, demo_images, search_case):
-    name, event, status, codes = search_case
+    _name, event, status, codes = search_case
     code, raw, headers = raw_call(env, event)
     assert_error(code, raw, headers, status, codes)
     if status == 422:
@@ -412,7 +412,7 @@ def good_photo(demo_images, n: int) -> bytes:
     ],
 )
 def test_bad_object_is_a_logged_permanent_failure(world, samples, demo_images, caplog, name):
-    data, codes, _ = samples.bad[name]
+    data, _codes, _ = samples.bad[name]
     ext = "png" if "png" in name or name == "svg" else ("gif" if "gif" in name else "jpg")
     bad_key, good_keys = (
         f"bad-input/{name}/object.{ext}",

@@ -32,7 +32,8 @@ WRITER = textwrap.dedent(
         points = []
         for n in range(batch * {BATCH}, (batch + 1) * {BATCH}):
             vector = rng.normal(size={DIM}).astype(np.float32)
-            payload = {{"product_id": f"p{{n // 4}}", "bucket": "b", "key": f"k{{n}}", "brand": f"batch-{{batch}}"}}
+            payload = {{"product_id": f"p{{n // 4}}", "bucket": "b", "key": f"k{{n}}",
+                        "brand": f"batch-{{batch}}"}}
             points.append(ImagePoint("b", f"k{{n}}", vector / np.linalg.norm(vector), payload))
         store.upsert(points)
         print(batch, flush=True)  # acknowledged

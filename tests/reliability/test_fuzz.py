@@ -50,18 +50,18 @@ pytestmark = [
 ]  # corrupt TIFF/EXIF chatter
 
 COUNTS: Counter = Counter()  # examples run per property, and their outcomes
-FUZZ = dict(
-    deadline=None,
-    database=None,
-    derandomize=False,
-    print_blob=True,
-    suppress_health_check=[
+FUZZ = {
+    "deadline": None,
+    "database": None,
+    "derandomize": False,
+    "print_blob": True,
+    "suppress_health_check": [
         HealthCheck.too_slow,
         HealthCheck.data_too_large,
         HealthCheck.function_scoped_fixture,
         HealthCheck.filter_too_much,
     ],
-)
+}
 CLIENT_ERRORS = {400, 404, 413, 415, 422}
 
 
@@ -140,7 +140,7 @@ filter_keys = (
     | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,20}", fullmatch=True)  # dots, colons
     | st.text(max_size=20)
 )
-price_ranges = st.fixed_dictionaries({}, optional={op: json_leaves for op in ("gte", "lte", "gt", "lt")})
+price_ranges = st.fixed_dictionaries({}, optional=dict.fromkeys(("gte", "lte", "gt", "lt"), json_leaves))
 filter_objects = st.dictionaries(filter_keys, json_values | price_ranges, max_size=4)
 search_objects = st.fixed_dictionaries(
     {"image": st.sampled_from([TINY_B64, f"data:image/png;base64,{TINY_B64}"]) | json_values},
@@ -344,7 +344,7 @@ def world(env, catalog):
     """The ingest function on the same catalogue and moto S3 as the search function: fuzzed
     events that name real objects re-index them, and searches keep working."""
     ingest = load_function("ingest", fresh_catalog=False)
-    app, s3 = env
+    _app, s3 = env
     s3.put_object(Bucket=BUCKET, Key="fuzz/good.jpg", Body=SEEDS[0], ContentType="image/jpeg")
     s3.put_object(Bucket=BUCKET, Key="fuzz/corrupt.png", Body=SEEDS[3][:40])
     s3.put_object(Bucket=BUCKET, Key="fuzz/notes.txt", Body=b"hello", ContentType="text/plain")

@@ -24,8 +24,9 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -279,7 +280,7 @@ class QdrantRestShim:
                 if "not found" in str(exc).lower():  # local mode: "Collection x not found"
                     return 404, {"status": {"error": f"Not found: {exc}"}, "time": 0.0}
                 return 400, {"status": {"error": f"Bad request: {exc}"}, "time": 0.0}
-            except Exception as exc:  # noqa: BLE001 - report anything else as a server error
+            except Exception as exc:
                 return 500, {"status": {"error": f"Service internal error: {exc!r}"}, "time": 0.0}
             if isinstance(result, BaseModel):
                 result = result.model_dump(mode="json", exclude_none=True)

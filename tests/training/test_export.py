@@ -85,7 +85,7 @@ def test_another_input_size_is_its_own_graph(tmp_path, demo_images):
     vector = model.embed(demo_images[0].path.read_bytes())
     assert vector.shape == (1280,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-4
     # the padding is fixed: a 224 px input does not fit a 160 px graph
-    with pytest.raises(Exception, match="(?i)dimension|shape"):
+    with pytest.raises(Exception, match=r"(?i)dimension|shape"):
         model.session.run(["embedding"], {"pixels": np.zeros((1, 3, 224, 224), np.float32)})
 
 

@@ -159,7 +159,9 @@ def multipart_search(media_type: str, body: bytes, fields: dict[str, list[str]])
     form: dict[str, list[str]] = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):  # None: a nested multipart, not a field
+            payload = b""
         if part.get_filename() is not None or name in ("image", "file"):
             if image is not None:
                 raise RequestError("send one image per search", "too_many_images")

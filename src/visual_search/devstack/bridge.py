@@ -17,8 +17,9 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote_plus
 
 from ..lambdas import LambdaContext
@@ -85,7 +86,7 @@ class NotificationBridge:
         self.context = context or LambdaContext()
         self.max_receives = max_receives
         self.log = log
-        self.queue: "queue.Queue[Message]" = queue.Queue()
+        self.queue: queue.Queue[Message] = queue.Queue()
         self.dead_letters: list[Message] = []
         self.delivered = 0
         self._stop = threading.Event()

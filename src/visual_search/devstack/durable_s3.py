@@ -20,9 +20,11 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 _recording = threading.local()
 
@@ -124,7 +126,7 @@ def install_hooks() -> None:
             return result
 
         setattr(S3Backend, name, hooked)
-    S3Backend._visual_search_hooked = True
+    setattr(S3Backend, "_visual_search_hooked", True)  # noqa: B010 - not an attribute S3Backend declares
 
 
 def backend() -> Any:
@@ -142,7 +144,7 @@ def presigned_refusal(environ: dict) -> str | None:
     signed headers differ (another Content-Type, or another Content-Length when it was signed)
     or whose URL has expired is refused, as S3 refuses it."""
     import hmac
-    from datetime import datetime, timezone
+    from datetime import datetime
     from urllib.parse import parse_qsl, quote
 
     from botocore.auth import S3SigV4QueryAuth
@@ -157,12 +159,12 @@ def presigned_refusal(environ: dict) -> str | None:
     if access_key != os.environ.get("AWS_ACCESS_KEY_ID"):
         return None
     try:
-        signed_at = datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        signed_at = datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         expires = int(query["X-Amz-Expires"])
         region = scope.split("/")[1]
     except (KeyError, ValueError, IndexError):
         return "AuthorizationQueryParametersError"
-    if (datetime.now(timezone.utc) - signed_at).total_seconds() > expires:
+    if (datetime.now(UTC) - signed_at).total_seconds() > expires:
         return "Request has expired"
     wsgi_names = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
     headers = {}

@@ -12,9 +12,10 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..lambdas import LambdaContext
@@ -137,7 +138,7 @@ class Gateway:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def serve(self, request: BaseHTTPRequestHandler) -> None:
         if "chunked" in (request.headers.get("Transfer-Encoding") or "").lower():
@@ -176,7 +177,8 @@ class Gateway:
         event = to_event(request.command, request.path, dict(request.headers.items()), body)
         if len(json.dumps(event)) > LAMBDA_PAYLOAD:  # deployed, Lambda refuses the invocation
             message = (
-                f"the request ({length:,} bytes{', base64-encoded by API Gateway' if event['isBase64Encoded'] else ''}) "
+                f"the request ({length:,} bytes"
+                f"{', base64-encoded by API Gateway' if event['isBase64Encoded'] else ''}) "
                 f"is over Lambda's 6 MB invocation limit: send photos over about 4.4 MB through POST /uploads"
             )
             self._refuse(request, 413, "body_too_large", message)

@@ -10,9 +10,10 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import StoreUnavailableError
 from ..folders import DEMO_CATALOG, scan
@@ -64,7 +65,7 @@ def lock_data_dir(data_dir: Path) -> Any:
         f"the data folder {data_dir} is in use by another process (a running `visual-search dev`?): "
         f"stop it, or pass another --data-dir"
     )
-    handle = open(data_dir / ".stack.lock", "a+")
+    handle = open(data_dir / ".stack.lock", "a+")  # noqa: SIM115 - held open: the lock lives as long
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -199,8 +200,8 @@ class DevStack:
 
         o = self.options
         ingestor: Ingestor = self.ingest.ingestor
-        foreign = [(h.payload.get("bucket"), h.payload.get("key")) for h in ingestor.catalog.images_in()]
-        foreign = [(b, k) for b, k in foreign if b != o.bucket and b and k]
+        found = [(h.payload.get("bucket"), h.payload.get("key")) for h in ingestor.catalog.images_in()]
+        foreign = [(str(b), str(k)) for b, k in found if b != o.bucket and b and k]
         if foreign:
             ingestor.catalog.remove(foreign)
             self.log(f"removed {len(foreign)} points of other buckets than {o.bucket!r} from the catalogue")
@@ -314,7 +315,8 @@ class DevStack:
         report = upload_folder(self.s3, self.options.demo_folder, self.options.bucket, "catalog")
         self.log(
             f"demo catalogue: uploaded {report.uploaded} images to s3://{self.options.bucket}/catalog/"
-            f"{f' ({report.failed} failed)' if report.failed else ''}; indexing through the ingest function ..."
+            f"{f' ({report.failed} failed)' if report.failed else ''}; "
+            f"indexing through the ingest function ..."
         )
         started = time.monotonic()
         catalog = self.ingest.ingestor.catalog
@@ -333,18 +335,20 @@ class DevStack:
     def banner(self) -> str:
         o, api = self.options, self.gateway.url
         sample = next(iter(sorted(Path(o.demo_folder).rglob("*.jpg"))), Path("photo.jpg"))
+        where = os.environ.get("QDRANT_URL") or os.environ.get("QDRANT_PATH")
+        target = f"s3://{o.bucket}/catalog/my-sku/front.jpg"
         return f"""
 Visual product search is running locally.
 
   search page   {api}/
   REST API      {api}   (GET {api}/health, POST {api}/search, GET {api}/openapi.json)
   S3 endpoint   {self.s3_url}   bucket: {o.bucket}   (any access key works)
-  catalogue     {os.environ.get("QDRANT_URL") or os.environ.get("QDRANT_PATH")} (embedded Qdrant, kept between runs)
+  catalogue     {where} (embedded Qdrant, kept between runs)
 
 Try it:
   curl -s -X POST '{api}/search?top_k=3' -H 'Content-Type: image/jpeg' --data-binary @{sample}
   AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local aws --endpoint-url {self.s3_url} \\
-      s3 cp my-photo.jpg s3://{o.bucket}/catalog/my-sku/front.jpg --metadata category=Milk,brand=Acme,price=1.99
+      s3 cp my-photo.jpg {target} --metadata category=Milk,brand=Acme,price=1.99
 
 Every upload and deletion is on disk before the S3 endpoint confirms it, and reaches the catalogue
 asynchronously: one image in well under a second; bulk loads index at the speed of the model

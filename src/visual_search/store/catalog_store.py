@@ -375,6 +375,8 @@ class CatalogStore:
     def delete_product(self, product_id: str) -> None:
         self.ensure_collection()
         where = qdrant_filter(Filter(product_id=(product_id,)))
+        if where is None:  # never: an empty filter here would delete every point
+            raise ValueError("no filter for a product delete")
         with self._guard():
             self.backend.delete_where(self.collection, where)
 
@@ -390,7 +392,9 @@ class CatalogStore:
             records = self.backend.retrieve(self.collection, list(by_id))
         return {by_id[r.id]: r.payload for r in records}
 
-    def vectors_of(self, refs: Sequence[tuple[str, str]], name: str = VECTOR) -> dict[tuple[str, str], list]:
+    def vectors_of(
+        self, refs: Sequence[tuple[str, str]], name: str = VECTOR
+    ) -> dict[tuple[str, str], list | None]:
         """Stored named vectors of images, keyed by (bucket, key); absent images are left out."""
         if not refs:
             return {}

@@ -70,7 +70,7 @@ class ClientBackend:
                 raise CollectionMissing() from None
             if exc.status_code in (401, 403):
                 raise StoreUnavailableError(self._refused()) from None
-            if exc.status_code in (429, 502, 503, 504) or exc.status_code >= 500:
+            if exc.status_code in (429, 502, 503, 504) or (exc.status_code or 0) >= 500:
                 raise StoreUnavailableError(
                     f"Qdrant answered {exc.status_code}: {exc.reason_phrase}"
                 ) from None

@@ -93,7 +93,7 @@ class Connection:
         self._check_at = time.time() + KEY_MAX_AGE_S
         try:
             return self._use(resolve_api_key(self.settings, force=True))
-        except Exception as exc:  # noqa: BLE001 - SSM / Secrets Manager unreachable or refusing
+        except Exception as exc:
             logger.warning(
                 "could not re-read the Qdrant API key; keeping the current one",
                 extra={"error": type(exc).__name__},

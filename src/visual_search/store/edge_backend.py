@@ -211,7 +211,7 @@ class EdgeBackend:
                 raise
             except OSError as exc:
                 raise StoreUnavailableError(f"embedded Qdrant cannot use its folder: {exc}") from None
-            except Exception as exc:  # noqa: BLE001 - qdrant-edge raises bare Exceptions
+            except Exception as exc:
                 raise self._typed(exc) from None
 
     def _typed(self, exc: Exception) -> Exception:
