@@ -139,7 +139,11 @@ _AMOUNT = re.compile(r"\d(?:[\d.,' ]*\d)?")
 
 def parse_price(raw: str | None) -> float | None:
     """A price as shops write it: ``12.5``, ``3,99``, ``1,299.00``, ``1.299,00``, ``€12``,
-    ``12.50 EUR``. None for anything else (text, several numbers, negative, not finite)."""
+    ``12.50 EUR``. None for anything else (text, several numbers, negative, not finite).
+
+    Kept instead of ``price-parser`` (0.5.1, measured on tests/unit/test_payload.py: 18 of 23
+    cases): it extracts the first amount it sees, so ``-5`` became 5.0, ``1e400`` 1.0 and
+    ``12 or 13`` / ``about 12`` 12.0, wrong prices a filter would then match."""
     text = str(raw).strip() if raw is not None else ""
     match = _AMOUNT.search(text)
     if not match:
