@@ -60,6 +60,10 @@ def test_sam_build_lays_out_functions_and_layers(sam_build):
     assert (build / "IngestFunction" / "app.py").is_file()
     assert (build / "SearchFunction" / "app.py").is_file()
     assert (build / "AppLayer" / "python" / "visual_search" / "__init__.py").is_file()
+    shipped = build / "AppLayer" / "python" / "visual_search"
+    assert (shipped / "api" / "routes.py").is_file() and (shipped / "store" / "catalog_store.py").is_file()
+    for dev in ("devstack", "bench.py", "evaluate.py", "cli.py", "lambdas.py", "folders.py", "training"):
+        assert not (shipped / dev).exists(), f"{dev} is development-only: it must not ship in the code layer"
     for package in (
         "onnxruntime",
         "numpy",

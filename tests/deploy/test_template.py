@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -134,6 +135,21 @@ def test_layers_and_runtime(template):
     assert (REPO / deps["Properties"]["ContentUri"] / "Makefile").is_file()
     app = template["Resources"]["AppLayer"]
     assert (REPO / app["Properties"]["ContentUri"] / "visual_search" / "__init__.py").is_file()
+    assert app["Metadata"]["BuildMethod"] == "makefile"  # src/Makefile leaves the dev modules out
+    assert (REPO / app["Properties"]["ContentUri"] / "Makefile").is_file()
+
+
+def test_the_functions_import_no_development_module():
+    """What the code layer leaves out (tools/app_layer.py DEV_MODULES) no function needs."""
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import app_layer
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    imported = app_layer.function_imports()
+    assert {"visual_search.api", "visual_search.ingest", "visual_search.store"} <= imported
+    dev = sorted(m for m in imported if len(m.split(".")) > 1 and m.split(".")[1] in app_layer.DEV_MODULES)
+    assert not dev, f"the functions import development modules the code layer leaves out: {dev}"
 
 
 def _requirement_names(lines) -> dict[str, str]:
