@@ -33,7 +33,7 @@ def score(folder: Path, model_dir: Path, gallery_prefix: str) -> dict:
     is_gallery = np.asarray([img.path.name.startswith(gallery_prefix) for img in images])
     model = Embedder(model_dir, threads=2)
     started = time.perf_counter()
-    vectors = np.stack(model.embed_many([img.path.read_bytes() for img in images]))
+    vectors = np.stack([np.asarray(v) for v in model.embed_many([img.path.read_bytes() for img in images])])
     seconds = time.perf_counter() - started
     g, q = np.flatnonzero(is_gallery), np.flatnonzero(~is_gallery)
     gl, ql = [labels[i] for i in g], [labels[i] for i in q]

@@ -398,7 +398,7 @@ def _demo_store(folder: str) -> None:
     try:
         ingest_folder(catalog, DEMO_CATALOG, "demo-catalog", quiet=True)
     finally:
-        catalog.store.close()
+        catalog.close()
 
 
 def cold_start(runs: int = 5) -> dict:

@@ -192,7 +192,7 @@ def enqueue(
         wanted = [o for o in chunk if not ingestor.skip_reason(o.key)]
         report.skipped += len(chunk) - len(wanted)
         if not force:
-            stored = ingestor.catalog.store.get_images([(o.bucket, o.key) for o in wanted])
+            stored = ingestor.catalog.stored([(o.bucket, o.key) for o in wanted])
             todo = [o for o in wanted if bare_etag(stored.get((o.bucket, o.key), {}).get("etag")) != o.etag]
             report.unchanged += len(wanted) - len(todo)
             wanted = todo
@@ -373,11 +373,11 @@ def reindex_via_queue(
     url = queue_url(sqs, queue)
     old = catalog.physical_collection()
     if sources is None:
-        sources = sources_in(catalog.store, old) if old else []
+        sources = sources_in(catalog, old) if old else []
     if not sources:
         raise ValueError("nothing to re-index from: give --source s3://bucket/prefix")
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
-    new = f"{catalog.store.collection}-{slug(catalog.model_id)}-{stamp}"
+    new = f"{catalog.collection}-{slug(catalog.model_id)}-{stamp}"
     building = catalog.for_collection(new)
     building.create()
     catalog.set_reindex_target(new)
@@ -405,15 +405,15 @@ def reindex_via_queue(
         wait_for_drain(sqs, url, poll_s=poll_s, settle=settle, timeout_s=timeout_s, log=log, sleep=sleep)
         _wait_for_counts(catalog, building, sources, old, poll_s, settle, log, sleep)
     except BaseException:
-        log(f"re-index stopped before the switch: dropping {new}; {catalog.store.collection!r} is unchanged")
+        log(f"re-index stopped before the switch: dropping {new}; {catalog.collection!r} is unchanged")
         catalog.set_reindex_target(None)
         catalog.drop_collection(new)
         raise
-    if old == catalog.store.collection:  # a plain collection, not yet an alias
+    if old == catalog.collection:  # a plain collection, not yet an alias
         catalog.drop_collection(old)
     catalog.switch_to(new)  # the alias and the end of the re-index marker, in one step
-    log(f"alias {catalog.store.collection!r} now points at {new}")
-    if old and old != catalog.store.collection and not keep_old:
+    log(f"alias {catalog.collection!r} now points at {new}")
+    if old and old != catalog.collection and not keep_old:
         catalog.drop_collection(old)
         log(f"dropped the old collection {old}")
     return {"collection": new, "previous": old, "via_queue": url, "sources": plan.enqueued}
@@ -429,7 +429,7 @@ def _wait_for_counts(catalog, building, sources, old, poll_s, settle, log, sleep
         got = building.count_under(sources)
         if got == expected:
             return
-        log(f"counts differ: {got} images in {building.store.collection}, {expected} in {old}")
+        log(f"counts differ: {got} images in {building.collection}, {expected} in {old}")
         if poll < settle - 1:
             sleep(poll_s)
     raise RuntimeError(

@@ -224,7 +224,7 @@ def test_reindex_via_the_queue_switches_only_after_the_drain(fleet):
                 timeout_s=120,
                 log=lambda m: None,
             )
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:
             outcome["error"] = exc
 
     thread = threading.Thread(target=run)

@@ -171,7 +171,7 @@ class PhotoCache:
 
     def augmented(
         self,
-        indices: Sequence[int],
+        indices: Sequence[int] | np.ndarray,
         rng: np.random.Generator,
         area: tuple[float, float],
         jitter: float,

@@ -171,7 +171,8 @@ def finetune(
     started = time.perf_counter()
     state = trainer.run()
     log(
-        f"trained {options.recipe.epochs} epochs in {state.seconds:.0f} s ({time.perf_counter() - started:.0f} s this run)"
+        f"trained {options.recipe.epochs} epochs in {state.seconds:.0f} s "
+        f"({time.perf_counter() - started:.0f} s this run)"
     )
     tuned_vectors = embed_all(
         net, cache, everyone, device, progress=progress("fine-tuned embeddings", len(photos))

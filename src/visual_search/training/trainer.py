@@ -82,8 +82,8 @@ class Trainer:
         net: EmbeddingNet,
         proxies: np.ndarray,
         cache: PhotoCache,
-        train: Sequence[int],
-        labels: Sequence[int],
+        train: Sequence[int] | np.ndarray,
+        labels: Sequence[int] | np.ndarray,
         recipe: Recipe,
         seed: int,
         device: str,
@@ -203,7 +203,8 @@ class Trainer:
         )
         if self._stop and state.epoch < recipe.epochs:
             raise Interrupted(
-                f"stopped after epoch {epoch + 1}; run the same command again to resume from {self.checkpoint}"
+                f"stopped after epoch {epoch + 1}; "
+                f"run the same command again to resume from {self.checkpoint}"
             )
 
     def _step(self, batch: np.ndarray, rng: np.random.Generator) -> float:
