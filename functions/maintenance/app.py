@@ -12,8 +12,8 @@ import time
 
 from visual_search.catalog import get_catalog
 from visual_search.config import get_settings
-from visual_search.refits import run_maintenance
 from visual_search.observability import MetricUnit, logger, metrics, tracer
+from visual_search.refits import run_maintenance
 
 catalog = get_catalog()
 STOP_BEFORE_TIMEOUT_S = 60.0  # leave this much of the invocation for the last batch and the logs

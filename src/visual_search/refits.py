@@ -122,5 +122,5 @@ class SettledRefit:
                 if "adapt" in out:
                     self.runs += 1
                     self.log(f"catalogue adaptation: {out['adapt']['status']}: {out['adapt']['reason']}")
-            except Exception as exc:  # noqa: BLE001 - a refit failing must not stop the stack
+            except Exception as exc:
                 self.log(f"catalogue adaptation failed: {type(exc).__name__}: {exc}")

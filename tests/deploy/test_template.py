@@ -436,6 +436,8 @@ def test_snapstart_through_an_alias_that_follows_every_parameter(template, funct
     described = _parameters_in(props["VersionDescription"], names)
     assert used - described == set(), f"{function}: parameters missing from VersionDescription"
     assert {"MemorySize", "Architecture", "QdrantUrl"} <= used
+
+
 def test_maintenance_function_refits_on_a_schedule_with_qdrant_only(template, env_read_by_code):
     props = template["Resources"]["MaintenanceFunction"]["Properties"]
     path = REPO / props["CodeUri"] / "app.py"
