@@ -144,7 +144,11 @@ class RawCollections:
 
     def put_points(self, name: str, records: list[Record]) -> None:
         points = [
-            StoredPoint(r.id, {k: v for k, v in r.vectors.items() if v is not None}, r.payload)
+            StoredPoint(
+                r.id,
+                {k: np.asarray(v, dtype=np.float32) for k, v in r.vectors.items() if v is not None},
+                r.payload,
+            )
             for r in records
         ]
         self.backend.upsert(name, points)
@@ -224,7 +228,12 @@ class Adapter:
             reason = "the catalogue is empty: keeping the raw space"
             return FitReport(None, reason, [], float("nan"), None), points, x
         report = choose(
-            x, y, dims=s.dims, min_products=s.min_products, min_photos=s.min_photos, max_sample=s.sample
+            x,
+            [str(label) for label in y],
+            dims=s.dims,
+            min_products=s.min_products,
+            min_photos=s.min_photos,
+            max_sample=s.sample,
         )
         return report, points, x
 
@@ -274,7 +283,7 @@ class Adapter:
         ):
             result.status, result.collection = "unchanged", old
             result.projection_id = space.projection_id
-            result.reason += f" (the collection already uses projection {space.projection_id[:12]})"
+            result.reason += f" (the collection already uses projection {(space.projection_id or '')[:12]})"
             self._note_attempt(old, points)
             return result
         if chosen is None:

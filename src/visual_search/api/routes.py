@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 
-from ..api_models import ErrorResponse, HealthResponse, SearchResponse, UploadResponse
+from ..api_models import ErrorResponse, HealthResponse, ProjectionInfo, SearchResponse, UploadResponse
 from ..errors import ImageTooLargeError, InvalidOptions, RequestError
 from .requests import IMAGE_TYPES, query_options, search_input, upload_request, uploaded_image
 from .responses import search_response
@@ -111,7 +111,7 @@ def health():
         store=health.store_mode,
         store_reachable=health.reachable,
         points=health.points,
-        projection=health.projection,
+        projection=ProjectionInfo.model_validate(health.projection) if health.projection else None,
     ).model_dump()
 
 

@@ -15,4 +15,8 @@ def field_is(key: str, value: Any) -> models.Filter:
 
 def indexed_after(stamp: str) -> models.Filter:
     """Points whose ``indexed_at`` (ISO time) is after ``stamp``."""
-    return models.Filter(must=[models.FieldCondition(key="indexed_at", range=models.DatetimeRange(gt=stamp))])
+    return models.Filter(
+        must=[
+            models.FieldCondition(key="indexed_at", range=models.DatetimeRange.model_validate({"gt": stamp}))
+        ]
+    )
