@@ -132,20 +132,23 @@ class FaultyS3:
         return getattr(self.s3, name)
 
 
-def inject_qdrant_faults(store, shim, faults: Faults) -> None:
+def inject_qdrant_faults(monkeypatch, store, shim, faults: Faults) -> None:
     """Wrap the store's calls so that single calls fail through the real REST path: the shim
     answers an HTTP error, or sleeps past the client's timeout (and then refuses, so the write
-    is not applied late); or the write is applied and then reported as failed."""
+    is not applied late); or the write is applied and then reported as failed. The class is
+    wrapped (for the test's duration), so the views the catalogue pins to its physical
+    collection fail too."""
+    cls = type(store)
 
     def wrap(name: str, write: bool):
-        real = getattr(store, name)
+        real = getattr(cls, name)
 
-        def call(*args, **kwargs):
+        def call(self, *args, **kwargs):
             if faults.roll_slow():
-                shim.delay_seconds, shim.fail_with = store.settings.timeout_s + 0.5, 503
+                shim.delay_seconds, shim.fail_with = self.settings.timeout_s + 0.5, 503
                 started = time.perf_counter()
                 try:
-                    return real(*args, **kwargs)
+                    return real(self, *args, **kwargs)
                 finally:
                     faults.slow_calls_s.append(time.perf_counter() - started)
                     time.sleep(0.7)  # until the shim wakes up and refuses the request
@@ -153,15 +156,15 @@ def inject_qdrant_faults(store, shim, faults: Faults) -> None:
             if faults.roll("qdrant_http_error"):
                 shim.fail_with = faults.rng.choice([503, 502, 429])
                 try:
-                    return real(*args, **kwargs)
+                    return real(self, *args, **kwargs)
                 finally:
                     shim.fail_with = None
-            result = real(*args, **kwargs)
+            result = real(self, *args, **kwargs)
             if write and faults.roll("qdrant_applied_but_failed"):
                 raise StoreUnavailableError("Qdrant is unreachable: timed out (injected after the write)")
             return result
 
-        setattr(store, name, call)
+        monkeypatch.setattr(cls, name, call)
 
     for name, write in (("get_images", False), ("upsert", True), ("delete_images", True)):
         wrap(name, write)
@@ -340,12 +343,12 @@ def soak_world(monkeypatch, embedder, qdrant_shim):
             get_catalog.cache_clear()
 
 
-def test_soak_catalogue_matches_bucket(soak_world):
+def test_soak_catalogue_matches_bucket(soak_world, monkeypatch):
     world, shim = soak_world
     rng = random.Random(SEED)
     faults = Faults(SEED + 1)
     world.app.ingestor.s3 = FaultyS3(world.s3, faults)
-    inject_qdrant_faults(world.store, shim, faults)
+    inject_qdrant_faults(monkeypatch, world.store, shim, faults)
     queue, bucket = Queue(random.Random(SEED + 2)), Bucket(world, random.Random(SEED + 3))
     poison_ids: set[str] = set()
     batches = Counter()
