@@ -19,8 +19,9 @@ from __future__ import annotations
 import fnmatch
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from PIL import Image
 
 from .catalog import Catalog, ImageSource
 from .config import StoreSettings
-from .domain import Query
+from .domain import Hit, Query
 from .errors import ImageError
 from .folders import LocalImage, scan
 from .model import Embedder
@@ -172,56 +173,7 @@ def evaluate(
         return _evaluate_adapted(images, embedder, is_query, progress, batch, folds)
     if is_query is not None:
         return _evaluate_split(images, embedder, is_query, progress, batch, reranker)
-    store = CatalogStore.open(
-        StoreSettings(path=":memory:", collection="eval"),
-        embedder.model_id,
-        embedder.dim,
-        rerank_model_id=reranker.model_id if reranker else None,
-        rerank_dim=reranker.dim if reranker else None,
-    )
-    catalog = Catalog(embedder, store, reranker)  # type: ignore[arg-type]
-    progress = progress or (lambda n: None)
-    started = time.perf_counter()
-    for start in range(0, len(images), batch):
-        chunk = images[start : start + batch]
-        sources = [
-            ImageSource("eval", img.key, img.path.read_bytes(), {"product-id": product_of(img)})
-            for img in chunk
-        ]
-        result = catalog.index(sources)
-        for img, item in zip(chunk, result.results):
-            if not item.ok:
-                raise ValueError(f"{img.path}: {item.error}")
-        progress(len(chunk))
-    index_rate = len(images) / (time.perf_counter() - started)
-    counts = {p: sum(1 for img in images if product_of(img) == p) for p in products}
-    recalls: dict[int, list[bool]] = {k: [] for k in KS}
-    aps, latencies = [], []
-    for img in images:
-        product, r = product_of(img), counts[product_of(img)] - 1
-        top = min(len(images), max(max(KS), r) + 1)
-        t0 = time.perf_counter()
-        hits = _query(catalog, img.path.read_bytes(), top)
-        latencies.append((time.perf_counter() - t0) * 1000)
-        relevant = [h.payload["product_id"] == product for h in hits if h.payload["key"] != img.key]
-        for k in KS:
-            recalls[k].append(any(relevant[:k]))
-        if r:
-            aps.append(average_precision_at_r(relevant, r))
-        progress(1)
-    store.close()
-    latencies.sort()
-    metrics = {f"recall@{k}": round(float(np.mean(v)), 4) for k, v in recalls.items()}
-    metrics["mAP@R"] = round(float(np.mean(aps)), 4) if aps else 0.0
-    return EvalResult(
-        store.space,
-        len(images),
-        len(products),
-        metrics,
-        round(index_rate, 1),
-        round(statistics.median(latencies), 2),
-        round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2),
-    )
+    return _evaluate_leave_one_out(images, embedder, progress, batch, reranker)
 
 
 def query_mask(images: Sequence[LocalImage], patterns: Sequence[str]) -> list[bool]:
@@ -257,40 +209,84 @@ def _index(catalog: Catalog, images: Sequence[LocalImage], batch: int, progress)
     return len(images) / (time.perf_counter() - started)
 
 
+@dataclass
+class _Scores:
+    """Each query's ranked relevance and latency -> recall@k, mAP@R, median and p99 latency."""
+
+    recalls: dict[int, list[bool]] = field(default_factory=lambda: {k: [] for k in KS})
+    aps: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+    def add(self, relevant: list[bool], r: int, ms: float) -> None:
+        """One query: ``relevant`` per ranked hit, ``r`` gallery images of its product."""
+        for k in KS:
+            self.recalls[k].append(any(relevant[:k]))
+        if r:
+            self.aps.append(average_precision_at_r(relevant, r))
+        self.latencies.append(ms)
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"recall@{k}": round(float(np.mean(v)), 4) for k, v in self.recalls.items()}
+        out["mAP@R"] = round(float(np.mean(self.aps)), 4) if self.aps else 0.0
+        return out
+
+    def median_and_p99_ms(self) -> tuple[float, float]:
+        latencies = sorted(self.latencies)
+        p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        return round(statistics.median(latencies), 2), round(p99, 2)
+
+
+def _timed_query(catalog: Catalog, image: LocalImage, top: int) -> tuple[list[Hit], float]:
+    """The ``top`` nearest images (not grouped by product) and the query's milliseconds."""
+    t0 = time.perf_counter()
+    hits = catalog.search_image(image.path.read_bytes(), Query(top_k=top, group_by_product=False)).hits
+    return hits, (time.perf_counter() - t0) * 1000
+
+
+def _evaluate_leave_one_out(images, embedder, progress, batch, reranker) -> EvalResult:
+    progress = progress or (lambda n: None)
+    catalog = _open_catalog(embedder, reranker)
+    index_rate = _index(catalog, images, batch, progress)
+    counts = Counter(product_of(img) for img in images)
+    scores = _Scores()
+    for img in images:
+        product, r = product_of(img), counts[product_of(img)] - 1
+        hits, ms = _timed_query(catalog, img, min(len(images), max(max(KS), r) + 1))
+        relevant = [h.payload["product_id"] == product for h in hits if h.payload["key"] != img.key]
+        scores.add(relevant, r, ms)
+        progress(1)
+    catalog.close()
+    return EvalResult(
+        catalog.space,
+        len(images),
+        len(counts),
+        scores.metrics(),
+        round(index_rate, 1),
+        *scores.median_and_p99_ms(),
+    )
+
+
 def _evaluate_split(images, embedder, is_query, progress, batch, reranker) -> EvalResult:
     progress = progress or (lambda n: None)
     gallery = [img for img, q in zip(images, is_query) if not q]
     queries = [img for img, q in zip(images, is_query) if q]
     catalog = _open_catalog(embedder, reranker)
     index_rate = _index(catalog, gallery, batch, progress)
-    counts: dict[str, int] = {}
-    for img in gallery:
-        counts[product_of(img)] = counts.get(product_of(img), 0) + 1
-    recalls: dict[int, list[bool]] = {k: [] for k in KS}
-    aps, latencies = [], []
+    counts = Counter(product_of(img) for img in gallery)
+    scores = _Scores()
     for img in queries:
-        product, r = product_of(img), counts.get(product_of(img), 0)
-        t0 = time.perf_counter()
-        hits = _query(catalog, img.path.read_bytes(), min(len(gallery), max(max(KS), r)))
-        latencies.append((time.perf_counter() - t0) * 1000)
-        relevant = [h.payload["product_id"] == product for h in hits]
-        for k in KS:
-            recalls[k].append(any(relevant[:k]))
-        if r:
-            aps.append(average_precision_at_r(relevant, r))
+        product, r = product_of(img), counts[product_of(img)]
+        hits, ms = _timed_query(catalog, img, min(len(gallery), max(max(KS), r)))
+        scores.add([h.payload["product_id"] == product for h in hits], r, ms)
         progress(1)
     catalog.close()
-    latencies.sort()
-    metrics = {f"recall@{k}": round(float(np.mean(v)), 4) for k, v in recalls.items()}
-    metrics["mAP@R"] = round(float(np.mean(aps)), 4) if aps else 0.0
     return EvalResult(
         catalog.space,
         len(images),
         len({product_of(img) for img in images}),
-        metrics,
+        scores.metrics(),
         round(index_rate, 1),
-        round(statistics.median(latencies), 2),
-        round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2),
+        *scores.median_and_p99_ms(),
         "split",
         len(queries),
         len(gallery),
@@ -329,10 +325,6 @@ def _evaluate_adapted(images, embedder, is_query, progress, batch, folds) -> Eva
         measured.gallery,
         measured,
     )
-
-
-def _query(catalog: Catalog, data: bytes, top: int):
-    return catalog.search_image(data, Query(top_k=top, group_by_product=False)).hits
 
 
 def _subset(images: list[LocalImage], limit: int) -> list[LocalImage]:

@@ -31,7 +31,7 @@ from .errors import StoreUnavailableError
 from .events import S3Change
 from .ingest import IngestBatch, Ingestor, Item, Outcome, Status, bare_etag
 from .queues import queue_url, waiting
-from .sync import SourceObject, list_objects, slug, sources_in
+from .sync import SourceObject, chunks, list_objects, slug, sources_in
 
 TARGET_ATTRIBUTE = "visual-search-collection"  # SQS message attribute: the collection to fill
 MAX_BATCH_BYTES = 240 * 1024  # SendMessageBatch takes at most 256 KiB in all
@@ -187,7 +187,7 @@ def enqueue(
             for batch in _batches(bodies):
                 sender.send(batch)
 
-    for chunk in _chunks(list_objects(ingestor.s3, bucket, prefix), 100):
+    for chunk in chunks(list_objects(ingestor.s3, bucket, prefix), 100):
         report.listed += len(chunk)
         wanted = [o for o in chunk if not ingestor.skip_reason(o.key)]
         report.skipped += len(chunk) - len(wanted)
@@ -207,17 +207,6 @@ def enqueue(
         flush(pending)
     report.seconds = round(time.monotonic() - started, 1)
     return report
-
-
-def _chunks(items: Iterator[SourceObject], size: int) -> Iterator[list[SourceObject]]:
-    chunk: list[SourceObject] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def watch_hint(url: str) -> str:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from itertools import islice
+from typing import Any, TypeVar
 
 from .catalog import Catalog, is_image_key
 from .events import S3Change
@@ -20,6 +21,7 @@ from .ingest import Ingestor, Outcome, bare_etag
 from .store import slug
 
 RETRIES = 3
+T = TypeVar("T")
 
 
 @dataclass
@@ -79,14 +81,10 @@ def list_objects(s3: Any, bucket: str, prefix: str = "") -> Iterator[SourceObjec
             yield SourceObject(bucket, obj["Key"], bare_etag(obj.get("ETag")), int(obj.get("Size", 0)))
 
 
-def _chunks(items: Iterator[SourceObject], size: int) -> Iterator[list[SourceObject]]:
-    chunk: list[SourceObject] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter), read lazily (a bucket listing)."""
+    rest = iter(items)
+    while chunk := list(islice(rest, size)):
         yield chunk
 
 
@@ -124,7 +122,7 @@ class Syncer:
     def backfill(self, bucket: str, prefix: str = "", batch: int = 32) -> SyncReport:
         """Index every image under the prefix that is not already indexed with its ETag."""
         report = SyncReport()
-        for chunk in _chunks(list_objects(self.ingestor.s3, bucket, prefix), batch):
+        for chunk in chunks(list_objects(self.ingestor.s3, bucket, prefix), batch):
             report.listed += len(chunk)
             wanted = [o for o in chunk if not self.ingestor.skip_reason(o.key)]
             report.skipped += len(chunk) - len(wanted)

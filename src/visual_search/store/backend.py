@@ -71,6 +71,18 @@ class Record:
     payload: dict[str, Any]
     vectors: dict[str, list[float]] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, point: Any) -> Record:
+        """A point as either engine returns it (``id``, ``payload``, ``vector``: the named
+        vectors asked for, or none)."""
+        vectors = point.vector if isinstance(point.vector, dict) else {}
+        return cls(id=str(point.id), payload=point.payload or {}, vectors=vectors)
+
+
+def hit_of(point: Any) -> Hit:
+    """A scored point as either engine returns it -> a ``Hit``."""
+    return Hit(id=str(point.id), score=float(point.score), payload=point.payload or {})
+
 
 @dataclass(frozen=True)
 class Nearest:

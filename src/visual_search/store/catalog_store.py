@@ -210,9 +210,15 @@ class CatalogStore:
         self.backend.set_alias(self.collection, target, drop)
         self._ready = False
 
-    def for_collection(self, name: str) -> CatalogStore:
-        """The same store over another (physical) collection, sharing the backend."""
-        vectors, metadata = self._extra
+    def for_collection(
+        self,
+        name: str,
+        vectors: Mapping[str, VectorSpec] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> CatalogStore:
+        """The same store over another (physical) collection, sharing the backend; ``vectors``
+        and ``metadata`` add named vectors and collection metadata to this store's."""
+        extra_vectors, extra_metadata = self._extra
         return CatalogStore(
             self.backend,
             replace(self.settings, collection=name),
@@ -222,8 +228,8 @@ class CatalogStore:
             self.rerank_model_id,
             self.rerank_dim,
             self.model_fingerprint,
-            vectors=vectors,
-            metadata=metadata,
+            vectors={**extra_vectors, **(vectors or {})},
+            metadata={**extra_metadata, **(metadata or {})},
         )
 
     def pinned(
@@ -237,19 +243,7 @@ class CatalogStore:
         writes ``name`` only, and never looks for nor creates it or the alias: once ``name`` is
         dropped (a switch moved on) every call raises ``CollectionMissing`` and the caller
         resolves the alias again."""
-        extra_vectors, extra_metadata = self._extra
-        other = CatalogStore(
-            self.backend,
-            replace(self.settings, collection=name),
-            self.model_id,
-            self.dim,
-            self.distance,
-            self.rerank_model_id,
-            self.rerank_dim,
-            self.model_fingerprint,
-            vectors={**extra_vectors, **(vectors or {})},
-            metadata={**extra_metadata, **(metadata or {})},
-        )
+        other = self.for_collection(name, vectors, metadata)
         other._pinned = True
         return other
 

@@ -25,6 +25,7 @@ from .backend import (
     Record,
     StoredPoint,
     VectorSpec,
+    hit_of,
 )
 from .connection import Connection
 
@@ -222,12 +223,7 @@ class ClientBackend:
             records = self.client.retrieve(
                 name, list(ids), with_payload=True, with_vectors=list(vectors) if vectors else False
             )
-        return [self._record(r) for r in records]
-
-    @staticmethod
-    def _record(r: Any) -> Record:
-        vectors = r.vector if isinstance(r.vector, dict) else {}
-        return Record(id=str(r.id), payload=r.payload or {}, vectors=vectors)
+        return [Record.of(r) for r in records]
 
     def scroll(
         self,
@@ -247,7 +243,7 @@ class ClientBackend:
                 with_payload=list(payload) if not isinstance(payload, bool) else payload,
                 with_vectors=list(vectors) if vectors else False,
             )
-        return [self._record(r) for r in records], after
+        return [Record.of(r) for r in records], after
 
     def count(self, name: str, where: models.Filter | None) -> int:
         with self.call():
@@ -295,7 +291,7 @@ class ClientBackend:
                 with_payload=True,
                 **self._stage(request),
             )
-        return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in response.points]
+        return [hit_of(p) for p in response.points]
 
     def query_groups(self, name: str, request: Nearest, group_by: str, groups: int) -> list[Hit]:
         with self.call():
@@ -308,11 +304,7 @@ class ClientBackend:
                 with_payload=True,
                 **self._stage(request),
             )
-        return [
-            Hit(id=str(g.hits[0].id), score=float(g.hits[0].score), payload=g.hits[0].payload or {})
-            for g in response.groups
-            if g.hits
-        ]
+        return [hit_of(g.hits[0]) for g in response.groups if g.hits]
 
     def optimize(self, name: str) -> None:
         """Nothing to do: a server builds its indexes in the background."""

@@ -47,6 +47,7 @@ from .backend import (
     Record,
     StoredPoint,
     VectorSpec,
+    hit_of,
 )
 
 CATALOGUE = "catalogue.json"
@@ -381,12 +382,7 @@ class EdgeBackend:
     def retrieve(self, name: str, ids: Sequence[str], vectors: Sequence[str] = ()) -> list[Record]:
         with self.call():
             records = self._shard(name).retrieve(list(ids), True, list(vectors) if vectors else False)
-        return [self._record(r) for r in records]
-
-    @staticmethod
-    def _record(r: Any) -> Record:
-        vectors = r.vector if isinstance(r.vector, dict) else {}
-        return Record(id=str(r.id), payload=r.payload or {}, vectors=vectors)
+        return [Record.of(r) for r in records]
 
     def scroll(
         self,
@@ -406,7 +402,7 @@ class EdgeBackend:
         )
         with self.call():
             records, after = self._shard(name).scroll(request)
-        return [self._record(r) for r in records], after
+        return [Record.of(r) for r in records], after
 
     def count(self, name: str, where: models.Filter | None) -> int:
         with self.call():
@@ -487,7 +483,7 @@ class EdgeBackend:
         )
         with self.call():
             points = self._shard(name).query(query)
-        return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in points]
+        return [hit_of(p) for p in points]
 
     def query_groups(self, name: str, request: Nearest, group_by: str, groups: int) -> list[Hit]:
         raise NotImplementedError("qdrant-edge has no group query: the store groups in rounds")
