@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .domain import Filter, Query, Range
+from .domain import RECORD_FIELDS, Filter, Query, Range
 from .errors import InvalidOptions
 from .images import Region
 
@@ -23,19 +23,8 @@ METADATA_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_STRING = 256
 MAX_ANY_OF = 50
 MAX_OFFSET = 1000
-RESERVED = {
-    "bucket",
-    "key",
-    "model_id",
-    "sequencer",
-    "etag",
-    "version_id",
-    "indexed_at",
-    "size",
-    "content_type",
-    "metadata",
-    "title",
-}
+# Not filterable: the image's record, the nested metadata object and the title (free text).
+RESERVED = RECORD_FIELDS | {"metadata", "title"}
 
 
 class PriceRange(BaseModel):

@@ -17,6 +17,12 @@ from typing import Any
 import numpy as np
 
 POINT_NAMESPACE = uuid.UUID("5f0c3a52-3c1e-4a8e-9a43-0e3b7f1d2c61")
+# The payload fields recording a point's image and its indexing (``catalog.build_payload``), beside
+# the product's own (product_id, category, brand, title, price, metadata): not shown as the
+# product's metadata in results, and not a search filter.
+RECORD_FIELDS = frozenset(
+    {"bucket", "key", "size", "content_type", "etag", "version_id", "sequencer", "model_id", "indexed_at"}
+)
 
 
 def point_id(bucket: str, key: str) -> str:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from visual_search.catalog import ImageSource, build_payload, is_image_key, parse_price, product_id_for
+from visual_search.api.responses import INTERNAL_PAYLOAD
+from visual_search.api_models import RESERVED
+from visual_search.catalog import (
+    DESCRIPTIVE_FIELDS,
+    ImageSource,
+    build_payload,
+    is_image_key,
+    parse_price,
+    product_id_for,
+)
+from visual_search.domain import RECORD_FIELDS
 
 
 @pytest.mark.parametrize(
@@ -69,6 +79,26 @@ def test_payload_fields():
     assert payload["bucket"] == "bucket" and payload["key"] == "shop/sku-1/a.jpg"
     assert payload["size"] == 10 and payload["etag"] == "abc" and payload["model_id"] == "model-1"
     assert payload["indexed_at"].endswith("+00:00")
+
+
+def test_every_payload_field_is_the_products_or_the_images_record():
+    """A field added to the payload is either the product's (compared on re-ingest) or part of
+    the image's record (hidden from results, refused as a filter): never neither."""
+    source = ImageSource(
+        "bucket",
+        "shop/sku-1/a.jpg",
+        b"x",
+        {"category": "shoes", "brand": "Acme", "price": "1", "title": "Runner", "colour": "red"},
+        content_type="image/jpeg",
+        etag="abc",
+        version_id="v1",
+        sequencer="00A",
+    )
+    fields = set(build_payload(source, "model-1"))
+    assert fields == set(DESCRIPTIVE_FIELDS) | RECORD_FIELDS
+    assert not set(DESCRIPTIVE_FIELDS) & RECORD_FIELDS
+    assert RECORD_FIELDS <= RESERVED and RECORD_FIELDS <= INTERNAL_PAYLOAD
+    assert not (set(DESCRIPTIVE_FIELDS) - {"title", "metadata"}) & RESERVED  # the product's are filters
 
 
 @pytest.mark.parametrize(

@@ -9,24 +9,14 @@ from typing import Any
 from ..api_models import MAX_OFFSET, SearchOptions, SearchResponse
 from ..catalog import SearchResult
 from ..config import ApiSettings
+from ..domain import RECORD_FIELDS
 from ..observability import MetricUnit, logger, metrics
 
 URL_CACHE_SIZE = 10_000
 URL_REUSE_MAX_S = 300
-# Payload fields that are ours, not the product's: never shown as result metadata.
-INTERNAL_PAYLOAD = {
-    "bucket",
-    "key",
-    "product_id",
-    "metadata",
-    "model_id",
-    "sequencer",
-    "etag",
-    "version_id",
-    "indexed_at",
-    "size",
-    "content_type",
-}
+# Payload fields that are not the product's free-form metadata: the image's record, the product
+# id (a field of its own in a result) and the nested metadata (flattened into the result's).
+INTERNAL_PAYLOAD = RECORD_FIELDS | {"product_id", "metadata"}
 
 
 class ImageUrls:

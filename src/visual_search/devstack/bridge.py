@@ -97,14 +97,6 @@ class NotificationBridge:
 
     # -- notifications -------------------------------------------------------------------
 
-    def listing(self) -> dict[str, tuple[str, int]]:
-        objects = {}
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
-            for obj in page.get("Contents", []):
-                if not obj["Key"].startswith(self.exclude):
-                    objects[obj["Key"]] = (obj["ETag"], int(obj["Size"]))
-        return objects
-
     def notify(self, change: Change) -> None:
         """Queue the notification of a change the S3 endpoint has made durable."""
         if change.bucket != self.bucket or change.key.startswith(self.exclude):
