@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .aws import is_missing
 from .folders import LocalImage, scan
 
 _UNSAFE_NAME = re.compile(r"[^a-z0-9\-_.]+")
@@ -80,7 +81,7 @@ def upload_one(s3: Any, bucket: str, key: str, image: LocalImage) -> tuple[str, 
     try:
         head = s3.head_object(Bucket=bucket, Key=key)
     except s3.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+        if not is_missing(exc):
             raise
         head = {}
     if head and _same(head, md5, image.content_type, metadata):
