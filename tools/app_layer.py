@@ -1,7 +1,14 @@
 """The Lambda code layer (template.yaml: AppLayer): the ``visual_search`` package without its
-development-only modules, which no function imports (src/Makefile runs this in ``sam build``).
+development-only modules, which no function imports (src/Makefile runs this in ``sam build``),
+and its bytecode.
 
-    python tools/app_layer.py SRC_PACKAGE DEST_PACKAGE
+    python3.12 tools/app_layer.py SRC_PACKAGE DEST_PACKAGE
+
+The modules are compiled to ``__pycache__/*.cpython-312.pyc`` by the running interpreter, which
+must be the runtime's Python version (else the bytecode is for another version and is not used),
+with ``unchecked-hash`` invalidation, as tools/trim_layer.py does for the dependency layer: /opt
+is read-only in Lambda, so without shipped bytecode each cold start would compile every module
+of the package from source again.
 
 ``DEV_MODULES`` is the one list; tests/deploy checks that the functions' imports never reach
 one of them and that the built layer holds none.
@@ -10,6 +17,8 @@ one of them and that the built layer holds none.
 from __future__ import annotations
 
 import ast
+import compileall
+import py_compile
 import shutil
 import sys
 from pathlib import Path
@@ -51,6 +60,16 @@ def copy_layer(source: Path, dest: Path) -> list[str]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
     return left_out
+
+
+def compile_layer(dest: Path) -> bool:
+    return compileall.compile_dir(
+        str(dest),
+        quiet=2,
+        workers=1,
+        legacy=False,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
 
 
 def _module_of(path: Path) -> str:
@@ -103,8 +122,15 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
-    left_out = copy_layer(Path(argv[0]), Path(argv[1]))
-    print(f"code layer: visual_search without {len(left_out)} development files ({', '.join(DEV_MODULES)})")
+    dest = Path(argv[1])
+    left_out = copy_layer(Path(argv[0]), dest)
+    if not compile_layer(dest):
+        print(f"code layer: {dest} does not compile", file=sys.stderr)
+        return 1
+    print(
+        f"code layer: visual_search without {len(left_out)} development files ({', '.join(DEV_MODULES)}),"
+        f" bytecode for python {sys.version_info.major}.{sys.version_info.minor}"
+    )
     return 0
 
 

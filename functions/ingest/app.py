@@ -17,7 +17,7 @@ from visual_search.events import EventError, S3Change, changes_in_message, event
 from visual_search.fleet import Router, message_target
 from visual_search.ingest import IngestBatch, Ingestor, Status
 from visual_search.observability import MetricUnit, logger, metrics, tracer
-from visual_search.snapstart import after_restore, prewarm, renew
+from visual_search.snapstart import after_restore, finish_init, prewarm, renew
 
 s3 = LazyClient()
 prewarm(s3)
@@ -131,3 +131,6 @@ def handler(event: dict, context) -> dict:
         logger.info("s3:TestEvent acknowledged")
         return {"outcomes": []}
     return handle_sqs(event) if kind == "sqs" else handle_s3(event)
+
+
+finish_init()  # last: everything above lives as long as the instance

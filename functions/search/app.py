@@ -15,7 +15,7 @@ from visual_search.aws import LazyClient
 from visual_search.catalog import get_catalog
 from visual_search.config import get_settings
 from visual_search.observability import MetricUnit, logger, metrics, tracer
-from visual_search.snapstart import after_restore, prewarm, renew
+from visual_search.snapstart import after_restore, finish_init, prewarm, renew
 
 s3 = LazyClient()
 prewarm(s3)
@@ -35,3 +35,6 @@ def renew_after_restore() -> None:
 def handler(event: dict, context) -> dict:
     metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
     return api.resolve(event, context)
+
+
+finish_init()  # last: everything above lives as long as the instance

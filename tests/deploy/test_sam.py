@@ -64,6 +64,12 @@ def test_sam_build_lays_out_functions_and_layers(sam_build):
     assert (shipped / "api" / "routes.py").is_file() and (shipped / "store" / "catalog_store.py").is_file()
     for dev in ("devstack", "bench.py", "evaluate.py", "cli.py", "lambdas.py", "folders.py", "training"):
         assert not (shipped / dev).exists(), f"{dev} is development-only: it must not ship in the code layer"
+    # Its bytecode too, for 3.12, never checked against the sources (/opt is read-only).
+    for module in ("catalog", "api/routes", "store/catalog_store"):
+        folder, _, name = f"./{module}".rpartition("/")
+        pyc = shipped / folder / "__pycache__" / f"{name}.cpython-312.pyc"
+        assert pyc.is_file(), f"{module} ships without bytecode"
+        assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b01, f"{pyc} is not unchecked-hash"
     for package in (
         "onnxruntime",
         "numpy",

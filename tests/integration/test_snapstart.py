@@ -8,8 +8,10 @@ The hooks are called as Lambda's runtime calls them (``snapshot_restore_py.get_a
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import random
+import weakref
 
 import boto3
 import pytest
@@ -22,6 +24,7 @@ from tests.conftest import jpeg_bytes
 from tests.support.apigw import json_event
 from tests.support.qdrant_rest_shim import QdrantRestShim
 from visual_search.lambdas import LambdaContext, load_function
+from visual_search.snapstart import finish_init
 
 KEY_NAME = "/visual-search/qdrant-api-key"
 BUCKET = "product-images"
@@ -138,3 +141,47 @@ def test_the_s3_client_is_made_at_init_only_when_the_init_is_snapshotted(
     assert app.s3.made is made
     restore()
     assert not app.s3.made  # dropped after a restore, made again on first use
+
+
+@pytest.fixture
+def unfrozen():
+    """No object frozen before the test, none left frozen after it (the freeze is process-wide)."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+@pytest.mark.parametrize("in_lambda", [False, True])
+def test_an_init_in_lambda_ends_with_what_it_made_frozen(deployed, restore, monkeypatch, unfrozen, in_lambda):
+    if in_lambda:
+        monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "visual-search-search")
+    else:  # the tests and the local stack, which load the functions again and again
+        monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    app = load_function("search")
+    assert (gc.get_freeze_count() > 0) is in_lambda
+    assert search(app)["statusCode"] == 200
+
+
+@pytest.mark.parametrize(("init_type", "collected"), [("on-demand", False), ("snap-start", True)])
+def test_only_a_snapshotted_init_collects_its_garbage_before_the_freeze(
+    monkeypatch, unfrozen, init_type, collected
+):
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "visual-search-search")
+    monkeypatch.setenv("AWS_LAMBDA_INITIALIZATION_TYPE", init_type)
+
+    class Node:
+        other: Node
+
+    gc.disable()  # no automatic collection between making the garbage and the freeze
+    try:
+        first, second = Node(), Node()
+        first.other, second.other = second, first
+        garbage = weakref.ref(first)
+        del first, second  # a reference cycle: only the cyclic collector frees it
+        finish_init()
+        assert (garbage() is None) is collected
+        gc.unfreeze()
+        gc.collect()
+        assert garbage() is None  # frozen garbage is kept, not lost: unfrozen, it is collected
+    finally:
+        gc.enable()
