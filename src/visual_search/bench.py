@@ -577,7 +577,10 @@ SECTIONS = {
     "embed": (lambda args: embed_breakdown(args.repeat), print_table),
     "ingest": (lambda args: ingest_throughput(args.repeat), print_ingest),
     "search": (lambda args: search_latency(args.repeat), print_search),
-    "scale": (lambda args: _scale().store_scaling(log=_stderr), lambda report: _scale().print_scale(report)),
+    "scale": (
+        lambda args: _scale().store_scaling(getattr(args, "scale_sizes", (10_000, 100_000)), log=_stderr),
+        lambda report: _scale().print_scale(report),
+    ),
     "cold": (lambda args: cold_start(), print_cold),
 }
 

@@ -16,8 +16,11 @@ from __future__ import annotations
 import gc
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,27 +80,74 @@ def queries(data: Synthetic, seed: int = 11) -> np.ndarray:
     return moved / np.linalg.norm(moved, axis=1, keepdims=True)
 
 
-def exact(data: Synthetic, query: np.ndarray, filtered: bool, grouped: bool, k: int = 10) -> list[str]:
-    """The true top-k point ids (or product ids when grouped), by brute force."""
+def exact(data: Synthetic, qs: np.ndarray, filtered: bool, grouped: bool, k: int = 10) -> list[list[str]]:
+    """The true top-k point ids (or product ids when grouped) of each query, by brute force.
+
+    One matrix product over the vectors in chunks (at 1M points the vectors are 5 GB), then the
+    best ``k * PER_PRODUCT`` images of each query: a product has at most ``PER_PRODUCT`` photos,
+    so they hold the ``k`` nearest products."""
     from .domain import point_id
 
-    scores = data.vectors @ query
-    if filtered:
-        mask = (data.category == 3) & (data.price >= 5) & (data.price <= 30)
-        scores = np.where(mask, scores, -np.inf)
-    order = np.argsort(-scores)
-    if not grouped:
-        return [point_id("bench", payload(data, int(n))["key"]) for n in order[:k] if np.isfinite(scores[n])]
-    seen: list[str] = []
-    for n in order:
-        if not np.isfinite(scores[n]):
-            break
-        product = f"sku-{int(data.products[n])}"
-        if product not in seen:
-            seen.append(product)
-            if len(seen) == k:
-                break
-    return seen
+    keep = k * PER_PRODUCT
+    mask = (data.category == 3) & (data.price >= 5) & (data.price <= 30) if filtered else None
+    best_scores = np.full((len(qs), 0), -np.inf, np.float32)
+    best_ids = np.zeros((len(qs), 0), np.int64)
+    for start in range(0, len(data.vectors), 50_000):
+        scores = qs @ data.vectors[start : start + 50_000].T
+        if mask is not None:
+            scores = np.where(mask[start : start + 50_000], scores, -np.inf)
+        ids = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_ids = np.concatenate([best_ids, ids], axis=1)
+        if best_scores.shape[1] > keep:
+            top = np.argpartition(-best_scores, keep, axis=1)[:, :keep]
+            best_scores = np.take_along_axis(best_scores, top, axis=1)
+            best_ids = np.take_along_axis(best_ids, top, axis=1)
+    answers = []
+    for scores, ids in zip(best_scores, best_ids, strict=True):
+        order = [int(ids[n]) for n in np.argsort(-scores) if np.isfinite(scores[n])]
+        if not grouped:
+            answers.append([point_id("bench", payload(data, n)["key"]) for n in order[:k]])
+            continue
+        seen: list[str] = []
+        for n in order:
+            product = f"sku-{int(data.products[n])}"
+            if product not in seen:
+                seen.append(product)
+        answers.append(seen[:k])
+    return answers
+
+
+def build_state(folder: Path) -> str:
+    """What the HNSW build has done so far, read from the shard folders: segments with a graph,
+    segments in all, and the bytes of the segment being built."""
+    from .store.edge_backend import disk_bytes
+
+    segments = [d for d in folder.glob("collections/*/segments/*") if d.is_dir()]
+    graphs = sum(1 for d in segments if any(d.glob("vector_index-*")))
+    building = sum(disk_bytes(d) for d in folder.glob("collections/*/temp_segments/*"))
+    return f"{graphs}/{len(segments)} segments with HNSW, {building / 2**20:.0f} MB being built"
+
+
+def watch_build(folder: str, every_s: float) -> None:
+    """Print the build's progress every ``every_s`` seconds until killed. Runs in a child
+    process: ``optimize`` holds the GIL, so no thread of the benchmark can report meanwhile."""
+    started = time.monotonic()
+    while True:
+        time.sleep(every_s)
+        print(f"  HNSW build: {time.monotonic() - started:.0f} s, {build_state(Path(folder))}", flush=True)
+
+
+@contextmanager
+def build_progress(folder: str, every_s: float = 30.0):
+    """Report the build in ``folder`` to stderr every ``every_s`` seconds while the block runs."""
+    code = f"from visual_search.bench_scale import watch_build; watch_build({folder!r}, {every_s})"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=sys.stderr)
+    try:
+        yield
+    finally:
+        child.kill()
+        child.wait()
 
 
 def rss_mb() -> float:
@@ -146,7 +196,8 @@ def edge_row(size: int, log) -> dict:
 
     data = synthetic(size)
     qs = queries(data)
-    truth = {case: [exact(data, q, *flags) for q in qs] for case, flags in CASES.items()}
+    truth = {case: exact(data, qs, *flags) for case, flags in CASES.items()}
+    log(f"scale {size}: synthetic vectors and exact answers ready; upserting ...")
     folder = tempfile.mkdtemp(prefix=f"bench-scale-{size}-")
     settings = StoreSettings(path=folder, collection="scale")  # server defaults: HNSW, int8
     store = CatalogStore(open_backend(settings), settings, "synthetic-clustered", DIM)
@@ -158,10 +209,14 @@ def edge_row(size: int, log) -> dict:
                 for n in range(start, min(size, start + 1000))
             ]
         )
+        if (start + 1000) % 100_000 == 0 and start + 1000 < size:
+            log(f"  upserted {start + 1000:,} in {time.perf_counter() - started:.0f} s")
     upsert_s = time.perf_counter() - started
     log(f"scale {size}: upserted in {upsert_s:.1f} s; building the HNSW graph ...")
     started = time.perf_counter()
-    store.optimize()
+    with build_progress(folder):
+        store.optimize()
+    log(f"scale {size}: HNSW built in {time.perf_counter() - started:.0f} s ({build_state(Path(folder))})")
     optimize_s = time.perf_counter() - started
     store.close()
     del data.vectors
@@ -197,7 +252,7 @@ def local_mode_row(size: int, log) -> dict:
 
     data = synthetic(size)
     qs = queries(data)[:20]
-    truth = {case: [exact(data, q, *flags) for q in qs] for case, flags in CASES.items()}
+    truth = {case: exact(data, qs, *flags) for case, flags in CASES.items()}
     gc.collect()
     before = rss_mb()
     settings = StoreSettings(path=":memory:", collection="scale-local")

@@ -3,6 +3,9 @@ docs/benchmarks.md, not for a test that could flake)."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from visual_search import bench
 from visual_search.config import get_settings
 
@@ -35,3 +38,42 @@ def test_embed_section_compares_decoding_with_the_model(embedder):
     assert {r["image"] for r in report["embed"]} == set(bench.SIZES)
     for row in report["embed"]:
         assert row["decode_preprocess_ms"] > 0 and row["inference_ms"] > 0
+
+
+def test_scale_ground_truth_is_the_brute_force_answer():
+    """The scale section's exact answers (chunked, partial sort) equal a plain full sort."""
+    from visual_search import bench_scale
+    from visual_search.domain import point_id
+
+    # 6,000 points: one chunk; 60,000: two chunks of the matrix product, the second partial
+    for d in (bench_scale.synthetic(6_000), bench_scale.synthetic(60_000, seed=3)):
+        qs = bench_scale.queries(d)[:5]
+        mask = (d.category == 3) & (d.price >= 5) & (d.price <= 30)
+        for filtered in (False, True):
+            scores = qs @ d.vectors.T
+            if filtered:
+                scores = np.where(mask, scores, -np.inf)
+            order = np.argsort(-scores, axis=1)
+            images = [[point_id("bench", f"sku-{d.products[n]}/{n}.jpg") for n in row[:10]] for row in order]
+            products = []
+            for row in order:
+                seen: list[str] = []
+                for n in row:
+                    if f"sku-{d.products[n]}" not in seen:
+                        seen.append(f"sku-{d.products[n]}")
+                        if len(seen) == 10:
+                            break
+                products.append(seen)
+            assert bench_scale.exact(d, qs, filtered, grouped=False) == images
+            assert bench_scale.exact(d, qs, filtered, grouped=True) == products
+
+
+def test_scale_sizes_flag():
+    from visual_search.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["bench"]).scale_sizes == (10_000, 100_000)
+    args = parser.parse_args(["bench", "--only", "scale", "--scale-sizes", "10000, 1_000_000"])
+    assert args.scale_sizes == (10_000, 1_000_000)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--scale-sizes", "10"])
