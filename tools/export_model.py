@@ -5,9 +5,9 @@ time through onnxruntime (``MODEL_DIR``); torch is needed only here and by ``vis
 finetune`` (the ``train`` extra), never by the service or its default tests.
 
     .venv/bin/pip install -e '.[train]'
-    .venv/bin/python tools/export_model.py --out layers/model/efficientnet-lite0   # today's default
-    .venv/bin/python tools/export_model.py --image-size 448 --pooling avg \\
-        --out layers/model/efficientnet-lite0-448
+    .venv/bin/python tools/export_model.py --image-size 320 --pooling avg \\
+        --out layers/model/efficientnet-lite0-320   # the shipped default
+    .venv/bin/python tools/export_model.py --out /tmp/lite0-gem224   # 224 px GeM, the earlier one
 
 The graph has two outputs: ``embedding`` (the last feature map pooled by generalised mean
 (GeM, p=3) or by average, L2-normalised, so cosine similarity is a dot product) and ``logits``
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pooling", choices=["gem", "avg"], default="gem")
     parser.add_argument("--gem-p", type=float, default=3.0, help="GeM exponent (default 3)")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
-    parser.add_argument("--model-id", help="the card's id (default e.g. efficientnet-lite0-imagenet-gem-448)")
+    parser.add_argument("--model-id", help="the card's id (default e.g. efficientnet-lite0-imagenet-320)")
     parser.add_argument(
         "--check-photos",
         type=Path,

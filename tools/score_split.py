@@ -6,7 +6,7 @@ with learned whitening fitted on the gallery's product labels (``visual_search.w
 never on the queries). Used for the fine-tune section of docs/quality.md:
 
     .venv/bin/python tools/score_split.py ../shared/datasets/grocery-dev \\
-        layers/model/efficientnet-lite0 /tmp/ft224
+        /tmp/lite0-gem224 /tmp/ft224   # the earlier 224 px GeM base: tools/export_model.py --out DIR
 """
 
 from __future__ import annotations

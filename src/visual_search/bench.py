@@ -61,7 +61,7 @@ def sample_image(side: int, fmt: str) -> bytes:
 
 
 def prepared_batch(embedder, batch: int) -> np.ndarray:
-    """A model-ready tensor of ``batch`` copies of a 224 px sample image."""
+    """A model-ready tensor (the model's input size) of ``batch`` copies of a sample image."""
     return np.stack([embedder.preprocess(sample_image(224, "PNG"))] * batch)
 
 

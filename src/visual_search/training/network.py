@@ -72,8 +72,9 @@ class NetworkSpec:
 
     @property
     def default_id(self) -> str:
-        """``efficientnet-lite0-imagenet-gem`` (today's default), with ``-448`` and the like
-        when the input size is not the weights' own."""
+        """The card id a spec is exported under: ``efficientnet-lite0-imagenet-gem`` (224 px, the
+        weights' own size, GeM), ``efficientnet-lite0-imagenet-320`` (the shipped default: 320 px,
+        average pooling); the size is named when it is not the weights' own."""
         v = VARIANTS[self.variant]
         size = "" if self.image_size == v.default_size else f"-{self.image_size}"
         return f"{v.arch}-imagenet" + ("-gem" if self.pooling == "gem" else "") + size
