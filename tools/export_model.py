@@ -5,8 +5,8 @@ time through onnxruntime (``MODEL_DIR``); torch is needed only here and by ``vis
 finetune`` (the ``train`` extra), never by the service or its default tests.
 
     .venv/bin/pip install -e '.[train]'
-    .venv/bin/python tools/export_model.py --image-size 320 --pooling avg \\
-        --out layers/model/efficientnet-lite0-320   # the shipped default
+    .venv/bin/python tools/export_model.py --image-size 384 --pooling avg \\
+        --out layers/model/efficientnet-lite0-384   # the shipped default
     .venv/bin/python tools/export_model.py --out /tmp/lite0-gem224   # 224 px GeM, the earlier one
 
 The graph has two outputs: ``embedding`` (the last feature map pooled by generalised mean
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pooling", choices=["gem", "avg"], default="gem")
     parser.add_argument("--gem-p", type=float, default=3.0, help="GeM exponent (default 3)")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
-    parser.add_argument("--model-id", help="the card's id (default e.g. efficientnet-lite0-imagenet-320)")
+    parser.add_argument("--model-id", help="the card's id (default e.g. efficientnet-lite0-imagenet-384)")
     parser.add_argument(
         "--check-photos",
         type=Path,

@@ -11,7 +11,7 @@ session options, the median ms of:
 The folders are measured in rounds, alternated, so a change in the machine's load touches all of
 them alike; the ratios are the figures to read on a shared machine.
 
-    .venv/bin/python tools/model_cost.py layers/model/efficientnet-lite0-320 /tmp/lite0-448 ...
+    .venv/bin/python tools/model_cost.py layers/model/efficientnet-lite0-384 /tmp/lite0-448 ...
 """
 
 from __future__ import annotations
@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
         return 0
     print(f"ratios of {report['yardstick']} ({yardstick:.2f} ms), {settings.ort_threads} threads")
-    print(
-        "| model | px | run, batch 1 | per image, batch 8 | query: decode + run | ingest: decode + batch of 8 |"
-    )
+    print("| model | px | run, batch 1 | per image, batch 8 | query: decode + run | ingest: batch of 8 |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         cells = [f"{row[f'{n}_x']}x ({row[f'{n}_ms']} ms)" for n in ("run1", "run8", "query", "ingest")]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # A source checkout keeps the shipped model next to the Lambda layer that deploys it.
-REPO_MODEL_DIR = PACKAGE_DIR.parent.parent / "layers" / "model" / "efficientnet-lite0-320"
+REPO_MODEL_DIR = PACKAGE_DIR.parent.parent / "layers" / "model" / "efficientnet-lite0-384"
 # In Lambda the model layer is unpacked under /opt.
-LAMBDA_MODEL_DIR = Path("/opt/efficientnet-lite0-320")
+LAMBDA_MODEL_DIR = Path("/opt/efficientnet-lite0-384")
 DEFAULT_QDRANT_PATH = ".data/qdrant"
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from visual_search.config import REPO_MODEL_DIR
 from tests.deploy._support import (
     REPO,
     env_names_in_source,
@@ -22,6 +21,7 @@ from tests.deploy._support import (
     resolve_defaults,
     resources_of_type,
 )
+from visual_search.config import REPO_MODEL_DIR
 
 FUNCTIONS = ("IngestFunction", "SearchFunction")
 BINARY_TYPES = {"image~1jpeg", "image~1png", "image~1webp", "multipart~1form-data"}

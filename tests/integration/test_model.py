@@ -72,8 +72,8 @@ def test_bad_image_in_a_batch_does_not_spoil_the_others(embedder, demo_images):
 
 def test_model_card_describes_the_shipped_onnx(embedder):
     card = embedder.card
-    assert card.id == "efficientnet-lite0-imagenet-320" and card.distance == "cosine"
-    assert card.preprocess.size == 320 and card.preprocess.interpolation == "bicubic"
+    assert card.id == "efficientnet-lite0-imagenet-384" and card.distance == "cosine"
+    assert card.preprocess.size == 384 and card.preprocess.interpolation == "bicubic"
     assert file_sha256(embedder.model_dir / "model.onnx") == card.sha256
     raw = json.loads((embedder.model_dir / "model.json").read_text())
     for field in (

@@ -98,7 +98,7 @@ def test_another_input_size_is_its_own_graph(tmp_path, demo_images):
 
 def test_shipped_card_is_read_as_a_spec():
     raw = json.loads((SHIPPED / "model.json").read_text())
-    assert NetworkSpec.from_card(raw) == NetworkSpec(variant="lite0", image_size=320, pooling="avg")
+    assert NetworkSpec.from_card(raw) == NetworkSpec(variant="lite0", image_size=384, pooling="avg")
 
 
 def test_a_card_without_the_architecture_field_is_read_from_its_id_and_weights():

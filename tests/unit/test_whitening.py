@@ -154,3 +154,26 @@ def test_sample_is_stratified_and_bounded():
     few = sample_rows(labels, 30, rng)  # 2 per product would be 100: a subset of products
     assert len(few) <= 30 and np.unique(labels[few], return_counts=True)[1].min() >= 1
     assert len(sample_rows(labels, 10_000, rng)) == len(labels)
+
+
+def test_the_same_catalogue_in_another_order_gets_the_same_fit():
+    """A store lists points in its own order (scroll), a folder in another: the fit is the same."""
+    x, y, _ = catalogue(seed=5)
+    first = choose(x, y, shrinkages=(0.1, 1.0), dims=(None, 8))
+    order = np.random.default_rng(1).permutation(len(y))
+    again = choose(x[order], y[order], shrinkages=(0.1, 1.0), dims=(None, 8))
+    assert first.projection is not None and again.projection is not None
+    assert again.table == first.table and again.projection.id == first.projection.id
+
+
+def test_a_small_catalogue_is_cross_validated_over_more_rounds():
+    """Five rounds of 12 products are 60 held-back photos: too few to rank the candidates, so
+    rounds go on (each photo held back at most once) until enough photos have been queried."""
+    from visual_search.whitening import CV_QUERIES
+
+    x, y, _ = catalogue(products=12, photos=30, seed=2)
+    report = choose(x, y, shrinkages=(0.1, 1.0), dims=(None,))
+    assert report.projection is not None
+    assert report.projection.stats["cv_queries"] >= min(CV_QUERIES, 12 * 29) > 5 * 12
+    few = choose(x[::10], y[::10], shrinkages=(0.1, 1.0), dims=(None,))  # 3 photos per product
+    assert few.projection is None or few.projection.stats["cv_queries"] <= 12 * 2

@@ -73,7 +73,7 @@ class NetworkSpec:
     @property
     def default_id(self) -> str:
         """The card id a spec is exported under: ``efficientnet-lite0-imagenet-gem`` (224 px, the
-        weights' own size, GeM), ``efficientnet-lite0-imagenet-320`` (the shipped default: 320 px,
+        weights' own size, GeM), ``efficientnet-lite0-imagenet-384`` (the shipped default: 384 px,
         average pooling); the size is named when it is not the weights' own."""
         v = VARIANTS[self.variant]
         size = "" if self.image_size == v.default_size else f"-{self.image_size}"
