@@ -77,3 +77,18 @@ def test_scale_sizes_flag():
     assert args.scale_sizes == (10_000, 1_000_000)
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--scale-sizes", "10"])
+
+
+def test_cold_section_times_both_sides_in_fresh_processes():
+    get_settings.cache_clear()
+    report = bench.cold_start(runs=1)
+    cold, floor = report["cold_start"], report["cold_start"]["floor"]
+    assert report["cold_start_runs"] == 1
+    # The children ran (a fresh process each) and their phases add up.
+    assert cold["init_ms"] > 0 and cold["first_answer_ms"] > 0
+    assert abs(cold["init_ms"] + cold["first_answer_ms"] - cold["total_ms"]) <= 0.2
+    assert floor["imports_ms"] > 0 and floor["session_ms"] > 0 and floor["cpu_ms"] > 0 and cold["cpu_ms"] > 0
+    assert cold["vs_floor"] == round(cold["total_ms"] / floor["total_ms"], 2)
+    assert cold["cpu_vs_floor"] == round(cold["cpu_ms"] / floor["cpu_ms"], 2)
+    # The function's side loads the model and the store as a deployed search does: more memory.
+    assert cold["peak_rss_mb"] > floor["peak_rss_mb"] > 0
