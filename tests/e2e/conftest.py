@@ -24,7 +24,14 @@ def free_port() -> int:
 
 
 class RunningStack:
-    def __init__(self, data_dir: Path, demo: bool = True, api_port: int = 0, s3_port: int = 0):
+    def __init__(
+        self,
+        data_dir: Path,
+        demo: bool = True,
+        api_port: int = 0,
+        s3_port: int = 0,
+        env: dict[str, str] | None = None,
+    ):
         self.api_port, self.s3_port = api_port or free_port(), s3_port or free_port()
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.s3_url = f"http://127.0.0.1:{self.s3_port}"
@@ -43,7 +50,9 @@ class RunningStack:
         ]
         if not demo:
             args.append("--no-demo")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "AWS_ENDPOINT"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "AWS_ENDPOINT"))} | (
+            env or {}
+        )
         self.log_path = data_dir.parent / f"stack-{self.api_port}-{time.monotonic_ns()}.log"
         self.log = self.log_path.open("w")
         self.process = subprocess.Popen(args, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)

@@ -182,6 +182,39 @@ def test_restart_keeps_bucket_and_catalogue_and_releases_the_lock(tmp_path, demo
         assert second.stop() == 0
 
 
+def test_a_catalogue_built_by_another_model_is_reindexed_from_the_bucket_at_start(tmp_path, demo_images):
+    """After the default model changes (or MODEL_DIR does), the next start re-indexes the
+    catalogue from the stack's own bucket instead of refusing to start."""
+    import shutil
+
+    from visual_search.config import REPO_MODEL_DIR
+
+    earlier = tmp_path / "earlier-model"
+    shutil.copytree(REPO_MODEL_DIR, earlier)
+    card = json.loads((earlier / "model.json").read_text())
+    card["id"] = "an-earlier-model"  # same weights, another id: another embedding space to the store
+    (earlier / "model.json").write_text(json.dumps(card))
+    data = tmp_path / "data"
+    first = RunningStack(data, env={"MODEL_DIR": str(earlier)})
+    try:
+        first.wait_ready()
+        wait_for(lambda: settled(first.get("/health"), 60), 120)
+        assert first.get("/health")["model"] == "an-earlier-model"
+    finally:
+        assert first.stop() == 0
+    second = RunningStack(data)
+    try:
+        second.wait_ready(180)
+        health = second.get("/health")
+        assert health["model"] == json.loads((REPO_MODEL_DIR / "model.json").read_text())["id"]
+        assert health["points"] == 60
+        assert "built by an-earlier-model" in second.output() and "re-indexed with" in second.output()
+        status, body = post_image(second, demo_images[7].path.read_bytes())
+        assert status == 200 and body["results"][0]["product_id"] == demo_images[7].key.split("/")[0]
+    finally:
+        assert second.stop() == 0
+
+
 def test_a_second_stack_on_the_same_data_folder_is_refused(stack):
     import subprocess
     import sys

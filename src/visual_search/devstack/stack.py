@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreUnavailableError
+from ..errors import ModelMismatchError, StoreUnavailableError
 from ..folders import DEMO_CATALOG, scan
 
 UPLOAD_PREFIX = "query-uploads/"
@@ -220,6 +220,33 @@ class DevStack:
                 f"catalogue repaired: {drift.indexed} indexed, {drift.deleted} removed, {drift.failed} failed"
             )
 
+    def _reindex_for_model(self, mismatch: ModelMismatchError) -> None:
+        """The catalogue was built by another model than the one loaded (the default model
+        changed, or ``MODEL_DIR`` did): re-index it from this stack's bucket, which holds every
+        catalogue image, as ``visual-search reindex`` would (and cannot, since only the running
+        stack serves this bucket). Searches wait: nothing answers until it is done."""
+        from ..sync import reindex
+
+        catalog = self.ingest.ingestor.catalog
+        self._phase(
+            f"the catalogue was built by {mismatch.collection_model}, the loaded model is "
+            f"{mismatch.model}: re-indexing the bucket with it ..."
+        )
+        done = {"n": 0, "at": time.monotonic()}
+
+        def progress(n: int) -> None:
+            done["n"] += n
+            if time.monotonic() - done["at"] > 2:
+                self._phase(f"re-indexing with {catalog.model_id}: {done['n']} images ...")
+                done["at"] = time.monotonic()
+
+        result = reindex(catalog, self.s3, [(self.options.bucket, "")], progress=progress, log=self.log)
+        counts = next(iter(result["sources"].values()), {})
+        self.log(
+            f"re-indexed with {catalog.model_id}: {counts.get('indexed', 0)} indexed, "
+            f"{counts.get('failed', 0)} failed; collection {result.get('collection', catalog.collection)}"
+        )
+
     def start(self) -> None:
         from ..aws import s3_client
         from ..lambdas import LambdaContext
@@ -247,7 +274,11 @@ class DevStack:
         )
         self.ingest, search = self._load_functions()
         self._count_outcomes(self.ingest.ingestor)
-        self._repair()
+        try:
+            self._repair()
+        except ModelMismatchError as exc:
+            self._reindex_for_model(exc)
+            self._repair()
         self.bridge = NotificationBridge(
             self.s3,
             o.bucket,
