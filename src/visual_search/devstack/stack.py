@@ -241,7 +241,7 @@ class DevStack:
                 done["at"] = time.monotonic()
 
         result = reindex(catalog, self.s3, [(self.options.bucket, "")], progress=progress, log=self.log)
-        counts = next(iter(result["sources"].values()), {})
+        counts: dict[str, Any] = next(iter(result["sources"].values()), {})
         self.log(
             f"re-indexed with {catalog.model_id}: {counts.get('indexed', 0)} indexed, "
             f"{counts.get('failed', 0)} failed; collection {result.get('collection', catalog.collection)}"
