@@ -23,10 +23,12 @@ def test_ingest_section_reports_every_row_and_the_cpu_budget(embedder):
     ]
     for row in rows:
         assert row["images_per_s"] > 0 and row["bare_model_images_per_s"] > 0
-        # The ratio is rounded from the unrounded rates, so it may differ from the ratio of the
-        # printed (rounded) rates in its last digit.
+        # The ratio (2 decimals) is rounded from the unrounded rates; the printed rates are rounded
+        # to 0.1, which moves their ratio by up to 0.05 * (1 + ratio) / bare rate: slow rates
+        # (a large model, a loaded machine) widen the gap.
         ratio = row["images_per_s"] / row["bare_model_images_per_s"]
-        assert abs(row["ratio_to_bare"] - ratio) <= 0.011
+        tolerance = 0.005 + 0.05 * (1 + ratio) / (row["bare_model_images_per_s"] - 0.05) + 1e-9
+        assert abs(row["ratio_to_bare"] - ratio) <= tolerance
     cpu = report["ingest_cpu_core_ms_32"]
     # A whole apply does the model's work and more: its CPU can only exceed the bare model's.
     assert 0 < cpu["model"] < cpu["whole_apply"] and 0 < cpu["ceiling_ratio"] < 1
