@@ -4,6 +4,7 @@ its REST API, deletions disappear, and the stack stops cleanly, releasing its da
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -60,6 +61,9 @@ def test_start_banner_and_demo_catalogue(stack):
     assert health["store_reachable"] and health["points"] == 60 and health["store"] == "embedded"
     with urllib.request.urlopen(stack.api + "/", timeout=10) as page:
         assert b"Visual product search" in page.read()
+    # the progress lines count what the ingest function did: the demo's 60 images at least
+    counted = lambda: [int(n) for n in re.findall(r"indexing: (\d+) indexed", stack.output())]  # noqa: E731
+    wait_for(lambda: max(counted(), default=0) >= 60, 15)
 
 
 def test_upload_search_filter_delete(stack, demo_images):

@@ -159,17 +159,18 @@ class DevStack:
         return ingest, search
 
     def _count_outcomes(self, ingestor) -> None:
-        """Count what the ingest function did (indexed, deleted, failed, ...) for progress lines."""
-        apply = ingestor.apply
+        """Count what the ingest function did (indexed, deleted, failed, ...) for progress lines:
+        every batch goes through ``apply_batch`` (``apply`` and the handler's router alike)."""
+        apply_batch = ingestor.apply_batch
 
         def counted(changes):
-            outcomes = apply(changes)
+            batch = apply_batch(changes)
             with self._outcomes_lock:
-                for outcome in outcomes:
+                for outcome in batch.outcomes:
                     self.outcomes[outcome.status] = self.outcomes.get(outcome.status, 0) + 1
-            return outcomes
+            return batch
 
-        ingestor.apply = counted
+        ingestor.apply_batch = counted
 
     def _phase(self, text: str) -> None:
         self.log(text)
