@@ -330,11 +330,13 @@ class DevStack:
         )
 
     def _report_progress(self, every_s: float = 3.0) -> None:
-        """A progress line every few seconds while notifications are waiting (bulk loads)."""
-        last = None
+        """A progress line every few seconds while notifications are waiting (bulk loads), and
+        one more when the counts changed since the last tick (so a load that drained between
+        two ticks still reports what it did)."""
+        last = self.progress_line()
         while not self.stopped.wait(every_s):
             line = self.progress_line()
-            if self.bridge.pending() or (last is not None and line != last):
+            if self.bridge.pending() or line != last:
                 self.log(line)
             last = line
 
