@@ -83,6 +83,10 @@ class StoreSettings:
     hnsw_m: int = 16
     hnsw_ef_construct: int = 128
     search_hnsw_ef: int = 128
+    # A filtered graph search walks only the links between matching points and loses recall as
+    # the matches thin out (measured at 100k: filtered one-per-product recall@10 0.97 at ef 128,
+    # 1.0 at 512, for the same ~3 ms); unfiltered searches keep the cheaper ef.
+    filtered_hnsw_ef: int = 512
     quantization: str = "int8"
     quantization_rescore: bool = True
     quantization_oversampling: float = 2.0
@@ -181,6 +185,7 @@ def load_settings() -> Settings:
         hnsw_m=_env_int("QDRANT_HNSW_M", 16),
         hnsw_ef_construct=_env_int("QDRANT_HNSW_EF_CONSTRUCT", 128),
         search_hnsw_ef=_env_int("QDRANT_SEARCH_HNSW_EF", 128),
+        filtered_hnsw_ef=_env_int("QDRANT_FILTERED_HNSW_EF", 512),
         quantization=quantization,
         quantization_rescore=_env_bool("QDRANT_QUANTIZATION_RESCORE", True),
         quantization_oversampling=_env_float("QDRANT_QUANTIZATION_OVERSAMPLING", 2.0),

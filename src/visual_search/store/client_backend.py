@@ -256,7 +256,7 @@ class ClientBackend:
 
     # -- queries ----------------------------------------------------------------------------
 
-    def _params(self, exact: bool) -> models.SearchParams | None:
+    def _params(self, exact: bool, filtered: bool) -> models.SearchParams | None:
         if not self.is_server:
             return None
         s = self.settings
@@ -265,19 +265,24 @@ class ClientBackend:
             quantization = models.QuantizationSearchParams(
                 rescore=s.quantization_rescore, oversampling=s.quantization_oversampling
             )
-        return models.SearchParams(hnsw_ef=s.search_hnsw_ef, quantization=quantization, exact=exact)
+        ef = s.filtered_hnsw_ef if filtered else s.search_hnsw_ef
+        return models.SearchParams(hnsw_ef=ef, quantization=quantization, exact=exact)
 
     def _stage(self, r: Nearest) -> dict[str, Any]:
         if r.prefetch is None:
             return {
                 "query": _list(r.vector),
                 "using": r.using,
-                "search_params": self._params(r.exact),
+                "search_params": self._params(r.exact, r.filter is not None),
                 "query_filter": r.filter,
             }
         p = r.prefetch
         prefetch = models.Prefetch(
-            query=_list(p.vector), using=p.using, filter=p.filter, params=self._params(p.exact), limit=p.limit
+            query=_list(p.vector),
+            using=p.using,
+            filter=p.filter,
+            params=self._params(p.exact, p.filter is not None),
+            limit=p.limit,
         )
         return {"prefetch": prefetch, "query": _list(r.vector), "using": r.using, "query_filter": r.filter}
 

@@ -446,7 +446,7 @@ class EdgeBackend:
             must=conditions(where.must), must_not=conditions(where.must_not), should=conditions(where.should)
         )
 
-    def _params(self, exact: bool):
+    def _params(self, exact: bool, filtered: bool):
         E, s = self.E, self.settings
         quantization = (
             E.QuantizationSearchParams(
@@ -455,7 +455,8 @@ class EdgeBackend:
             if s.quantization == "int8"
             else None
         )
-        return E.SearchParams(hnsw_ef=s.search_hnsw_ef, exact=exact, quantization=quantization)
+        ef = s.filtered_hnsw_ef if filtered else s.search_hnsw_ef
+        return E.SearchParams(hnsw_ef=ef, exact=exact, quantization=quantization)
 
     def query(self, name: str, request: Nearest) -> list[Hit]:
         E = self.E
@@ -467,7 +468,7 @@ class EdgeBackend:
                     limit=p.limit,
                     query=E.Query.Nearest(_list(p.vector), using=p.using),
                     filter=self._filter(p.filter),
-                    params=self._params(p.exact),
+                    params=self._params(p.exact, p.filter is not None),
                 )
             ]
         query = E.QueryRequest(
@@ -477,7 +478,7 @@ class EdgeBackend:
             prefetches=prefetches,
             filter=self._filter(request.filter),
             score_threshold=request.score_threshold,
-            params=self._params(request.exact) if prefetches is None else None,
+            params=self._params(request.exact, request.filter is not None) if prefetches is None else None,
             with_payload=True,
             with_vector=False,
         )
