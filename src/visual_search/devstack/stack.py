@@ -192,6 +192,20 @@ class DevStack:
 
         return restore(self.objects, ensure_bucket, self._phase)
 
+    def _progress_phase(self, text: Callable[[int], str], every_s: float = 2.0) -> Callable[[int], None]:
+        """A progress callback for bulk start-up work: adds up the counts it is given and shows
+        ``text(total)`` as the phase (in the log and in /health) at most every ``every_s``."""
+        total, shown_at = 0, time.monotonic()
+
+        def progress(n: int) -> None:
+            nonlocal total, shown_at
+            total += n
+            if time.monotonic() - shown_at > every_s:
+                self._phase(text(total))
+                shown_at = time.monotonic()
+
+        return progress
+
     def _repair(self) -> None:
         """Start-up reconciliation: index what the bucket holds and the catalogue lacks (changes
         confirmed before a crash and not yet delivered), drop points whose object is gone and
@@ -206,14 +220,7 @@ class DevStack:
         if foreign:
             ingestor.catalog.remove(foreign)
             self.log(f"removed {len(foreign)} points of other buckets than {o.bucket!r} from the catalogue")
-        done = {"n": 0, "at": time.monotonic()}
-
-        def progress(n: int) -> None:
-            done["n"] += n
-            if time.monotonic() - done["at"] > 2:
-                self._phase(f"repairing the catalogue: {done['n']} changes applied ...")
-                done["at"] = time.monotonic()
-
+        progress = self._progress_phase(lambda n: f"repairing the catalogue: {n} changes applied ...")
         self._phase("comparing the bucket with the catalogue ...")
         drift = Syncer(ingestor, progress).reconcile(o.bucket, "", batch=32)
         if drift.indexed or drift.deleted or drift.failed:
@@ -233,14 +240,7 @@ class DevStack:
             f"the catalogue was built by {mismatch.collection_model}, the loaded model is "
             f"{mismatch.model}: re-indexing the bucket with it ..."
         )
-        done = {"n": 0, "at": time.monotonic()}
-
-        def progress(n: int) -> None:
-            done["n"] += n
-            if time.monotonic() - done["at"] > 2:
-                self._phase(f"re-indexing with {catalog.model_id}: {done['n']} images ...")
-                done["at"] = time.monotonic()
-
+        progress = self._progress_phase(lambda n: f"re-indexing with {catalog.model_id}: {n} images ...")
         result = reindex(catalog, self.s3, [(self.options.bucket, "")], progress=progress, log=self.log)
         counts: dict[str, Any] = next(iter(result["sources"].values()), {})
         self.log(
