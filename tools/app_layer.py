@@ -17,11 +17,12 @@ one of them and that the built layer holds none.
 from __future__ import annotations
 
 import ast
-import compileall
-import py_compile
 import shutil
 import sys
 from pathlib import Path
+
+# the dependency layer's compile step (both scripts run from tools/, which is then on sys.path)
+from trim_layer import compile_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "visual_search"
@@ -63,16 +64,6 @@ def copy_layer(source: Path, dest: Path) -> list[str]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
     return left_out
-
-
-def compile_layer(dest: Path) -> bool:
-    return compileall.compile_dir(
-        str(dest),
-        quiet=2,
-        workers=1,
-        legacy=False,
-        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
-    )
 
 
 def _module_of(path: Path) -> str:
@@ -127,7 +118,7 @@ def main(argv: list[str]) -> int:
         return 2
     dest = Path(argv[1])
     left_out = copy_layer(Path(argv[0]), dest)
-    if not compile_layer(dest):
+    if not compile_tree(dest):
         print(f"code layer: {dest} does not compile", file=sys.stderr)
         return 1
     print(
