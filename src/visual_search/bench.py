@@ -588,7 +588,11 @@ SECTIONS = {
     "ingest": (lambda args: ingest_throughput(args.repeat), print_ingest),
     "search": (lambda args: search_latency(args.repeat), print_search),
     "scale": (
-        lambda args: _scale().store_scaling(getattr(args, "scale_sizes", (10_000, 100_000)), log=_stderr),
+        lambda args: _scale().store_scaling(
+            getattr(args, "scale_sizes", (10_000, 100_000)),
+            log=_stderr,
+            keep=getattr(args, "scale_keep", None),
+        ),
         lambda report: _scale().print_scale(report),
     ),
     "cold": (lambda args: cold_start(), print_cold),

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -188,19 +188,39 @@ def measure_store(store, data: Synthetic, qs: np.ndarray, truth: dict) -> dict:
     return row
 
 
-def edge_row(size: int, log) -> dict:
-    from .config import StoreSettings
-    from .domain import ImagePoint
-    from .store import CatalogStore, open_backend
-    from .store.edge_backend import disk_bytes
+BUILD_STAMP = "bench-scale-build.json"
 
-    data = synthetic(size)
-    qs = queries(data)
-    truth = {case: exact(data, qs, *flags) for case, flags in CASES.items()}
-    log(f"scale {size}: synthetic vectors and exact answers ready; upserting ...")
-    folder = tempfile.mkdtemp(prefix=f"bench-scale-{size}-")
-    settings = StoreSettings(path=folder, collection="scale")  # server defaults: HNSW, int8
-    store = CatalogStore(open_backend(settings), settings, "synthetic-clustered", DIM)
+
+def build_signature(size: int, settings) -> dict:
+    """What a built folder must match to be reused: the data and the build-time settings."""
+    return {
+        "points": size,
+        "dim": DIM,
+        "per_product": PER_PRODUCT,
+        "seed": 7,
+        "hnsw_m": settings.hnsw_m,
+        "hnsw_ef_construct": settings.hnsw_ef_construct,
+        "quantization": settings.quantization,
+        "vectors_on_disk": settings.vectors_on_disk,
+    }
+
+
+def reusable(folder: Path, signature: dict) -> dict | None:
+    """The build times of a kept folder built with ``signature``, or None."""
+    import json
+
+    try:
+        stamp = json.loads((folder / BUILD_STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    return stamp if stamp.get("signature") == signature else None
+
+
+def build(store, data: Synthetic, folder: str, log) -> tuple[float, float]:
+    """Upsert every synthetic point, then build the HNSW graph: (upsert s, build s)."""
+    from .domain import ImagePoint
+
+    size = len(data.vectors)
     started = time.perf_counter()
     for start in range(0, size, 1000):
         store.upsert(
@@ -217,8 +237,48 @@ def edge_row(size: int, log) -> dict:
     with build_progress(folder):
         store.optimize()
     log(f"scale {size}: HNSW built in {time.perf_counter() - started:.0f} s ({build_state(Path(folder))})")
-    optimize_s = time.perf_counter() - started
-    store.close()
+    return upsert_s, time.perf_counter() - started
+
+
+def search_settings(settings) -> dict:
+    """The query-time settings a row was measured with (environment: QDRANT_*)."""
+    return {
+        "search_hnsw_ef": settings.search_hnsw_ef,
+        "filtered_hnsw_ef": settings.filtered_hnsw_ef,
+        "oversampling": settings.quantization_oversampling,
+    }
+
+
+def edge_row(size: int, log, keep: str | None = None) -> dict:
+    """One size on the embedded engine. With ``keep``, the built store stays in
+    ``keep/scale-<size>`` and a later run with the same build settings searches it again instead
+    of rebuilding (at 1M the build is most of an hour): query-time settings can be compared."""
+    import json
+
+    from .config import get_settings
+    from .store import CatalogStore, open_backend
+    from .store.edge_backend import disk_bytes
+
+    data = synthetic(size)
+    qs = queries(data)
+    truth = {case: exact(data, qs, *flags) for case, flags in CASES.items()}
+    base = get_settings().store
+    folder = str(Path(keep) / f"scale-{size}") if keep else tempfile.mkdtemp(prefix=f"bench-scale-{size}-")
+    settings = replace(base, url=None, path=folder, collection="scale")  # server defaults: HNSW, int8
+    signature = build_signature(size, settings)
+    stamp = reusable(Path(folder), signature) if keep else None
+    if stamp is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        log(f"scale {size}: synthetic vectors and exact answers ready; upserting ...")
+        store = CatalogStore(open_backend(settings), settings, "synthetic-clustered", DIM)
+        upsert_s, optimize_s = build(store, data, folder, log)
+        store.close()
+        if keep:
+            stamp = {"signature": signature, "upsert_s": upsert_s, "hnsw_build_s": optimize_s}
+            (Path(folder) / BUILD_STAMP).write_text(json.dumps(stamp))
+    else:
+        log(f"scale {size}: searching the store kept in {folder} (built before; build times from then)")
+        upsert_s, optimize_s = stamp["upsert_s"], stamp["hnsw_build_s"]
     del data.vectors
     gc.collect()
     before = rss_mb()
@@ -233,12 +293,14 @@ def edge_row(size: int, log) -> dict:
         "upsert_s": round(upsert_s, 1),
         "hnsw_build_s": round(optimize_s, 1),
         "reopen_s": round(reopen_s, 2),
+        **search_settings(settings),
         **measure_store(store, data, qs, truth),
         "store_rss_mb": round(rss_mb() - before, 1),
         "disk_mb": round(disk_bytes(Path(folder)) / 2**20, 1),
     }
     store.close()
-    shutil.rmtree(folder, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)
     return row
 
 
@@ -282,7 +344,7 @@ def local_mode_row(size: int, log) -> dict:
     return row
 
 
-def store_scaling(sizes=(10_000, 100_000), log=print) -> dict:
+def store_scaling(sizes=(10_000, 100_000), log=print, keep: str | None = None) -> dict:
     from .bench import bare_run_ms
     from .model import get_embedder
 
@@ -290,9 +352,12 @@ def store_scaling(sizes=(10_000, 100_000), log=print) -> dict:
     import json
 
     rows = []
-    for measure, size in [*((edge_row, s) for s in sizes), (local_mode_row, 10_000)]:
-        rows.append(measure(size, log))
+    for size in sizes:
+        rows.append(edge_row(size, log, keep))
         log(f"scale row: {json.dumps(rows[-1])}")  # kept even if a later, bigger size is cut short
+    if not keep:  # comparing search settings on kept stores: the slow local mode is not rebuilt
+        rows.append(local_mode_row(10_000, log))
+        log(f"scale row: {json.dumps(rows[-1])}")
     for row in rows:
         row["filtered_one_per_product_vs_bare_run"] = round(
             row["filtered_one_per_product_median_ms"] / bare, 2

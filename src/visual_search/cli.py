@@ -727,6 +727,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated point counts for the scale section (default 10000,100000; "
         "1000000 takes about an hour on 2 cores, 5 GB of vectors in RAM and ~8 GB of disk)",
     )
+    bench.add_argument(
+        "--scale-keep",
+        metavar="DIR",
+        help="keep each size's built store in DIR/scale-<size> and search it again in later runs "
+        "with the same build settings (no rebuild): compare query-time settings such as "
+        "QDRANT_FILTERED_HNSW_EF or QDRANT_QUANTIZATION_OVERSAMPLING",
+    )
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -94,3 +94,29 @@ def test_cold_section_times_both_sides_in_fresh_processes():
     assert cold["cpu_vs_floor"] == round(cold["cpu_ms"] / floor["cpu_ms"], 2)
     # The function's side loads the model and the store as a deployed search does: more memory.
     assert cold["peak_rss_mb"] > floor["peak_rss_mb"] > 0
+
+
+def test_scale_keep_searches_the_kept_store_again_without_rebuilding(tmp_path):
+    """With --scale-keep the built store stays and a second run searches it (same answers) instead
+    of upserting again; a store built with other build settings is not reused."""
+    from dataclasses import replace
+
+    from visual_search import bench_scale
+
+    get_settings.cache_clear()
+    logs: list[str] = []
+    first = bench_scale.edge_row(2_000, logs.append, keep=str(tmp_path))
+    assert any("upserting" in line for line in logs)
+    folder = tmp_path / "scale-2000"
+    assert (folder / bench_scale.BUILD_STAMP).exists()
+    logs.clear()
+    second = bench_scale.edge_row(2_000, logs.append, keep=str(tmp_path))
+    assert not any("upserting" in line for line in logs)
+    assert any("kept in" in line for line in logs)
+    for key in ("upsert_s", "hnsw_build_s", *(f"{case}_recall@10" for case in bench_scale.CASES)):
+        assert second[key] == first[key]
+    assert first["filtered_one_per_product_recall@10"] > 0.5
+    settings = replace(get_settings().store, path=str(folder))
+    signature = bench_scale.build_signature(2_000, settings)
+    assert bench_scale.reusable(folder, signature) is not None
+    assert bench_scale.reusable(folder, {**signature, "hnsw_m": 32}) is None
