@@ -245,6 +245,7 @@ def search_settings(settings) -> dict:
     return {
         "search_hnsw_ef": settings.search_hnsw_ef,
         "filtered_hnsw_ef": settings.filtered_hnsw_ef,
+        "filtered_acorn": settings.filtered_acorn,
         "oversampling": settings.quantization_oversampling,
     }
 

@@ -87,6 +87,12 @@ class StoreSettings:
     # the matches thin out (measured at 100k: filtered one-per-product recall@10 0.97 at ef 128,
     # 1.0 at 512, for the same ~3 ms); unfiltered searches keep the cheaper ef.
     filtered_hnsw_ef: int = 512
+    # ACORN: a filtered graph walk that also steps through neighbours of neighbours, so it does
+    # not strand where an AND of filters (category and price range) leaves few matching links;
+    # Qdrant uses it only for filters estimated to match at most ``acorn_max_selectivity`` of
+    # the points.
+    filtered_acorn: bool = False
+    acorn_max_selectivity: float = 0.4
     quantization: str = "int8"
     quantization_rescore: bool = True
     quantization_oversampling: float = 2.0
@@ -174,6 +180,9 @@ def load_settings() -> Settings:
     quantization = _env("QDRANT_QUANTIZATION", "int8").lower()
     if quantization not in ("int8", "none"):
         raise ValueError(f"QDRANT_QUANTIZATION must be int8 or none, got {quantization!r}")
+    acorn_max_selectivity = _env_float("QDRANT_ACORN_MAX_SELECTIVITY", 0.4)
+    if not 0.0 <= acorn_max_selectivity <= 1.0:
+        raise ValueError(f"QDRANT_ACORN_MAX_SELECTIVITY must be from 0 to 1, got {acorn_max_selectivity}")
     store = StoreSettings(
         url=os.environ.get("QDRANT_URL") or None,
         api_key=os.environ.get("QDRANT_API_KEY") or None,
@@ -186,6 +195,8 @@ def load_settings() -> Settings:
         hnsw_ef_construct=_env_int("QDRANT_HNSW_EF_CONSTRUCT", 128),
         search_hnsw_ef=_env_int("QDRANT_SEARCH_HNSW_EF", 128),
         filtered_hnsw_ef=_env_int("QDRANT_FILTERED_HNSW_EF", 512),
+        filtered_acorn=_env_bool("QDRANT_FILTERED_ACORN", False),
+        acorn_max_selectivity=acorn_max_selectivity,
         quantization=quantization,
         quantization_rescore=_env_bool("QDRANT_QUANTIZATION_RESCORE", True),
         quantization_oversampling=_env_float("QDRANT_QUANTIZATION_OVERSAMPLING", 2.0),

@@ -153,6 +153,24 @@ def test_optimize_builds_the_index_and_search_still_agrees(tmp_path):
     store.close()
 
 
+def test_filtered_searches_with_acorn_agree_with_plain_ones(tmp_path):
+    """QDRANT_FILTERED_ACORN passes ACORN's parameters to the engine for filtered searches."""
+    from dataclasses import replace
+
+    plain = folder_store(tmp_path / "q")
+    points = synthetic(300, 4)
+    plain.upsert(points)
+    plain.optimize()
+    query = Query(top_k=10, filters={"category": "c2"})
+    want = [h.id for h in plain.search(points[11].vector, query)]
+    plain.close()
+    settings = replace(StoreSettings(path=str(tmp_path / "q"), collection="edge"), filtered_acorn=True)
+    acorn = CatalogStore(open_backend(settings), settings, "synthetic", 16)
+    got = acorn.search(points[11].vector, query)
+    assert [h.id for h in got] == want and {h.payload["category"] for h in got} == {"c2"}
+    acorn.close()
+
+
 @pytest.mark.parametrize("mode", ["edge", "rest"])
 def test_a_new_named_vector_is_set_with_update_vectors_and_searched_with_using(request, mode, tmp_path):
     if mode == "edge":

@@ -16,6 +16,10 @@ VARS = (
     "QDRANT_TIMEOUT",
     "MAX_IMAGE_PIXELS",
     "ORT_THREADS",
+    "QDRANT_FILTERED_HNSW_EF",
+    "QDRANT_SEARCH_HNSW_EF",
+    "QDRANT_FILTERED_ACORN",
+    "QDRANT_ACORN_MAX_SELECTIVITY",
 )
 
 
@@ -48,6 +52,15 @@ def test_server_mode_and_overrides(clean_env):
     assert settings.store.timeout_s == 2.5
 
 
+def test_filtered_search_settings(clean_env):
+    store = load_settings().store
+    assert store.filtered_hnsw_ef == 512 and store.search_hnsw_ef == 128
+    clean_env.setenv("QDRANT_FILTERED_ACORN", "true")
+    clean_env.setenv("QDRANT_ACORN_MAX_SELECTIVITY", "0.1")
+    store = load_settings().store
+    assert store.filtered_acorn and store.acorn_max_selectivity == 0.1
+
+
 def test_memory_mode(clean_env):
     clean_env.setenv("QDRANT_PATH", ":memory:")
     assert load_settings().store.mode == "memory"
@@ -59,6 +72,7 @@ def test_memory_mode(clean_env):
         ("QDRANT_TIMEOUT", "soon", "QDRANT_TIMEOUT must be a number"),
         ("MAX_IMAGE_PIXELS", "lots", "MAX_IMAGE_PIXELS must be an integer"),
         ("QDRANT_QUANTIZATION", "pq", "QDRANT_QUANTIZATION must be int8 or none"),
+        ("QDRANT_ACORN_MAX_SELECTIVITY", "1.5", "QDRANT_ACORN_MAX_SELECTIVITY must be from 0 to 1"),
     ],
 )
 def test_bad_values_name_the_variable(clean_env, name, value, message):

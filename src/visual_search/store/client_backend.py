@@ -266,7 +266,12 @@ class ClientBackend:
                 rescore=s.quantization_rescore, oversampling=s.quantization_oversampling
             )
         ef = s.filtered_hnsw_ef if filtered else s.search_hnsw_ef
-        return models.SearchParams(hnsw_ef=ef, quantization=quantization, exact=exact)
+        acorn = (
+            models.AcornSearchParams(enable=True, max_selectivity=s.acorn_max_selectivity)
+            if filtered and s.filtered_acorn
+            else None
+        )
+        return models.SearchParams(hnsw_ef=ef, quantization=quantization, exact=exact, acorn=acorn)
 
     def _stage(self, r: Nearest) -> dict[str, Any]:
         if r.prefetch is None:

@@ -456,7 +456,12 @@ class EdgeBackend:
             else None
         )
         ef = s.filtered_hnsw_ef if filtered else s.search_hnsw_ef
-        return E.SearchParams(hnsw_ef=ef, exact=exact, quantization=quantization)
+        acorn = (
+            E.AcornSearchParams(enable=True, max_selectivity=s.acorn_max_selectivity)
+            if filtered and s.filtered_acorn
+            else None
+        )
+        return E.SearchParams(hnsw_ef=ef, exact=exact, quantization=quantization, acorn=acorn)
 
     def query(self, name: str, request: Nearest) -> list[Hit]:
         E = self.E
