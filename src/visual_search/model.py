@@ -126,8 +126,7 @@ class Embedder:
         onnx_path = self.model_dir / "model.onnx"
         if not onnx_path.is_file():
             raise ModelError(f"no model.onnx in {self.model_dir}")
-        if verify and self.card.sha256 and file_sha256(onnx_path) != self.card.sha256:
-            raise ModelError(f"{onnx_path} does not match the sha256 in its model card")
+        expected = self.card.sha256 if verify else None
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
@@ -136,7 +135,19 @@ class Embedder:
         # the CPU from the decoding threads that run between inferences (measured: a single
         # embed is ~20% faster without spinning, docs/benchmarks.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        # The sha256 is computed while the session is made (hashlib releases the GIL): with a
+        # second vCPU its ~13 ms of CPU overlap the session's instead of adding to the init's
+        # wall-clock time. A file that does not match still fails here, before any embedding,
+        # whatever the session made of it.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hashing:
+            digest = hashing.submit(file_sha256, onnx_path) if expected else None
+            try:
+                self.session = ort.InferenceSession(
+                    str(onnx_path), options, providers=["CPUExecutionProvider"]
+                )
+            finally:
+                if digest is not None and digest.result() != expected:
+                    raise ModelError(f"{onnx_path} does not match the sha256 in its model card")
         self.max_batch = max(1, max_batch)
         self.limits = limits or ImageLimits()
         self._decoders = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="decode")
