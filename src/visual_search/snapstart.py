@@ -69,8 +69,7 @@ def finish_init() -> None:
     session, the store client, the API's models) to the garbage collector's permanent
     generation (``gc.freeze``). Those objects live as long as the instance; left in the
     collected generations, every full collection walks all of them again: ~60 ms of CPU here,
-    the first one in the first request (creating the S3 client allocates enough to start it),
-    each later one in some later request.
+    in whichever request allocates enough to start one (making the S3 client does).
 
     A snapshotted init first collects the init's garbage: once, into the snapshot. An on-demand
     init keeps it (a few MB: unreachable objects the library imports left) rather than pay
