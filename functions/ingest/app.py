@@ -8,6 +8,10 @@ after-restore hook gives each resumed instance new clients (see visual_search.sn
 
 from __future__ import annotations
 
+from visual_search.snapstart import begin_init
+
+begin_init()  # first: the imports below run with the garbage collector paused
+
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 

@@ -2,12 +2,16 @@
 
 The model session and the Qdrant client are created at import time, in Lambda's init phase
 (the S3 client on first use: result URLs are signed without one, see visual_search.presign,
-and only a search by ``s3_key`` reads S3); each
-request then only parses, embeds, searches and shapes the response. With SnapStart, the
+and only a search by ``s3_key`` reads S3); each request then only parses, embeds, searches and
+shapes the response. With SnapStart, the
 after-restore hook gives each resumed instance new clients (see visual_search.snapstart).
 """
 
 from __future__ import annotations
+
+from visual_search.snapstart import begin_init
+
+begin_init()  # first: the imports below run with the garbage collector paused
 
 from aws_lambda_powertools.logging import correlation_paths
 

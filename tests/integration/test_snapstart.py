@@ -11,6 +11,7 @@ import base64
 import gc
 import json
 import random
+import sys
 import weakref
 
 import boto3
@@ -152,12 +153,31 @@ def unfrozen():
 
 
 @pytest.mark.parametrize("in_lambda", [False, True])
-def test_an_init_in_lambda_ends_with_what_it_made_frozen(deployed, restore, monkeypatch, unfrozen, in_lambda):
+def test_an_init_in_lambda_runs_without_collections_and_ends_with_what_it_made_frozen(
+    deployed, restore, monkeypatch, unfrozen, in_lambda
+):
+    monkeypatch.setenv("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand")
     if in_lambda:
         monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "visual-search-search")
     else:  # the tests and the local stack, which load the functions again and again
         monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
-    app = load_function("search")
+    collections: list[int] = []
+    monkeypatch.delitem(sys.modules, "lambda_search_app", raising=False)
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start" and "lambda_search_app" in sys.modules:  # from the app's first line
+            collections.append(info["generation"])
+
+    threshold = gc.get_threshold()
+    gc.set_threshold(100, 10**6, 10**6)  # a young collection every 100 allocations, no older one
+    gc.callbacks.append(count)
+    try:
+        app = load_function("search")
+    finally:
+        gc.callbacks.remove(count)
+        gc.set_threshold(*threshold)
+    assert gc.isenabled()  # on again once the init is done
+    assert (collections == []) is in_lambda  # paused for the whole init in Lambda only
     assert (gc.get_freeze_count() > 0) is in_lambda
     assert search(app)["statusCode"] == 200
 
