@@ -54,7 +54,7 @@ def test_server_mode_and_overrides(clean_env):
 
 def test_filtered_search_settings(clean_env):
     store = load_settings().store
-    assert store.filtered_hnsw_ef == 512 and store.search_hnsw_ef == 128
+    assert store.filtered_hnsw_ef == 1024 and store.search_hnsw_ef == 128
     clean_env.setenv("QDRANT_FILTERED_ACORN", "true")
     clean_env.setenv("QDRANT_ACORN_MAX_SELECTIVITY", "0.1")
     store = load_settings().store
