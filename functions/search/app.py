@@ -3,8 +3,8 @@
 The model session and the Qdrant client are created at import time, in Lambda's init phase
 (the S3 client on first use: result URLs are signed without one, see visual_search.presign,
 and only a search by ``s3_key`` reads S3); each request then only parses, embeds, searches and
-shapes the response. With SnapStart, the
-after-restore hook gives each resumed instance new clients (see visual_search.snapstart).
+shapes the response. With SnapStart, the after-restore hook gives each resumed instance new
+clients (see visual_search.snapstart).
 """
 
 from __future__ import annotations

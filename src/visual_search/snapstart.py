@@ -70,8 +70,8 @@ def begin_init() -> None:
     ~240,000 objects the collector tracks, nearly all living as long as the instance; the ~350
     collections they set off (two of them full) walked them again and again for ~200 ms of CPU
     (~11% of a cold start) and freed ~800 unreachable objects, which the freeze now keeps with
-    the ~26,000 it kept already. Outside Lambda nothing
-    happens (tests and the local stack load the functions in a process that keeps running)."""
+    the ~26,000 it kept already. Outside Lambda nothing happens (tests and the local stack
+    load the functions in a process that keeps running)."""
     if in_lambda():
         gc.disable()
 
