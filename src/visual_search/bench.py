@@ -451,6 +451,8 @@ def cold_start(runs: int = 5) -> dict:
             "floor": floor,
             "vs_floor": round(cold["total_ms"] / floor["total_ms"], 2),
             "cpu_vs_floor": round(cold["cpu_ms"] / floor["cpu_ms"], 2),
+            # each cold start against the floor measured just before it: the spread of one run
+            "cpu_vs_floor_pairs": [round(c["cpu_ms"] / f["cpu_ms"], 2) for f, c in zip(floors, colds)],
         },
         "cold_start_runs": runs,
     }
@@ -566,7 +568,8 @@ def print_cold(report: dict) -> None:
         f"{c['init_ms']} ms + first answer {c['first_answer_ms']} ms = {c['total_ms']} ms, "
         f"peak RSS {c['peak_rss_mb']} MB\nfloor (library imports {f['imports_ms']} ms + ONNX session "
         f"{f['session_ms']} ms) {f['total_ms']} ms -> cold start / floor {c['vs_floor']} "
-        f"(CPU time {c['cpu_ms']} / {f['cpu_ms']} ms: {c['cpu_vs_floor']})"
+        f"(CPU time {c['cpu_ms']} / {f['cpu_ms']} ms: {c['cpu_vs_floor']}; "
+        f"each pair: {', '.join(str(r) for r in c['cpu_vs_floor_pairs'])})"
     )
 
 
@@ -595,7 +598,7 @@ SECTIONS = {
         ),
         lambda report: _scale().print_scale(report),
     ),
-    "cold": (lambda args: cold_start(), print_cold),
+    "cold": (lambda args: cold_start(getattr(args, "cold_runs", 5)), print_cold),
 }
 
 

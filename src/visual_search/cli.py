@@ -728,6 +728,13 @@ def build_parser() -> argparse.ArgumentParser:
         "1000000 takes about an hour on 2 cores, 5 GB of vectors in RAM and ~8 GB of disk)",
     )
     bench.add_argument(
+        "--cold-runs",
+        type=_int_in(1, 100),
+        default=5,
+        help="fresh processes of each side (floor, function) for the cold section, alternated "
+        "(default 5; single ratios move by +-0.15 even on a quiet machine: use 15 or more to compare trees)",
+    )
+    bench.add_argument(
         "--scale-keep",
         metavar="DIR",
         help="keep each size's built store in DIR/scale-<size> and search it again in later runs "

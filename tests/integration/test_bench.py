@@ -79,6 +79,10 @@ def test_scale_sizes_flag():
     assert args.scale_sizes == (10_000, 1_000_000)
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--scale-sizes", "10"])
+    assert parser.parse_args(["bench"]).cold_runs == 5
+    assert parser.parse_args(["bench", "--only", "cold", "--cold-runs", "15"]).cold_runs == 15
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--cold-runs", "0"])
 
 
 def test_cold_section_times_both_sides_in_fresh_processes():
@@ -92,6 +96,9 @@ def test_cold_section_times_both_sides_in_fresh_processes():
     assert floor["imports_ms"] > 0 and floor["session_ms"] > 0 and floor["cpu_ms"] > 0 and cold["cpu_ms"] > 0
     assert cold["vs_floor"] == round(cold["total_ms"] / floor["total_ms"], 2)
     assert cold["cpu_vs_floor"] == round(cold["cpu_ms"] / floor["cpu_ms"], 2)
+    # One pair: its ratio is the medians' (up to the rounding of the medians to 0.1 ms).
+    assert len(cold["cpu_vs_floor_pairs"]) == 1
+    assert abs(cold["cpu_vs_floor_pairs"][0] - cold["cpu_vs_floor"]) <= 0.011
     # The function's side loads the model and the store as a deployed search does: more memory.
     assert cold["peak_rss_mb"] > floor["peak_rss_mb"] > 0
 
