@@ -14,8 +14,8 @@ moment, is made again by the after-restore hooks, in each restored instance:
 
 Time taken at init is not kept anywhere it matters: the key's re-read deadline is wall-clock
 time (``time.time()``, which is right after a restore) and is reset here; the presigned-URL
-cache is emptied (URLs are bound to the credentials that signed them); ``indexed_at`` and the
-re-index stamps are taken per call.
+cache is empty in the snapshot (the init signs no URL, and URLs are bound to the credentials
+that signed them); ``indexed_at`` and the re-index stamps are taken per call.
 
 ``snapshot_restore_py`` is provided by Lambda's python3.12+ runtime (and on PyPI as
 ``snapshot-restore-py``, for tests); without it, nothing is ever restored and registering a
