@@ -30,6 +30,7 @@ DIM = 1280
 PER_PRODUCT = 4
 CATEGORIES = 20
 BRANDS = 25
+SEED = 7  # of the synthetic catalogue every size is built from
 QUERIES = 100
 FILTER = {"category": "cat-3", "price": {"gte": 5, "lte": 30}}
 
@@ -42,7 +43,7 @@ class Synthetic:
     price: np.ndarray
 
 
-def synthetic(count: int, seed: int = 7) -> Synthetic:
+def synthetic(count: int, seed: int = SEED) -> Synthetic:
     """Clustered unit vectors: cluster centre + product offset + photo noise."""
     rng = np.random.default_rng(seed)
     n_products = count // PER_PRODUCT
@@ -197,7 +198,9 @@ def build_signature(size: int, settings) -> dict:
         "points": size,
         "dim": DIM,
         "per_product": PER_PRODUCT,
-        "seed": 7,
+        "categories": CATEGORIES,
+        "brands": BRANDS,
+        "seed": SEED,
         "hnsw_m": settings.hnsw_m,
         "hnsw_ef_construct": settings.hnsw_ef_construct,
         "quantization": settings.quantization,
