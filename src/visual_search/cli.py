@@ -349,6 +349,9 @@ def cmd_eval(args) -> int:
         )
     bar = _progress(None, None, f"evaluating {embedder.model_id}", args.json or args.quiet)
     queries = [p.strip() for p in args.queries.split(",") if p.strip()] if args.queries else None
+    gallery = [p.strip() for p in args.gallery.split(",") if p.strip()] if args.gallery else None
+    if gallery and not queries:
+        raise SystemExit("error: --gallery needs --queries (the split protocol)")
     result = evaluate(
         Path(args.folder),
         embedder,
@@ -356,6 +359,7 @@ def cmd_eval(args) -> int:
         progress=bar.update,
         reranker=reranker,
         queries=queries,
+        gallery=gallery,
         adapt=args.adapt,
         folds=args.folds,
     )
@@ -649,6 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERNS",
         help="split protocol: file names matching these comma-separated patterns ('val_*,test_*') "
         "are the queries, the rest the gallery (default: leave-one-out)",
+    )
+    ev.add_argument(
+        "--gallery",
+        metavar="PATTERNS",
+        help="with --queries: only file names matching these patterns are the gallery, the others "
+        "are left out ('iconic_*': the web-shop protocol, one studio photo per product)",
     )
     ev.add_argument(
         "--adapt",

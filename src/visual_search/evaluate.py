@@ -154,8 +154,12 @@ def evaluate(
     queries: Sequence[str] | None = None,
     adapt: bool = False,
     folds: int = 5,
+    gallery: Sequence[str] | None = None,
 ) -> EvalResult:
     images = scan(folder)
+    if gallery:  # the split's gallery is these files only; the rest of the folder is left out
+        wanted = query_mask(images, [*(queries or []), *gallery])
+        images = [img for img, keep in zip(images, wanted) if keep]
     if limit:
         images = _subset(images, limit)
     products = {product_of(img) for img in images}

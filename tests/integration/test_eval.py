@@ -100,3 +100,35 @@ def test_eval_split_needs_queries_and_gallery():
     )
     assert result.returncode != 0
     assert "0 of 120 file names match" in result.stderr
+
+
+def test_eval_gallery_patterns_leave_the_other_files_out():
+    """The web-shop protocol's shape: a chosen gallery, the rest of the folder neither indexed nor asked."""
+    tests = len(list(GROCERY_SMALL.glob("*/test_*")))
+    galleries = len(list(GROCERY_SMALL.glob("*/train_*_001.jpg")))  # one photo per product, as a web shop
+    assert tests and galleries < len(list(GROCERY_SMALL.glob("*/train_*")))
+    args = [
+        sys.executable,
+        "-m",
+        "visual_search",
+        "eval",
+        str(GROCERY_SMALL),
+        "--json",
+        "--queries",
+        "test_*",
+    ]
+    ok = subprocess.run(
+        [*args, "--gallery", "train_*_001.jpg"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert ok.returncode == 0, ok.stderr
+    out = json.loads(ok.stdout)
+    assert (out["queries"], out["gallery"], out["images"]) == (tests, galleries, tests + galleries)
+    empty = subprocess.run(
+        [*args, "--gallery", "iconic_*"], check=False, capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert empty.returncode != 0 and "the split needs both queries and a gallery" in empty.stderr

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.conftest import jpeg_bytes
+from visual_search.config import REPO_MODEL_DIR
 from visual_search.errors import ModelError
 from visual_search.model import Embedder, ModelCard, file_sha256
 
@@ -152,3 +153,28 @@ def test_a_card_edited_without_a_new_id_cannot_share_a_collection(embedder, tmp_
         store(edited).count()
     # a store that knows no fingerprint (made before it existed) is not refused
     assert CatalogStore(client, settings, embedder.model_id, embedder.dim).count() == 0
+
+
+SHIPPED_FOLDERS = sorted(p for p in (REPO_MODEL_DIR.parent).iterdir() if (p / "model.json").is_file())
+
+
+@pytest.mark.parametrize("folder", SHIPPED_FOLDERS, ids=lambda p: p.name)
+def test_every_shipped_model_folder_loads_and_matches_its_card(folder, demo_images):
+    """Every folder of layers/model/ ships in the model layer and may be chosen with ModelFolder /
+    MODEL_DIR: its card names the file's sha256, and it embeds the same way as the default."""
+    model = Embedder(folder)
+    assert file_sha256(folder / "model.onnx") == model.card.sha256
+    vectors = np.stack(model.embed_many([img.path.read_bytes() for img in demo_images[:4]]))
+    assert vectors.shape == (4, model.card.embedding_dim)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert len({m.card.id for m in map(Embedder, SHIPPED_FOLDERS)}) == len(SHIPPED_FOLDERS)
+
+
+def test_grocery_model_is_a_fine_tune_of_the_default_with_its_data_named():
+    grocery = json.loads(
+        (REPO_MODEL_DIR.parent / "efficientnet-lite0-384-grocery" / "model.json").read_text()
+    )
+    default = json.loads((REPO_MODEL_DIR / "model.json").read_text())
+    assert grocery["training"]["base_model"]["id"] == default["id"]
+    assert grocery["input"] == default["input"] and grocery["pooling"] == default["pooling"]
+    assert "MIT" in grocery["source"]["training"] and grocery["sha256"] != default["sha256"]

@@ -28,6 +28,7 @@ from .trainer import Recipe, Trainer, embed_all
 from .validate import Recall, product_recall, unit
 
 CHECKPOINT = ".finetune-checkpoint.pt"
+WEIGHTS = "weights.pt"  # the trained torch weights: a later fine-tune starts from them
 Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
 
 
@@ -222,6 +223,7 @@ def finetune(
         f"ImageNet-1k classification, then fine-tuned on {options.source} (see training)"
     )
     (out / "model.json").write_text(json.dumps(card, indent=2) + "\n")
+    torch.save(net.state_dict(), out / WEIGHTS)
     (out / CHECKPOINT).unlink(missing_ok=True)
     return FinetuneResult(out, card, validation, state.seconds)
 
