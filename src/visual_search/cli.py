@@ -706,8 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune",
         help="fine-tune the model on a catalogue's own photos (needs the train extra: torch)",
         description="Train the current model's architecture from its ImageNet weights on the "
-        "product labels of SOURCE, validate on held-back photos and write a model folder "
-        "(model.onnx + model.json) for MODEL_DIR, only when it beats the base model.",
+        "product labels of SOURCE, validate on shoppers' photos (--shopper-views) or held-back "
+        "ones and write a model folder (model.onnx + model.json) for MODEL_DIR when it beats the "
+        "base model (or the held-back photos cannot tell; --force writes it anyway).",
     )
     finetune.add_argument("source", help="a folder (one subfolder per product) or s3://bucket/prefix")
     finetune.add_argument("--out", required=True, help="the model folder to write")
@@ -718,6 +719,16 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--seed", type=int, default=0, help="seed of the split, order and augmentation")
     finetune.add_argument("--device", choices=["cpu", "cuda"], help="default: CUDA when present, else CPU")
     finetune.add_argument("--lr", type=float, help="peak learning rate (default 1e-4)")
+    finetune.add_argument(
+        "--shopper-views",
+        metavar="PATTERNS",
+        help="file names or keys matching these comma-separated patterns ('val_*,test_*', "
+        "'shopper/*') are shoppers' photos: never trained on, the accept check decides on them "
+        "(default: photos of each product held back)",
+    )
+    finetune.add_argument(
+        "--force", action="store_true", help="write the model even when the accept check refuses it"
+    )
     finetune.add_argument("--reindex", action="store_true", help="then move the catalogue to the new model")
     finetune.add_argument("--quiet", action="store_true", help="no progress bars")
     finetune.set_defaults(func=cmd_finetune)

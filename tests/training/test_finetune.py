@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 from dataclasses import replace
+from pathlib import Path
 
 import boto3
 import numpy as np
@@ -28,11 +29,12 @@ from visual_search.store import CatalogStore, Query, open_backend
 from visual_search.sync import Syncer, reindex
 from visual_search.training.data import PhotoCache, fingerprint, photos_from, split
 from visual_search.training.export import preprocess_for
-from visual_search.training.finetune import _weights_digest
+from visual_search.training.finetune import CEILING, Validation, _weights_digest
 from visual_search.training.network import NetworkSpec, build
 from visual_search.training.trainer import Interrupted, Recipe, Trainer, embed_all
-from visual_search.training.validate import product_recall, unit
+from visual_search.training.validate import Recall, paired_change, product_recall, unit
 
+GROCERY_SMALL = Path(__file__).resolve().parents[1] / "data" / "grocery-small"  # train_ + test_ photos
 SIZE = 128  # small input: an epoch of the demo catalogue takes seconds (at 96 px the average-pooled
 # base and one epoch tie on the 10 held-back photos; at 128 px the epoch gains one of them)
 BUCKET = "product-images"
@@ -163,6 +165,91 @@ def test_finetune_refuses_when_the_learning_rate_is_zero(tmp_path, capsys):
     assert finetune("--out", str(out), "--epochs", "1", "--lr", "0") == 3
     assert "does not beat the base" in capsys.readouterr().err
     assert not (out / "model.json").exists()
+
+
+def test_force_writes_a_refused_model_with_a_warning_and_the_card_says_forced(tmp_path, capsys):
+    out = tmp_path / "forced"
+    assert finetune("--out", str(out), "--epochs", "0", "--force") == 0
+    err = capsys.readouterr().err
+    assert "warning: --force" in err and "95% interval" in err
+    training = json.loads((out / "model.json").read_text())["training"]
+    assert training["forced"] is True
+    assert training["validation"]["verdict"] == "not improved"
+    assert training["validation"]["change"]["delta"] == 0  # 0 epochs: the base network itself
+    assert ModelCard.load(out).sha256 == file_sha256(out / "model.onnx")
+
+
+def test_shopper_views_are_never_trained_on_and_the_accept_check_decides_on_them(tmp_path, capsys):
+    out = tmp_path / "model"
+    code = main(
+        ["finetune", str(GROCERY_SMALL), "--image-size", str(SIZE), "--quiet", "--epochs", "1",
+         "--shopper-views", "test_*", "--out", str(out), "--force"]
+    )  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "validating on" in err and "shopper views" in err
+    training = json.loads((out / "model.json").read_text())["training"]
+    photos = photos_from(str(GROCERY_SMALL))
+    shoppers = [p for p in photos if Path(p.key).name.startswith("test_")]
+    validation = training["validation"]
+    assert validation["evidence"] == "shopper views"
+    assert validation["queries"] == validation["change"]["queries"] == len(shoppers)
+    assert training["catalogue"]["trained_images"] == len(photos) - len(shoppers)
+    assert validation["gallery"] == len(photos) - len(shoppers)
+    assert validation["change"]["products"] == len({p.product_id for p in shoppers})
+
+
+def test_shopper_view_patterns_that_match_nothing_are_a_clear_error(tmp_path, capsys):
+    code = main(["finetune", str(GROCERY_SMALL), "--out", str(tmp_path / "m"), "--quiet",
+                 "--shopper-views", "nothing_*"])  # fmt: skip
+    assert code == 1  # the CLI's exit code for bad input
+    assert "--shopper-views nothing_*: none of the 120 photos" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_paired_change_is_clustered_by_product():
+    # 4 products, 5 queries each: the fine-tune fixes all of product a's and breaks one of b's.
+    groups = [g for g in "abcd" for _ in range(5)]
+    before = np.array([0] * 5 + [1] * 5 + [1] * 5 + [0] * 5, bool)
+    after = before.copy()
+    after[:5] = True
+    after[5] = False
+    change = paired_change(before, after, groups)
+    d = after.astype(float) - before.astype(float)
+    assert change.delta == pytest.approx(d.mean(), abs=1e-4) == pytest.approx(0.2)
+    assert (change.before, change.after, change.queries, change.products) == (0.5, 0.7, 20, 4)
+    sums = np.array([d[i * 5 : i * 5 + 5].sum() - 5 * d.mean() for i in range(4)])
+    se = np.sqrt(4 / 3 * np.sum(sums**2)) / 20
+    assert change.high - change.low == pytest.approx(2 * 1.96 * se, abs=2e-4)
+    # Clustered, the interval is wider than one that counts every photo as independent evidence.
+    assert change.high - change.low > 2 * 1.96 * d.std(ddof=1) / np.sqrt(20)
+    assert change.low < 0 < change.delta  # five photos of one product are not twenty proofs
+
+
+def _validation(before: float, after_hits: int, n: int, evidence: str) -> Validation:
+    base = np.zeros(n, bool)
+    base[: round(before * n)] = True
+    tuned = np.zeros(n, bool)
+    tuned[:after_hits] = True
+    groups = [str(i % 10) for i in range(n)]
+    figures = {"base": Recall(before, 1.0, n), "fine_tuned": Recall(after_hits / n, 1.0, n)}
+    return Validation(n, 100, [], figures, {}, {}, evidence, paired_change(base, tuned, groups))
+
+
+def test_same_session_photos_the_base_already_finds_cannot_refuse_a_model():
+    # The 15-product case: 0.987 vs 1.000 on held-back near-twins is no evidence either way.
+    at_ceiling = _validation(1.0, 148, 150, "held-back")
+    assert at_ceiling.change.delta < 0 and at_ceiling.change.before >= CEILING
+    assert at_ceiling.verdict == "inconclusive" and at_ceiling.accepted
+    assert "--shopper-views" in at_ceiling.warning()
+    # Shoppers' photos are the evidence itself: the same figures there refuse the model.
+    assert not _validation(1.0, 148, 150, "shopper views").accepted
+    # Below the ceiling, a loss is a loss.
+    assert _validation(0.8, 100, 150, "held-back").verdict == "not improved"
+    # A clear loss even at the ceiling (its interval excludes zero) refuses too.
+    assert not _validation(1.0, 90, 150, "held-back").accepted
+    better = _validation(0.8, 130, 150, "held-back")
+    assert better.verdict == "improved" and better.warning() is None
 
 
 class InterruptingCache(PhotoCache):

@@ -42,6 +42,8 @@ def run(args: Any, bar: Callable[[str, int], Any]) -> int:
         seed=args.seed,
         device=args.device,
         recipe=recipe,
+        shopper_views=tuple(p.strip() for p in (args.shopper_views or "").split(",") if p.strip()),
+        force=args.force,
     )
     bars: list[Any] = []
 

@@ -7,10 +7,11 @@ folders, as the ingest function derives them). No torch here: batches are numpy 
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,23 @@ def split(
         train += members[held:]
         gallery += members[held:]
     return Split(sorted(train), sorted(gallery), sorted(queries), unseen)
+
+
+def view_mask(photos: Sequence[Photo], patterns: Sequence[str]) -> list[bool]:
+    """True for the shoppers' photos: a file name (``val_*``) or key (``shopper/*``) matches."""
+    names = [(PurePosixPath(p.key).name, p.key) for p in photos]
+    return [
+        any(fnmatch.fnmatchcase(n, pat) or fnmatch.fnmatchcase(k, pat) for pat in patterns) for n, k in names
+    ]
+
+
+def split_with_views(photos: Sequence[Photo], views: Sequence[bool]) -> Split:
+    """Every catalogue photo trains and is the gallery; the shoppers' photos of the catalogue's
+    products are the queries (never trained on): the evidence a shop's own shoppers give."""
+    catalogue = [i for i, v in enumerate(views) if not v]
+    known = {photos[i].product_id for i in catalogue}
+    queries = [i for i, v in enumerate(views) if v and photos[i].product_id in known]
+    return Split(catalogue, catalogue, queries, [])
 
 
 class PhotoCache:

@@ -21,15 +21,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import Photo, PhotoCache, Split, fingerprint, photos_from, split
+from .data import Photo, PhotoCache, Split, fingerprint, photos_from, split, split_with_views, view_mask
 from .export import preprocess_for, write_model_folder
 from .network import VARIANTS, NetworkSpec, build
 from .trainer import Recipe, Trainer, embed_all
-from .validate import Recall, product_recall, unit
+from .validate import Change, Recall, paired_change, product_ranks, product_recall, unit
 
 CHECKPOINT = ".finetune-checkpoint.pt"
 WEIGHTS = "weights.pt"  # the trained torch weights: a later fine-tune starts from them
 Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
+# A hold-back of same-session photos that the base model already finds this often cannot show
+# a gain: its photos have near-twins in the gallery. A change it cannot tell from zero is then
+# inconclusive, not a refusal.
+CEILING = 0.95
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class FinetuneOptions:
     seed: int = 0
     device: str | None = None  # None: CUDA when present, else the CPU
     recipe: Recipe = field(default_factory=Recipe)
+    shopper_views: tuple[str, ...] = ()  # file-name patterns of shoppers' photos: validate on them
+    force: bool = False  # write the model even when the accept check refuses it
 
 
 @dataclass
@@ -51,14 +57,33 @@ class Validation:
     figures: dict[str, Recall]  # base, base_adapted, fine_tuned, fine_tuned_adapted
     unseen: dict[str, Recall]  # the same on the whole products held back from training
     adaptation: dict[str, str]  # why each adaptation was (not) applied
+    evidence: str = "held-back"  # "shopper views" or "held-back" (catalogue photos held back)
+    change: Change | None = None  # base -> fine-tuned recall@1 on the queries, paired
 
     @property
     def improved(self) -> bool:
-        base, tuned = self.figures["base"], self.figures["fine_tuned"]
-        return tuned.recall_at_1 > base.recall_at_1
+        return self.change is not None and self.change.delta > 0
+
+    @property
+    def inconclusive(self) -> bool:
+        """Held-back photos the base already finds, and a change they cannot tell from zero."""
+        if self.improved or self.change is None or self.evidence != "held-back":
+            return False
+        return self.change.before >= CEILING and self.change.high >= 0
+
+    @property
+    def verdict(self) -> str:
+        return "improved" if self.improved else "inconclusive" if self.inconclusive else "not improved"
+
+    @property
+    def accepted(self) -> bool:
+        return self.improved or self.inconclusive
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "evidence": self.evidence,
+            "verdict": self.verdict,
+            "change": self.change.as_dict() if self.change else None,
             "queries": self.queries,
             "gallery": self.gallery,
             "held_out_products": self.unseen_products,
@@ -72,7 +97,22 @@ class Validation:
         if self.unseen_products:
             rows.append(f"  on the {len(self.unseen_products)} products never trained on:")
             rows += [f"  {name:<20} {r}" for name, r in self.unseen.items()]
-        return f"validation ({self.queries} held-back photos against {self.gallery}):\n" + "\n".join(rows)
+        if self.change is not None:
+            rows.append(f"  accept check: {self.change}: {self.verdict}")
+        what = "shopper views" if self.evidence == "shopper views" else "held-back photos"
+        return f"validation ({self.queries} {what} against {self.gallery}):\n" + "\n".join(rows)
+
+    def warning(self) -> str | None:
+        """What the user should know about the evidence behind an accepted (or forced) model."""
+        if self.inconclusive and self.change is not None:
+            return (
+                f"the held-back photos cannot show a gain: the base already finds {self.change.before:.3f} "
+                "of them (same-session near-twins of the training photos); the model is written "
+                "untested on shoppers' photos: pass --shopper-views PATTERNS to validate on them"
+            )
+        if not self.accepted:
+            return f"--force: writing a model the accept check refused ({self.change})"
+        return None
 
 
 class NoImprovement(Exception):
@@ -80,10 +120,9 @@ class NoImprovement(Exception):
 
     def __init__(self, validation: Validation):
         self.validation = validation
-        base, tuned = validation.figures["base"], validation.figures["fine_tuned"]
         super().__init__(
-            f"the fine-tuned model does not beat the base (recall@1 {tuned.recall_at_1:.3f} vs "
-            f"{base.recall_at_1:.3f}); no model written\n{validation.table()}"
+            f"the fine-tuned model does not beat the base on the {validation.evidence} photos "
+            f"({validation.change}); no model written (--force writes it anyway)\n{validation.table()}"
         )
 
 
@@ -131,16 +170,23 @@ def finetune(
     torch.manual_seed(options.seed)
 
     photos = photos_from(options.source, s3)
-    _check_enough(photos, split(photos, options.seed), options.source)
+    views = view_mask(photos, options.shopper_views) if options.shopper_views else None
+    if views is not None and not any(views):
+        raise ValueError(
+            f"--shopper-views {','.join(options.shopper_views)}: none of the {len(photos)} photos' "
+            "file names or keys match"
+        )
+    _check_enough(photos, _split(photos, options.seed, views), options.source)
     cache = PhotoCache(photos, preprocess_for(spec), progress=progress("decoding", len(photos)))
     net = build(spec)
     everyone = list(range(len(photos)))
     base_vectors = embed_all(net, cache, everyone, device, progress=progress("base embeddings", len(photos)))
-    parts = split(photos, options.seed, base_vectors)
+    parts = _split(photos, options.seed, views, base_vectors)
     trained = sorted({photos[i].product_id for i in parts.train})
     log(
         f"{len(photos)} photos of {len({p.product_id for p in photos})} products: training on "
-        f"{len(parts.train)}, validating on {len(parts.queries)} held back"
+        f"{len(parts.train)}, validating on {len(parts.queries)} "
+        + ("shopper views" if views else "held back")
         + (f" (and {len(parts.unseen_products)} whole products)" if parts.unseen_products else "")
         + f"; {spec.variant} at {spec.image_size} px, {spec.pooling} pooling, on {device}"
     )
@@ -178,12 +224,16 @@ def finetune(
     tuned_vectors = embed_all(
         net, cache, everyone, device, progress=progress("fine-tuned embeddings", len(photos))
     )
-    validation = validate(photos, parts, base_vectors, tuned_vectors, options.seed)
+    validation = validate(
+        photos, parts, base_vectors, tuned_vectors, options.seed, "shopper views" if views else "held-back"
+    )
     log(validation.table())
-    if not validation.improved:
+    if not validation.accepted and not options.force:
         (out / CHECKPOINT).unlink(missing_ok=True)
         _remove_if_empty(out)
         raise NoImprovement(validation)
+    if validation.warning():
+        log(f"warning: {validation.warning()}")
 
     digest = _weights_digest(net)
     base_id = base_of(raw, spec)
@@ -203,6 +253,7 @@ def finetune(
             "fingerprint": catalogue,
         },
         "validation": validation.as_dict(),
+        "forced": not validation.accepted,
         "train_seconds": round(state.seconds, 1),
         "history": [
             {"epoch": e.epoch, "loss": round(e.loss, 4), "seconds": round(e.seconds, 1)}
@@ -228,18 +279,33 @@ def finetune(
     return FinetuneResult(out, card, validation, state.seconds)
 
 
+def _split(
+    photos: list[Photo], seed: int, views: list[bool] | None, vectors: np.ndarray | None = None
+) -> Split:
+    return split_with_views(photos, views) if views else split(photos, seed, vectors)
+
+
 def _check_enough(photos: list[Photo], parts: Split, source: str) -> None:
     trained = {photos[i].product_id for i in parts.train}
     if len(trained) < 2 or not parts.queries:
         raise ValueError(
-            f"{source}: {len(photos)} photos of {len({p.product_id for p in photos})} products; "
-            "fine-tuning needs 2 or more products with 3 or more photos each"
+            f"{source}: {len(photos)} photos of {len({p.product_id for p in photos})} products "
+            f"({len(parts.queries)} to validate on); fine-tuning needs 2 or more products with 3 or "
+            "more photos each, and with --shopper-views, views of the catalogue's products"
         )
 
 
-def validate(photos: list[Photo], parts: Split, base: np.ndarray, tuned: np.ndarray, seed: int) -> Validation:
+def validate(
+    photos: list[Photo],
+    parts: Split,
+    base: np.ndarray,
+    tuned: np.ndarray,
+    seed: int,
+    evidence: str = "held-back",
+) -> Validation:
     """recall@1/@5 of the base and fine-tuned vectors, raw and with learned whitening fitted on
-    the training photos (never on the held-back ones)."""
+    the training photos (never on the queries), and the paired base -> fine-tuned change that
+    the accept check decides on."""
     labels = [p.product_id for p in photos]
     figures, unseen, why = {}, {}, {}
     unseen_queries = [i for i in parts.queries if labels[i] in parts.unseen_products]
@@ -252,6 +318,7 @@ def validate(photos: list[Photo], parts: Split, base: np.ndarray, tuned: np.ndar
             if unseen_queries:
                 unseen[name + suffix] = _recall(space, labels, parts.gallery, unseen_queries)
     order = ["base", "base_adapted", "fine_tuned", "fine_tuned_adapted"]
+    hits = [_ranks(v, labels, parts.gallery, parts.queries) == 0 for v in (base, tuned)]
     return Validation(
         len(parts.queries),
         len(parts.gallery),
@@ -259,6 +326,14 @@ def validate(photos: list[Photo], parts: Split, base: np.ndarray, tuned: np.ndar
         {k: figures[k] for k in order if k in figures},
         {k: unseen[k] for k in order if k in unseen},
         why,
+        evidence,
+        paired_change(hits[0], hits[1], [labels[i] for i in parts.queries]),
+    )
+
+
+def _ranks(vectors: np.ndarray, labels: list[str], gallery: list[int], queries: list[int]) -> np.ndarray:
+    return product_ranks(
+        vectors[gallery], [labels[i] for i in gallery], vectors[queries], [labels[i] for i in queries]
     )
 
 
