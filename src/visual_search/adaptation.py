@@ -24,20 +24,24 @@ goes on from there.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .spaces import ADAPTED
+from . import calibration
+from .calibration import Calibration
+from .spaces import ADAPTED, CALIBRATION
 from .store import RERANK, VECTOR, CatalogStore, VectorSpec, slug
 from .store.backend import Record, StoredPoint
 from .store.raw import indexed_after
 from .whitening import FitReport, Projection, choose, sample_rows
+from .whitening import fit as fit_projection
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import Catalog
@@ -65,6 +69,7 @@ class AdaptResult:
     cv_recall_raw: float | None = None
     cv_recall_adapted: float | None = None
     shrinkage: float | None = None
+    calibration: dict | None = None  # the confidence calibration fitted with the projection
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -197,6 +202,7 @@ class Adapter:
         self.progress = progress or (lambda n: None)
         self.log = log
         self.sleep = sleep
+        self._calibration: Calibration | None = None  # fitted by this run, written with its space
 
     # -- fit ---------------------------------------------------------------------------------
 
@@ -221,13 +227,17 @@ class Adapter:
         x = np.stack([vectors[ids[i]] for i in kept]) if kept else np.zeros((0, self.store.dim), np.float32)
         return x, y[kept], len(ids)
 
-    def fit(self, collection: str) -> tuple[FitReport, int, np.ndarray]:
+    def fit(self, collection: str) -> tuple[FitReport, int, np.ndarray, Calibration | None]:
         x, y, points = self.sample(collection)
-        s = self.settings
         if len(x) == 0:
             reason = "the catalogue is empty: keeping the raw space"
-            return FitReport(None, reason, [], float("nan"), None), points, x
-        report = choose(
+            return FitReport(None, reason, [], float("nan"), None), points, x, None
+        report = self._choose(x, y)
+        return report, points, x, self.calibrate(x, y, report.projection)
+
+    def _choose(self, x: np.ndarray, y: np.ndarray) -> FitReport:
+        s = self.settings
+        return choose(
             x,
             [str(label) for label in y],
             dims=s.dims,
@@ -235,7 +245,29 @@ class Adapter:
             min_photos=s.min_photos,
             max_sample=s.sample,
         )
-        return report, points, x
+
+    def calibrate(self, x: np.ndarray, y: np.ndarray, projection: Projection | None) -> Calibration | None:
+        """The confidence calibration of the chosen space: cross-validated on the sample, each
+        round's projection refitted (same shrinkage and dimensions) on its gallery only."""
+
+        def space_fit(gx: np.ndarray, gy: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+            assert projection is not None
+            dims = projection.dim if projection.dim < projection.input_dim else None
+            return fit_projection(gx, [str(v) for v in gy], projection.shrinkage, dims).apply
+
+        try:
+            labels = [str(v) for v in y]
+            rows = calibration.cross_validated_rows(x, labels, space_fit if projection is not None else None)
+        except ValueError as exc:  # a round's gallery too small to refit the projection on
+            self.log(f"no confidence calibration: {exc}")
+            return None
+        fitted = calibration.fit(rows, {"space": projection.id if projection else "raw"})
+        if fitted is None:
+            self.log(
+                f"no confidence calibration: {rows.queries} cross-validation queries "
+                "(it needs products with two or more photos, and right and wrong answers)"
+            )
+        return fitted
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -252,9 +284,10 @@ class Adapter:
             resumed = self._resume(space, deadline, started)
             if resumed is not None:
                 return resumed
-        report, points, sample = self.fit(old)
+        report, points, sample, calibrated = self.fit(old)
         sampled = len(sample)
         chosen = report.projection
+        self._calibration = calibrated
         result = AdaptResult(
             status="dry-run" if dry_run else "raw",
             reason=report.reason,
@@ -267,6 +300,7 @@ class Adapter:
             cv_recall_raw=None if np.isnan(report.cv_recall_raw) else report.cv_recall_raw,
             cv_recall_adapted=report.cv_recall_adapted,
             shrinkage=chosen.shrinkage if chosen else None,
+            calibration=calibrated.as_dict() if calibrated else None,
         )
         result.seconds["fit"] = _seconds(started)
         self.log(report.reason)
@@ -283,6 +317,9 @@ class Adapter:
         ):
             result.status, result.collection = "unchanged", old
             result.projection_id = space.projection_id
+            if calibrated is not None:  # fitted in the chosen space: the same space, by its old id
+                stats = {**calibrated.stats, "space": space.projection_id}
+                self._calibration = replace(calibrated, stats=stats)
             result.reason += f" (the collection already uses projection {(space.projection_id or '')[:12]})"
             self._note_attempt(old, points)
             return result
@@ -291,10 +328,15 @@ class Adapter:
         return self.move(result, chosen, points, deadline, started)
 
     def _note_attempt(self, collection: str, points: int) -> None:
-        """Record the catalogue size this fit looked at (the maintenance threshold's base)."""
-        self.raw.update_collection_metadata(
-            collection, {"adapt_checked_points": points, "adapt_checked_at": _iso(_now())}
-        )
+        """Record the catalogue size this fit looked at (the maintenance threshold's base) and
+        the calibration refitted on it (the space is unchanged: the collection keeps serving)."""
+        checked = {"adapt_checked_points": points, "adapt_checked_at": _iso(_now())}
+        self.raw.update_collection_metadata(collection, {**checked, **self._calibration_metadata()})
+        self.catalog.spaces.invalidate()
+
+    def _calibration_metadata(self) -> dict[str, Any]:
+        calibrated = self._calibration
+        return {CALIBRATION: json.dumps(calibrated.as_dict())} if calibrated is not None else {}
 
     def _resume(self, space: Any, deadline: float | None, started: float) -> AdaptResult | None:
         """Go on with the copy an earlier run left half-done (its deadline, a crash), with the
@@ -384,6 +426,7 @@ class Adapter:
             "adapt_offset": None,
             "adapt_checked_points": points,
             "adapt_checked_at": _iso(begun),
+            **self._calibration_metadata(),
         }
         if projection is not None:
             stats = projection.stats
@@ -521,6 +564,13 @@ def print_result(result: AdaptResult, as_json: bool = False) -> None:
         print(f"cross-validated recall@1: raw {result.cv_recall_raw:.4f} -> adapted {adapted}")
     if result.shrinkage is not None:
         print(f"chosen shrinkage {result.shrinkage}; projection {result.projection_id}")
+    if result.calibration is not None:
+        stats = result.calibration["stats"]
+        print(
+            f"confidence calibrated on {stats['queries']} cross-validation queries: expected calibration "
+            f"error {stats['cv_ece']:.3f}, AUROC {stats['cv_auroc']:.3f}; no-match under "
+            f"{result.calibration['no_match']:.3f}"
+        )
     print(f"{result.status}: {result.reason}")
     if result.copied:
         print(f"wrote {result.copied} points into {result.collection} ({result.seconds})")

@@ -154,6 +154,13 @@ class SearchOptions(BaseModel):
         None, ge=-1.0, le=1.0, description="only results scoring at least this"
     )
     group_by_product: bool = Field(True, description="one result per product (its best image)")
+    min_confidence: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="no_match is true when the first product's confidence is under this "
+        "(default: the catalogue's calibrated no-match threshold)",
+    )
     filters: Filters = Field(default_factory=Filters)
     crop: Crop | None = Field(
         None,
@@ -232,7 +239,12 @@ class ImageRef(BaseModel):
 
 class SearchHit(BaseModel):
     product_id: str
-    score: float
+    score: float = Field(description="cosine similarity in the catalogue's space, in [-1, 1]")
+    confidence: float | None = Field(
+        None,
+        description="calibrated probability that this is the product in the photo (null until "
+        "the catalogue is calibrated by visual-search adapt)",
+    )
     image: ImageRef
     metadata: dict[str, Any]
 
@@ -250,6 +262,14 @@ class SearchResponse(BaseModel):
     timings_ms: Timings
     offset: int
     next_offset: int | None = Field(None, description="offset of the next page, if there may be one")
+    no_match: bool = Field(
+        False,
+        description="the first product's confidence is under min_confidence (or the catalogue's "
+        "no-match threshold): the shop may not carry this product; the candidates are still listed",
+    )
+    no_match_threshold: float | None = Field(
+        None, description="the confidence under which no_match is true (null: uncalibrated catalogue)"
+    )
 
 
 class UploadResponse(BaseModel):

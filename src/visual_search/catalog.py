@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .calibration import Calibration, annotate
 from .config import ImageLimits, Settings, get_settings
 from .domain import Hit, ImagePoint, Query
 from .errors import ImageError, StaleProjectionError, StoreUnavailableError
@@ -111,6 +112,7 @@ class SearchResult:
     hits: list[Hit]
     model_id: str
     timings_ms: dict[str, float]
+    no_match_threshold: float | None = None  # the catalogue's calibrated default (None: uncalibrated)
 
 
 @dataclass(frozen=True)
@@ -505,7 +507,7 @@ class Catalog:
         if reranker is not None and second is not None:
             query = replace(query, rerank=reranker.embed_pixels(second[None])[0])
         embedded = time.perf_counter()
-        hits = self._read(lambda space: self._search(space, vector, query))
+        hits, calibrated = self._read(lambda space: self._search(space, vector, query))
         done = time.perf_counter()
         return SearchResult(
             hits,
@@ -516,13 +518,17 @@ class Catalog:
                 "search": _ms(done - embedded),
                 "total": _ms(done - started),
             },
+            calibrated.no_match if calibrated else None,
         )
 
     @staticmethod
-    def _search(space: Space, vector: np.ndarray, query: Query) -> list[Hit]:
-        """The query projected like the collection's vectors, compared with the same vector."""
+    def _search(space: Space, vector: np.ndarray, query: Query) -> tuple[list[Hit], Calibration | None]:
+        """The query projected like the collection's vectors, compared with the same vector;
+        each hit's confidence by the space's own calibration."""
         adapted = space.project(vector)
-        return space.store.search(vector if adapted is None else adapted, replace(query, using=space.using))
+        hits = space.store.search(vector if adapted is None else adapted, replace(query, using=space.using))
+        annotate(hits, space.calibration, query.offset, query.score_threshold)
+        return hits, space.calibration
 
     def similar(self, product_id: str, query: Query) -> SearchResult:
         started = time.perf_counter()

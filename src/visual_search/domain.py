@@ -56,6 +56,7 @@ class Hit:
     score: float
     payload: dict[str, Any]
     vector: list[float] | None = None
+    confidence: float | None = None  # calibrated: the chance this is the photo's product
 
 
 @dataclass(frozen=True)

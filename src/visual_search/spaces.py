@@ -12,6 +12,7 @@ the write retried into the new collection), see ``Catalog.index``.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .calibration import Calibration
 from .projections import ProjectionRepository
 from .store import VECTOR, VectorSpec
 from .whitening import Projection
@@ -28,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .store import CatalogStore
 
 ADAPTED = "adapted"  # the named vector of the adapted space
+CALIBRATION = "calibration"  # the collection metadata holding its confidence calibration (JSON)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Space:
     collection: str  # the physical collection the alias pointed at
     projection: Projection | None  # None: the raw model space
     store: CatalogStore  # pinned to ``collection``, with the ``adapted`` vector when projected
+    calibration: Calibration | None = None  # what a score means in this space (calibration.py)
 
     @property
     def using(self) -> str:
@@ -66,6 +70,19 @@ class Space:
             "cv_recall_adapted": adapted,
             "cv_gain": round(adapted - raw, 4) if raw is not None and adapted is not None else None,
         }
+
+
+def _calibration(metadata: dict[str, Any]) -> Calibration | None:
+    """The collection's calibration, if it has one fitted in its own space."""
+    raw = metadata.get(CALIBRATION)
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return None
+    found = Calibration.from_dict(data)
+    if found is None or found.stats.get("space") != (metadata.get("projection_id") or "raw"):
+        return None  # fitted for another space (a collection moved since): not this one's meaning
+    return found
 
 
 class SpaceTracker:
@@ -107,7 +124,7 @@ class SpaceTracker:
         if ADAPTED in info.vectors:
             on_disk = self.store.settings.vectors_on_disk
             vectors[ADAPTED] = VectorSpec(info.vectors[ADAPTED], "cosine", on_disk=on_disk)
-        return Space(physical, projection, self.store.pinned(physical, vectors))
+        return Space(physical, projection, self.store.pinned(physical, vectors), _calibration(info.metadata))
 
     def invalidate(self) -> None:
         self._space = None

@@ -95,7 +95,8 @@ def test_json_base64(env, catalog, demo_images):
     assert len(body["results"]) == 5 and body["model"] == env[0].api.catalog.model_id
     assert set(body["timings_ms"]) == {"decode", "embed", "search", "total"}
     first = body["results"][0]
-    assert set(first) == {"product_id", "score", "image", "metadata"}
+    assert set(first) == {"product_id", "score", "confidence", "image", "metadata"}
+    assert first["confidence"] is None and body["no_match"] is False  # not calibrated: never adapted
     assert first["image"]["bucket"] == BUCKET and first["image"]["key"].startswith("catalog/")
     assert first["image"]["url"].startswith("https://")
     assert first["metadata"]["category"] == catalog[first["product_id"]]["category"]

@@ -18,6 +18,7 @@ QUERY_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("offset", {"type": "integer", "minimum": 0, "maximum": 1000, "default": 0}),
     ("score_threshold", {"type": "number", "minimum": -1, "maximum": 1}),
     ("group_by_product", {"type": "boolean", "default": True}),
+    ("min_confidence", {"type": "number", "minimum": 0, "maximum": 1}),
     ("category", {"type": "string", "description": "one value, or comma-separated any-of"}),
     ("brand", {"type": "string", "description": "one value, or comma-separated any-of"}),
     ("product_id", {"type": "string", "description": "one value, or comma-separated any-of"}),

@@ -57,6 +57,18 @@ def result_metadata(payload: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
+def _no_match(result: SearchResult, options: SearchOptions) -> dict[str, Any]:
+    """Whether the first product is too unsure to be called a match (first page only: a later
+    page's first product is not the answer's)."""
+    threshold = options.min_confidence
+    if threshold is None:
+        threshold = result.no_match_threshold
+    if threshold is None or options.offset > 0 or (result.hits and result.hits[0].confidence is None):
+        return {"no_match": False, "no_match_threshold": threshold}
+    best = result.hits[0].confidence if result.hits else None
+    return {"no_match": best is None or best < threshold, "no_match_threshold": threshold}
+
+
 def search_response(result: SearchResult, options: SearchOptions, urls: ImageUrls, s3: Any) -> dict:
     results = []
     for hit in result.hits[: options.top_k]:  # the store was asked for one more
@@ -65,7 +77,8 @@ def search_response(result: SearchResult, options: SearchOptions, urls: ImageUrl
         results.append(
             {
                 "product_id": str(payload.get("product_id", "")),
-                "score": round(hit.score, 6),
+                "score": round(min(1.0, max(-1.0, hit.score)), 6),
+                "confidence": hit.confidence,
                 "image": {"bucket": bucket, "key": key, "url": urls.url(s3, bucket, key)},
                 "metadata": result_metadata(payload),
             }
@@ -79,6 +92,7 @@ def search_response(result: SearchResult, options: SearchOptions, urls: ImageUrl
             "timings_ms": result.timings_ms,
             "offset": options.offset,
             "next_offset": following if more else None,
+            **_no_match(result, options),
         }
     )
     metrics.add_metric(name="SearchLatency", unit=MetricUnit.Milliseconds, value=result.timings_ms["total"])
