@@ -41,7 +41,6 @@ from .store import RERANK, VECTOR, CatalogStore, VectorSpec, slug
 from .store.backend import Record, StoredPoint
 from .store.raw import indexed_after
 from .whitening import FitReport, Projection, choose, sample_rows
-from .whitening import fit as fit_projection
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import Catalog
@@ -247,25 +246,16 @@ class Adapter:
         )
 
     def calibrate(self, x: np.ndarray, y: np.ndarray, projection: Projection | None) -> Calibration | None:
-        """The confidence calibration of the chosen space: cross-validated on the sample, each
-        round's projection refitted (same shrinkage and dimensions) on its gallery only."""
-
-        def space_fit(gx: np.ndarray, gy: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-            assert projection is not None
-            dims = projection.dim if projection.dim < projection.input_dim else None
-            return fit_projection(gx, [str(v) for v in gy], projection.shrinkage, dims).apply
-
+        """The confidence calibration of the chosen space (calibration.calibrate)."""
         try:
-            labels = [str(v) for v in y]
-            rows = calibration.cross_validated_rows(x, labels, space_fit if projection is not None else None)
+            fitted = calibration.calibrate(x, [str(v) for v in y], projection)
         except ValueError as exc:  # a round's gallery too small to refit the projection on
             self.log(f"no confidence calibration: {exc}")
             return None
-        fitted = calibration.fit(rows, {"space": projection.id if projection else "raw"})
         if fitted is None:
             self.log(
-                f"no confidence calibration: {rows.queries} cross-validation queries "
-                "(it needs products with two or more photos, and right and wrong answers)"
+                "no confidence calibration: it needs products with two or more photos, and right "
+                "and wrong answers among its cross-validation queries"
             )
         return fitted
 

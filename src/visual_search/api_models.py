@@ -298,6 +298,19 @@ class ProjectionInfo(BaseModel):
     cv_gain: float | None = None
 
 
+class CalibrationInfo(BaseModel):
+    """How the catalogue's confidence was calibrated: see `visual-search adapt`."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    no_match_threshold: float
+    fitted_at: str | None = None
+    queries: int | None = Field(None, description="cross-validation queries it was fitted on")
+    cv_recall_at_1: float | None = None
+    cv_ece: float | None = Field(None, description="expected calibration error on those queries")
+    cv_auroc: float | None = None
+
+
 class HealthResponse(BaseModel):
     model_config = ConfigDict(defer_build=True)
     status: str
@@ -307,6 +320,7 @@ class HealthResponse(BaseModel):
     store_reachable: bool
     points: int | None
     projection: ProjectionInfo | None = None  # null: the raw model space
+    calibration: CalibrationInfo | None = None  # null: confidence not calibrated yet
 
 
 class ErrorBody(BaseModel):

@@ -174,6 +174,45 @@ def concat(parts: Sequence[Rows]) -> Rows:
     )
 
 
+def calibrate(x: np.ndarray, labels: Sequence[str], projection: Any = None) -> Calibration | None:
+    """The calibration of a catalogue's space: the raw space, or ``projection``'s (a
+    ``whitening.Projection``), refitted with its shrinkage and dimensions on each round's
+    gallery so that no round's query is in the fit that ranks it."""
+    from .whitening import fit as fit_projection
+
+    def space_fit(gx: np.ndarray, gy: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        dims = projection.dim if projection.dim < projection.input_dim else None
+        return fit_projection(gx, [str(v) for v in gy], projection.shrinkage, dims).apply
+
+    rows = cross_validated_rows(x, labels, space_fit if projection is not None else None)
+    return fit(rows, {"space": projection.id if projection is not None else "raw"})
+
+
+def scored(calibration: Calibration, rows: Rows, in_catalogue: np.ndarray) -> dict[str, Any]:
+    """How the calibration does on queries it was not fitted on (``rows`` of ``ranked_rows``;
+    ``in_catalogue``: per query, whether its product is in the gallery)."""
+    p = calibration._p(rows.score, rows.margin)
+    first = np.flatnonzero(rows.first)
+    conf, right = p[first], rows.right[first]
+    known = np.asarray(in_catalogue, bool)
+    flagged = conf < calibration.no_match
+    out: dict[str, Any] = {
+        "queries": int(known.sum()),
+        "recall@1": round(float(right[known].mean()), 4) if known.any() else None,
+        "mean_confidence": round(float(conf[known].mean()), 4) if known.any() else None,
+        "ece": round(ece(conf[known], right[known]), 4),
+        "auroc": round(auroc(conf[known], right[known]), 4),
+        "ece_all_ranks": round(ece(p, rows.right), 4),
+        "no_match_threshold": calibration.no_match,
+        "right_kept": round(float(np.mean(~flagged[known & right])), 4) if (known & right).any() else None,
+        "in_catalogue_no_match": round(float(flagged[known].mean()), 4) if known.any() else None,
+    }
+    if (~known).any():
+        out["out_of_catalogue_queries"] = int((~known).sum())
+        out["out_of_catalogue_no_match"] = round(float(flagged[~known].mean()), 4)
+    return out
+
+
 def cross_validated_rows(
     x: np.ndarray,
     labels: Sequence[str],

@@ -125,6 +125,7 @@ class CatalogHealth:
     reachable: bool
     points: int | None
     projection: dict | None = None  # the catalogue's projection (spaces.Space.summary), if any
+    calibration: dict | None = None  # what its confidence was calibrated on, if it is
 
 
 def product_id_for(key: str, metadata: Mapping[str, str]) -> str:
@@ -288,15 +289,18 @@ class Catalog:
         return self.store.facets()
 
     def health(self) -> CatalogHealth:
-        points, projection = None, None
+        points, projection, calibrated = None, None, None
         reachable = self.store.ping()
         if reachable:
             try:
                 points = self.store.count()
-                projection = self.projection
+                space = self.spaces.current()
+                projection, calibrated = space.summary(), space.calibration_summary()
             except StoreUnavailableError:
                 reachable = False
-        return CatalogHealth(self.model_id, self.collection, self.store_mode, reachable, points, projection)
+        return CatalogHealth(
+            self.model_id, self.collection, self.store_mode, reachable, points, projection, calibrated
+        )
 
     def info(self) -> dict[str, Any]:
         """The model and the store, as ``visual-search info`` prints them."""

@@ -362,6 +362,7 @@ def cmd_eval(args) -> int:
         gallery=gallery,
         adapt=args.adapt,
         folds=args.folds,
+        leave_out=args.leave_out,
     )
     bar.close()
     if args.json:
@@ -408,6 +409,17 @@ def _sizes(text: str) -> tuple[int, ...]:
     if not sizes:
         raise argparse.ArgumentTypeError("give at least one size, e.g. 10000,100000")
     return sizes
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1 (exclusive of 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: give a fraction from 0 to below 1")
+    return value
 
 
 def _int_in(low: int, high: int | None = None):
@@ -666,6 +678,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also measure the catalogue adaptation, fitted on the gallery only (leave-one-out: k folds)",
     )
     ev.add_argument("--folds", type=_int_in(2), default=5, help="folds for leave-one-out with --adapt (5)")
+    ev.add_argument(
+        "--leave-out",
+        type=_fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="with --queries and --adapt: this share of the products loses its gallery photos, so "
+        "their queries measure 'not in our catalogue' (the confidence's no_match)",
+    )
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
 

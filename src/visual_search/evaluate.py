@@ -105,6 +105,8 @@ class EvalResult:
             out["raw"] = self.adapted.raw
             out["adapted"] = self.adapted.adapted
             out["fits"] = [vars(f) for f in self.adapted.fits]
+            if self.adapted.confidence:
+                out["confidence"] = self.adapted.confidence
         return out
 
     def lines(self, folder: str) -> list[str]:
@@ -123,12 +125,29 @@ class EvalResult:
                 f"  {k:<10} {self.adapted.raw[k]:>7.4f} {adapted.get(k, float('nan')):>8.4f}" for k in keys
             ]
             lines += [f"  fit{'' if f.fold is None else f' {f.fold}'}: {f.reason}" for f in self.adapted.fits]
+            lines += [_confidence_line(name, c) for name, c in self.adapted.confidence.items()]
             lines.append(f"  embedding  {self.index_images_per_s} images/s")
             return lines
         lines += [f"  {k:<10} {out[k]:.4f}" for k in keys]
         lines.append(f"  indexing   {self.index_images_per_s} images/s")
         lines.append(f"  query      {self.query_ms_median} ms median, {self.query_ms_p99} ms p99")
         return lines
+
+
+def _confidence_line(space: str, figures: dict[str, Any]) -> str:
+    if not figures.get("calibrated"):
+        return f"  confidence ({space}): not calibrated (no product has two or more gallery photos)"
+    line = (
+        f"  confidence ({space}): ECE {figures['ece']:.3f}, AUROC {figures['auroc']:.3f}, mean "
+        f"{figures['mean_confidence']:.3f} vs recall@1 {figures['recall@1']:.3f}; no-match under "
+        f"{figures['no_match_threshold']:.3f} keeps {figures['right_kept']:.3f} of right answers"
+    )
+    if "out_of_catalogue_no_match" in figures:
+        line += (
+            f", flags {figures['out_of_catalogue_no_match']:.3f} of "
+            f"{figures['out_of_catalogue_queries']} photos of products left out"
+        )
+    return line
 
 
 def product_of(image: LocalImage) -> str:
@@ -155,7 +174,15 @@ def evaluate(
     adapt: bool = False,
     folds: int = 5,
     gallery: Sequence[str] | None = None,
+    leave_out: float = 0.0,
 ) -> EvalResult:
+    """``leave_out``: with ``queries`` and ``adapt``, this share of the products (drawn with a
+    fixed seed) loses its gallery photos: its queries then stand for shoppers' photos of
+    products the shop does not carry (the confidence's open-set figures)."""
+    if leave_out and not (queries and adapt):
+        raise ValueError(
+            "--leave-out needs --queries and --adapt (the open-set figures are the confidence's)"
+        )
     images = scan(folder)
     if gallery:  # the split's gallery is these files only; the rest of the folder is left out
         wanted = query_mask(images, [*(queries or []), *gallery])
@@ -174,10 +201,27 @@ def evaluate(
     if adapt:
         if reranker:
             raise ValueError("--adapt with a rerank model is not supported (the adaptation is of one space)")
+        if leave_out and is_query is not None:
+            images, is_query = _left_out(images, is_query, leave_out)
         return _evaluate_adapted(images, embedder, is_query, progress, batch, folds)
     if is_query is not None:
         return _evaluate_split(images, embedder, is_query, progress, batch, reranker)
     return _evaluate_leave_one_out(images, embedder, progress, batch, reranker)
+
+
+def _left_out(
+    images: list[LocalImage], is_query: list[bool], share: float
+) -> tuple[list[LocalImage], list[bool]]:
+    """The images without the gallery photos of ``share`` of the products (seed 0)."""
+    products = sorted({product_of(img) for img in images})
+    count = round(share * len(products))
+    if not 1 <= count < len(products):
+        raise ValueError(
+            f"--leave-out {share}: {count} of {len(products)} products; leave out one or more, not all"
+        )
+    out = set(np.random.default_rng(0).choice(products, size=count, replace=False).tolist())
+    keep = [q or product_of(img) not in out for img, q in zip(images, is_query)]
+    return [i for i, k in zip(images, keep) if k], [q for q, k in zip(is_query, keep) if k]
 
 
 def query_mask(images: Sequence[LocalImage], patterns: Sequence[str]) -> list[bool]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import whitening
+from . import calibration, whitening
 
 KS = (1, 5, 10)
 GROUP_SCORES = ("best", "mean2")
@@ -55,6 +55,8 @@ class Measured:
     raw: dict[str, float]
     adapted: dict[str, float] | None = None
     fits: list[Fit] = field(default_factory=list)
+    # split protocol with adapt: the confidence calibrated on the gallery, scored on the queries
+    confidence: dict[str, dict] = field(default_factory=dict)
 
 
 def metrics(
@@ -120,16 +122,34 @@ def measure(
 
 
 def _split(x, y, is_query, adapt, choose) -> Measured:
+    """Queries whose product has no gallery photo (left out of the catalogue) are scored only
+    by the confidence's open-set figures, never by recall."""
     gx, gy, qx, qy = x[~is_query], y[~is_query], x[is_query], y[is_query]
-    if not len(qx) or not len(gx):
-        raise ValueError(f"the split needs queries and a gallery: {len(qx)} queries, {len(gx)} gallery")
-    result = Measured("split", len(qx), len(gx), metrics(qx @ gx.T, qy, gy))
+    known = np.isin(qy, gy)
+    if not known.any() or not len(gx):
+        raise ValueError(
+            f"the split needs queries and a gallery: {int(known.sum())} queries, {len(gx)} gallery"
+        )
+    kx, ky = qx[known], qy[known]
+    result = Measured("split", len(kx), len(gx), metrics(kx @ gx.T, ky, gy))
     if adapt:
         report = choose(gx, gy)  # the gallery only: never a query
         result.fits.append(Fit.of(None, len(gx), report))
         p = report.projection
-        result.adapted = metrics(p.apply(qx) @ p.apply(gx).T, qy, gy) if p else dict(result.raw)
+        result.adapted = metrics(p.apply(kx) @ p.apply(gx).T, ky, gy) if p else dict(result.raw)
+        for name, projection in (("raw", None), ("adapted", p)):
+            result.confidence[name] = _confidence(gx, gy, qx, qy, known, projection)
     return result
+
+
+def _confidence(gx, gy, qx, qy, known, projection) -> dict:
+    """The calibration ``adapt`` would fit on this gallery, scored on the queries."""
+    fitted = calibration.calibrate(gx, list(gy), projection)
+    if fitted is None:
+        return {"calibrated": False}
+    space = projection.apply if projection is not None else (lambda v: v)
+    rows = calibration.ranked_rows(space(qx) @ space(gx).T, qy, gy)
+    return {"calibrated": True, "cv_ece": fitted.stats["cv_ece"], **calibration.scored(fitted, rows, known)}
 
 
 def _leave_one_out(x, y, adapt, folds, choose, seed) -> Measured:

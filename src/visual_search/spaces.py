@@ -53,6 +53,16 @@ class Space:
         """Model vectors -> adapted vectors (None in the raw space)."""
         return None if self.projection is None else self.projection.apply(vectors)
 
+    def calibration_summary(self) -> dict[str, Any] | None:
+        """What /health reports about the confidence: its no-match threshold and evidence."""
+        if self.calibration is None:
+            return None
+        stats = self.calibration.stats
+        return {
+            "no_match_threshold": self.calibration.no_match,
+            **{k: stats.get(k) for k in ("fitted_at", "queries", "cv_recall_at_1", "cv_ece", "cv_auroc")},
+        }
+
     def summary(self) -> dict[str, Any] | None:
         """What /health and `visual-search info` report about the projection."""
         if self.projection is None:

@@ -4,12 +4,16 @@ box; the error state; screenshots as test artefacts in test-artifacts/."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageOps
 
+WORDS = ("likely", "possible", "not sure")  # the page's words for a calibrated confidence
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -94,7 +98,11 @@ def test_on_a_phone_filters_sit_above_a_two_column_grid(stack, browser, demo_ima
     assert aside["bottom"] <= results["top"]  # the filters above the results
     cards = boxes(page, "article.card")
     assert len({round(c["left"]) for c in cards}) == 2 and all(c["right"] <= 390 for c in cards)
-    assert page.inner_text("article.card .score").endswith("% match")
+    label = page.inner_text("article.card .score")
+    assert label in WORDS or label.startswith("similarity "), label
+    # Once a photo is picked, the answer is in view: the first card's top is inside the screen.
+    top = page.evaluate("document.querySelector('article.card').getBoundingClientRect().top")
+    assert -1 < top < 844, top
     shot(page, "search-page-phone.png")
     page.close()
 
@@ -165,4 +173,45 @@ def test_drag_a_box_on_the_photo_to_search_one_product_of_two(stack, browser, de
     shot(page, "search-page-region.png")
     page.click("#whole")  # back to the whole photo
     page.wait_for_function("!document.querySelector('#status').textContent.includes('region')")
+    page.close()
+
+
+def wait_calibrated(stack, timeout_s: float = 240.0) -> dict:
+    """The stack calibrates the catalogue once its uploads settle (ADAPT_SETTLE_S), as adapt does."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(stack.api + "/health", timeout=10) as response:
+            health = json.load(response)
+        if health.get("calibration"):
+            return health
+        time.sleep(2)
+    raise AssertionError(f"the stack did not calibrate within {timeout_s} s: {health}")
+
+
+def test_confidence_in_words_and_the_we_may_not_carry_this_state(stack, browser, demo_images, tmp_path):
+    health = wait_calibrated(stack)
+    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    page.goto(stack.api + "/")
+    page.wait_for_function("document.querySelectorAll('#category option').length > 1")
+    page.set_input_files("#file", str(mirrored(demo_images[30], tmp_path)))
+    page.wait_for_selector("article.card[data-confidence]", timeout=30_000)
+    cards = page.query_selector_all("article.card")
+    confidences = [float(c.get_attribute("data-confidence")) for c in cards]
+    words = [c.query_selector(".score").inner_text() for c in cards]
+    assert all(w in WORDS for w in words) and confidences == sorted(confidences, reverse=True)
+    threshold = health["calibration"]["no_match_threshold"]
+    expected = ["not sure" if c < threshold else "likely" if c >= 0.7 else "possible" for c in confidences]
+    assert words == expected
+    assert cards[0].get_attribute("data-product-id") == demo_images[30].metadata["product-id"]
+    assert page.is_hidden("#nomatch") == (confidences[0] >= threshold)
+    # A photo of nothing the shop sells: the page says it may not carry it, and shows the closest.
+    blank = tmp_path / "wall.jpg"
+    Image.new("RGB", (640, 480), (205, 200, 190)).save(blank, "JPEG")
+    page.set_input_files("#file", str(blank))
+    page.wait_for_selector("#nomatch:not([hidden])", timeout=30_000)
+    assert page.locator("article.card").count() > 0
+    assert page.inner_text("article.card .score") == "not sure"  # the banner and the card agree
+    top = page.evaluate("document.querySelector('#nomatch').getBoundingClientRect().top")
+    assert -1 < top < 844, top  # scrolled to it (to a fraction of a pixel)
+    shot(page, "search-page-no-match.png")
     page.close()

@@ -132,3 +132,32 @@ def test_eval_gallery_patterns_leave_the_other_files_out():
         [*args, "--gallery", "iconic_*"], check=False, capture_output=True, text=True, timeout=300, cwd=REPO
     )
     assert empty.returncode != 0 and "the split needs both queries and a gallery" in empty.stderr
+
+
+def test_eval_scores_the_confidence_and_leave_out_measures_no_match(capsys):
+    """--adapt on the split protocol fits the calibration adapt would (on the gallery only) and
+    scores it on the queries; --leave-out takes products' gallery photos away so their queries
+    are photos of products the shop does not carry."""
+    from visual_search.cli import main
+
+    args = ["eval", str(GROCERY_SMALL), "--queries", "test_*", "--adapt", "--json", "--quiet"]
+    assert main(args) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert main([*args, "--leave-out", "0.3"]) == 0
+    open_set = json.loads(capsys.readouterr().out)
+    tests = {p.parent.name: 0 for p in GROCERY_SMALL.glob("*/test_*")}
+    for p in GROCERY_SMALL.glob("*/test_*"):
+        tests[p.parent.name] += 1
+    for space in ("raw", "adapted"):
+        figures = full["confidence"][space]
+        assert figures["calibrated"] and figures["queries"] == full["queries"] == sum(tests.values())
+        assert 0 <= figures["ece"] <= 1 and 0 <= figures["mean_confidence"] <= 1
+        assert "out_of_catalogue_no_match" not in figures
+        left = open_set["confidence"][space]
+        out = left["out_of_catalogue_queries"]
+        assert out + left["queries"] == sum(tests.values()) and out > 0
+        assert open_set["queries"] == left["queries"]  # recall counts in-catalogue photos only
+        # The shop's own products are flagged less often than the ones it does not carry.
+        assert left["in_catalogue_no_match"] < left["out_of_catalogue_no_match"]
+    assert main(["eval", str(GROCERY_SMALL), "--leave-out", "0.3", "--quiet"]) == 1
+    assert "--leave-out needs --queries and --adapt" in capsys.readouterr().err

@@ -17,7 +17,14 @@ from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 
-from ..api_models import ErrorResponse, HealthResponse, ProjectionInfo, SearchResponse, UploadResponse
+from ..api_models import (
+    CalibrationInfo,
+    ErrorResponse,
+    HealthResponse,
+    ProjectionInfo,
+    SearchResponse,
+    UploadResponse,
+)
 from ..errors import ImageTooLargeError, InvalidOptions, RequestError
 from .requests import IMAGE_TYPES, query_options, search_input, upload_request, uploaded_image
 from .responses import search_response
@@ -112,6 +119,7 @@ def health():
         store_reachable=health.reachable,
         points=health.points,
         projection=ProjectionInfo.model_validate(health.projection) if health.projection else None,
+        calibration=CalibrationInfo.model_validate(health.calibration) if health.calibration else None,
     ).model_dump()
 
 
