@@ -485,6 +485,7 @@ def test_health(env, catalog):
         "store_reachable": True,
         "points": 60,
         "projection": None,  # not adapted: the raw space (see test_adaptation.py)
+        "calibration": None,  # nor calibrated (see test_confidence.py)
     }
 
 
