@@ -184,6 +184,9 @@ def test_the_api_answers_confidence_and_no_match(api, grocery):
         api, rest_event("POST", "/search?min_confidence=0", body=photo, content_type="image/jpeg")
     )
     assert status == 200 and body["no_match"] is False and body["no_match_threshold"] == 0
+    status, health = call(api, rest_event("GET", "/health"))
+    assert status == 200 and health["calibration"]["no_match_threshold"] == threshold
+    assert health["calibration"]["queries"] >= calibration.MIN_QUERIES
     for bad in (1.5, -0.1, "sure"):
         status, body = call(api, json_event("POST", "/search", {"image": image, "min_confidence": bad}))
         assert status == 422 and "min_confidence" in json.dumps(body), body
