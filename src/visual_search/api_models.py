@@ -7,12 +7,22 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .domain import RECORD_FIELDS, Filter, Query, Range
 from .errors import InvalidOptions
+from .examples import MAX_EXAMPLES
 from .images import Region
 
 Scalar = str | float | int | bool
@@ -146,6 +156,20 @@ class Crop(BaseModel):
         return Region(self.x, self.y, min(self.width, 1.0 - self.x), min(self.height, 1.0 - self.y))
 
 
+def _printable_id(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("an id must be printable text (no NUL or control characters)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("an id must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+# A product id or an image's point id, as "more like this" / "not this" name them.
+ExampleId = Annotated[str, StringConstraints(min_length=1, max_length=512), AfterValidator(_printable_id)]
+
+
 class SearchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     top_k: int = Field(10, ge=1, le=100, description="results per page")
@@ -162,6 +186,18 @@ class SearchOptions(BaseModel):
         "(default: the catalogue's calibrated no-match threshold)",
     )
     filters: Filters = Field(default_factory=Filters)
+    positive: list[ExampleId] = Field(
+        default_factory=list,
+        max_length=MAX_EXAMPLES,
+        description="more like this: product ids (or image point ids) of results; the query moves "
+        "towards them (comma-separated in the query string or a form field)",
+    )
+    negative: list[ExampleId] = Field(
+        default_factory=list,
+        max_length=MAX_EXAMPLES,
+        description="not this: product ids (or image point ids); they leave the answer and the "
+        "query moves away from them",
+    )
     crop: Crop | None = Field(
         None,
         description='search one region of the image: {"x", "y", "width", "height"} in [0, 1] '
@@ -198,6 +234,8 @@ class SearchOptions(BaseModel):
             group_by_product=self.group_by_product,
             filters=self.filters.to_filter(),
             exclude_products=exclude_products,
+            positive=tuple(self.positive),
+            negative=tuple(self.negative),
         )
 
 
@@ -397,6 +435,8 @@ def options_from_fields(fields: Mapping[str, list[str]]) -> dict[str, Any]:
             named.setdefault("price", {})["gte" if name == "price_min" else "lte"] = values[-1]
         elif name == "filters":
             filters = _json_filters(values[-1])
+        elif name in ("positive", "negative"):
+            raw[name] = [v.strip() for value in values for v in value.split(",") if v.strip()]
         else:  # top_k, offset, score_threshold, group_by_product; unknown ones are refused (422)
             raw[name] = values[-1].strip() if name == "group_by_product" else values[-1]
     for name, value in named.items():

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import examples
 from .calibration import Calibration, annotate
 from .config import ImageLimits, Settings, get_settings
 from .domain import Hit, ImagePoint, Query
@@ -530,7 +531,15 @@ class Catalog:
         """The query projected like the collection's vectors, compared with the same vector;
         each hit's confidence by the space's own calibration."""
         adapted = space.project(vector)
-        hits = space.store.search(vector if adapted is None else adapted, replace(query, using=space.using))
+        target = vector if adapted is None else adapted
+        if query.positive or query.negative:  # "more like this" / "not this"
+            positive = examples.resolve(space.store, query.positive, space.using, "positive")
+            negative = examples.resolve(space.store, query.negative, space.using, "negative")
+            target = examples.steer(target, positive, negative)
+            query = replace(
+                query, exclude_products=[*query.exclude_products, *(e.product_id for e in negative)]
+            )
+        hits = space.store.search(target, replace(query, using=space.using))
         annotate(hits, space.calibration, query.offset, query.score_threshold)
         return hits, space.calibration
 

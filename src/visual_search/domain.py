@@ -161,6 +161,9 @@ class Query:
     rerank: np.ndarray | None = None
     # The named vector the main query vector is compared with (default: the model's "image").
     using: str | None = None
+    # "More like this" / "not this": product ids or point ids whose stored vectors steer the query.
+    positive: Sequence[str] = ()
+    negative: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         # The plain mapping form is still accepted (tests, scripts): typed from here on.

@@ -215,3 +215,32 @@ def test_confidence_in_words_and_the_we_may_not_carry_this_state(stack, browser,
     assert -1 < top < 844, top  # scrolled to it (to a fraction of a pixel)
     shot(page, "search-page-no-match.png")
     page.close()
+
+
+def test_more_like_this_and_not_this_buttons_steer_the_answer(stack, browser, demo_images, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(stack.api + "/")
+    page.wait_for_function("document.querySelectorAll('#category option').length > 1")
+    page.set_input_files("#file", str(mirrored(demo_images[7], tmp_path)))
+    page.wait_for_selector("article.card", timeout=30_000)
+
+    def ranking() -> list[str]:
+        return page.eval_on_selector_all("article.card", "els => els.map(e => e.dataset.productId)")
+
+    def click_and_wait(selector: str) -> None:
+        """Click, then wait for the search it starts to be answered and drawn."""
+        with page.expect_response(lambda r: r.url.endswith("/search")):
+            page.click(selector)
+        page.wait_for_selector("#search:not([disabled])")
+
+    before = ranking()
+    click_and_wait("article.card >> nth=0 >> button.negative")
+    after = ranking()
+    assert before[0] not in after and set(after) == set(before) - {before[0]}
+    assert "not 1" in page.inner_text("#steering")
+    wanted = after[-1]
+    click_and_wait(f"article.card[data-product-id='{wanted}'] button.positive")
+    assert ranking().index(wanted) < len(after) - 1  # the product asked for moved up
+    click_and_wait("#unsteer")
+    assert ranking() == before and page.is_hidden("#steering")
+    page.close()

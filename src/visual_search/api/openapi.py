@@ -19,6 +19,8 @@ QUERY_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("score_threshold", {"type": "number", "minimum": -1, "maximum": 1}),
     ("group_by_product", {"type": "boolean", "default": True}),
     ("min_confidence", {"type": "number", "minimum": 0, "maximum": 1}),
+    ("positive", {"type": "string", "description": "more like this: comma-separated product ids"}),
+    ("negative", {"type": "string", "description": "not this: comma-separated product ids"}),
     ("category", {"type": "string", "description": "one value, or comma-separated any-of"}),
     ("brand", {"type": "string", "description": "one value, or comma-separated any-of"}),
     ("product_id", {"type": "string", "description": "one value, or comma-separated any-of"}),

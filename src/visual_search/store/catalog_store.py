@@ -430,6 +430,19 @@ class CatalogStore:
             if offset is None:
                 return
 
+    def point_vectors(self, ids: Sequence[str], name: str = VECTOR) -> dict[str, tuple[np.ndarray, dict]]:
+        """Stored named vectors and payloads of points, by point id; absent ones are left out."""
+        if not ids:
+            return {}
+        self.ensure_collection()
+        with self._guard():
+            records = self.backend.retrieve(self.collection, list(ids), [name])
+        return {
+            r.id: (np.asarray(r.vectors[name], np.float32), r.payload)
+            for r in records
+            if r.vectors.get(name) is not None
+        }
+
     def product_vectors(self, product_id: str, name: str = VECTOR) -> np.ndarray:
         vectors = [h.vector for h in self.scroll({"product_id": product_id}, with_vectors=[name])]
         if not vectors:
