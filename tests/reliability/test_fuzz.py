@@ -133,6 +133,9 @@ OPTION_NAMES = [
     "price_min",
     "price_max",
     "filters",
+    "min_confidence",
+    "positive",
+    "negative",
 ]
 filter_keys = (
     st.sampled_from(["category", "brand", "product_id", "price", "colour", "sequencer"])
@@ -150,6 +153,12 @@ search_objects = st.fixed_dictionaries(
         "score_threshold": st.floats() | json_values,
         "group_by_product": json_values,
         "filters": filter_objects | json_values,
+        "min_confidence": st.floats() | json_values,
+        "positive": st.lists(
+            st.sampled_from(["Oatly-Oat-Milk", "Arla-Sour-Cream"]) | st.text(max_size=20), max_size=3
+        )
+        | json_values,
+        "negative": st.lists(st.text(max_size=40), max_size=3) | json_values,
         "s3_key": json_values,
         "extra": json_values,
     },
