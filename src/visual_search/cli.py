@@ -396,6 +396,27 @@ def cmd_finetune(args) -> int:
     return run(args, lambda desc, total: _progress(None, total, desc, args.quiet))
 
 
+def cmd_model_quantize(args) -> int:
+    from .training.quantize import QuantizeOptions, quantize
+
+    options = QuantizeOptions(
+        Path(args.model_dir), Path(args.calibration), Path(args.out), args.images, args.method
+    )
+    bars: list = []
+
+    def progress(desc: str, total: int):
+        bars.append(_progress(None, total, desc, args.quiet))
+        return bars[-1].update
+
+    try:
+        card = quantize(options, log=lambda m: print(m, file=sys.stderr), progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(json.dumps({"model": card["id"], "out": args.out, "quantization": card["quantization"]}, indent=2))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -752,6 +773,30 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--reindex", action="store_true", help="then move the catalogue to the new model")
     finetune.add_argument("--quiet", action="store_true", help="no progress bars")
     finetune.set_defaults(func=cmd_finetune)
+
+    model = sub.add_parser("model", help="model folders: quantise")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    quantize = model_sub.add_parser(
+        "quantize",
+        help="write a statically quantised (int8) copy of a model folder",
+        description="onnxruntime static quantisation (QDQ, per-channel int8 weights, uint8 "
+        "activations) calibrated on catalogue photos preprocessed as the service does; needs the "
+        "onnx package (the train extra).",
+    )
+    quantize.add_argument("model_dir", help="the model folder to quantise (model.onnx + model.json)")
+    quantize.add_argument(
+        "--calibration", required=True, help="a catalogue folder (one subfolder per product) to calibrate on"
+    )
+    quantize.add_argument("--out", required=True, help="the int8 model folder to write")
+    quantize.add_argument(
+        "--images",
+        type=_int_in(8, 10_000),
+        default=256,
+        help="calibration photos, spread over products (256)",
+    )
+    quantize.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    quantize.add_argument("--quiet", action="store_true", help="no progress bar")
+    quantize.set_defaults(func=cmd_model_quantize)
 
     bench = sub.add_parser("bench", help="measure decoding, inference and search speed")
     bench.add_argument("--repeat", type=_int_in(1), default=30, help="timed runs per case (default 30)")
