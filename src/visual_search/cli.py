@@ -399,8 +399,14 @@ def cmd_finetune(args) -> int:
 def cmd_model_quantize(args) -> int:
     from .training.quantize import QuantizeOptions, quantize
 
+    patterns = tuple(p.strip() for p in (args.patterns or "").split(",") if p.strip())
     options = QuantizeOptions(
-        Path(args.model_dir), Path(args.calibration), Path(args.out), args.images, args.method
+        Path(args.model_dir),
+        Path(args.calibration),
+        Path(args.out),
+        args.images,
+        args.method,
+        patterns=patterns,
     )
     bars: list = []
 
@@ -795,6 +801,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="calibration photos, spread over products (256)",
     )
     quantize.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    quantize.add_argument(
+        "--patterns", metavar="PATTERNS", help="only calibration files whose names match ('train_*')"
+    )
     quantize.add_argument("--quiet", action="store_true", help="no progress bar")
     quantize.set_defaults(func=cmd_model_quantize)
 

@@ -14,10 +14,13 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# A source checkout keeps the shipped model next to the Lambda layer that deploys it.
-REPO_MODEL_DIR = PACKAGE_DIR.parent.parent / "layers" / "model" / "efficientnet-lite0-384"
+# A source checkout keeps the shipped models next to the Lambda layer that deploys them. The
+# default is the int8 model, statically quantised from the fp32 one beside it (docs/quality.md).
+DEFAULT_MODEL_FOLDER = "efficientnet-lite0-384-int8"
+REPO_MODELS = PACKAGE_DIR.parent.parent / "layers" / "model"
+REPO_MODEL_DIR = REPO_MODELS / DEFAULT_MODEL_FOLDER
 # In Lambda the model layer is unpacked under /opt.
-LAMBDA_MODEL_DIR = Path("/opt/efficientnet-lite0-384")
+LAMBDA_MODEL_DIR = Path("/opt") / DEFAULT_MODEL_FOLDER
 DEFAULT_QDRANT_PATH = ".data/qdrant"
 
 

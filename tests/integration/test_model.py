@@ -73,7 +73,7 @@ def test_bad_image_in_a_batch_does_not_spoil_the_others(embedder, demo_images):
 
 def test_model_card_describes_the_shipped_onnx(embedder):
     card = embedder.card
-    assert card.id == "efficientnet-lite0-imagenet-384" and card.distance == "cosine"
+    assert card.id == "efficientnet-lite0-imagenet-384-int8" and card.distance == "cosine"
     assert card.preprocess.size == 384 and card.preprocess.interpolation == "bicubic"
     assert file_sha256(embedder.model_dir / "model.onnx") == card.sha256
     raw = json.loads((embedder.model_dir / "model.json").read_text())
@@ -174,7 +174,32 @@ def test_grocery_model_is_a_fine_tune_of_the_default_with_its_data_named():
     grocery = json.loads(
         (REPO_MODEL_DIR.parent / "efficientnet-lite0-384-grocery" / "model.json").read_text()
     )
-    default = json.loads((REPO_MODEL_DIR / "model.json").read_text())
+    default = json.loads((REPO_MODEL_DIR.parent / "efficientnet-lite0-384" / "model.json").read_text())
     assert grocery["training"]["base_model"]["id"] == default["id"]
     assert grocery["input"] == default["input"] and grocery["pooling"] == default["pooling"]
     assert "MIT" in grocery["source"]["training"] and grocery["sha256"] != default["sha256"]
+
+
+def test_the_default_int8_model_answers_as_its_fp32_source(embedder, demo_images):
+    """The shipped default is the fp32 model statically quantised: its card says from which file
+    and on what, and its vectors point where the fp32 ones do."""
+    fp32_dir = REPO_MODEL_DIR.parent / "efficientnet-lite0-384"
+    card = json.loads((REPO_MODEL_DIR / "model.json").read_text())
+    source = json.loads((fp32_dir / "model.json").read_text())
+    assert card["precision"] == "int8" and card["quantization"]["format"] == "QDQ"
+    assert card["quantization"]["from"] == {"id": source["id"], "sha256": source["sha256"]}
+    assert card["quantization"]["calibration"]["images"] >= 100
+    assert embedder.model_dir.resolve() == REPO_MODEL_DIR.resolve()
+    photos = [img.path.read_bytes() for img in demo_images]
+    int8 = np.stack(embedder.embed_many(photos))
+    fp32 = np.stack(Embedder(fp32_dir).embed_many(photos))
+    agreement = np.sum(int8 * fp32, axis=1)
+    assert agreement.min() > 0.95, agreement.min()
+
+    # Each photo's nearest other photo is the same one in both, for nearly all of them.
+    def nearest(v):
+        sims = v @ v.T
+        np.fill_diagonal(sims, -2)
+        return sims.argmax(axis=1)
+
+    assert np.mean(nearest(int8) == nearest(fp32)) >= 0.9

@@ -18,7 +18,7 @@ from visual_search.model import Embedder, ModelCard, file_sha256
 from visual_search.training.export import export_pretrained, preprocess_for
 from visual_search.training.network import NetworkSpec, build
 
-SHIPPED = REPO_MODEL_DIR  # the default model folder of a checkout
+SHIPPED = REPO_MODEL_DIR.parent / "efficientnet-lite0-384"  # the fp32 model the default int8 one is made from
 SHIPPED_SPEC = NetworkSpec.from_card(json.loads((SHIPPED / "model.json").read_text()))
 
 

@@ -143,7 +143,11 @@ def pick_device(requested: str | None) -> str:
 
 
 def base_of(raw: dict[str, Any], spec: NetworkSpec) -> str:
-    """The id of the pretrained model the run starts from (and is compared with)."""
+    """The id of the pretrained model the run starts from (and is compared with); an int8
+    model's is that of the float model it was quantised from (training runs in float)."""
+    source = (raw.get("quantization") or {}).get("from") or {}
+    if source.get("id"):
+        raw = {**raw, "id": source["id"]}
     trained = raw.get("training") or {}
     if trained.get("base_model", {}).get("id"):
         base = NetworkSpec.from_card(raw)

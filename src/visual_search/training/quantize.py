@@ -10,6 +10,7 @@ the model it was made from. Needs the ``onnx`` package (the ``train`` extra).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 import tempfile
@@ -37,13 +38,19 @@ class QuantizeOptions:
     images: int = 256  # calibration photos at most, spread over the products
     method: str = "minmax"  # minmax | entropy | percentile
     seed: int = 0
+    patterns: tuple[str, ...] = ()  # only file names matching these (``train_*``)
 
 
-def calibration_photos(folder: Path, count: int, seed: int) -> list[LocalImage]:
-    """At most ``count`` photos of ``folder``, spread evenly over its products."""
+def calibration_photos(folder: Path, count: int, seed: int, patterns: Sequence[str] = ()) -> list[LocalImage]:
+    """At most ``count`` photos of ``folder`` (whose file names match ``patterns``, if given),
+    spread evenly over its products."""
     images = scan(folder)
+    if patterns:
+        images = [i for i in images if any(fnmatch.fnmatchcase(i.path.name, p) for p in patterns)]
     if not images:
-        raise ValueError(f"{folder}: no images to calibrate on")
+        raise ValueError(
+            f"{folder}: no images to calibrate on" + (f" matching {','.join(patterns)}" if patterns else "")
+        )
     by_product: dict[str, list[LocalImage]] = {}
     for img in images:
         by_product.setdefault(img.key.split("/")[0], []).append(img)
@@ -103,7 +110,7 @@ def quantize(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    photos = calibration_photos(options.calibration, options.images, options.seed)
+    photos = calibration_photos(options.calibration, options.images, options.seed, options.patterns)
     embedder = Embedder(source)
     advance = progress("calibrating", len(photos)) if progress else (lambda n: None)
     started = time.perf_counter()
@@ -142,6 +149,7 @@ def quantize(
             "method": options.method,
             "calibration": {
                 "folder": str(options.calibration),
+                "patterns": list(options.patterns),
                 "images": len(photos),
                 "products": len({p.key.split("/")[0] for p in photos}),
                 "seed": options.seed,
