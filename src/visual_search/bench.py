@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -113,6 +115,73 @@ def embed_breakdown(repeat: int) -> dict:
         "threads": embedder.session.get_session_options().intra_op_num_threads,
         "embed": rows,
     }
+
+
+def float_source(embedder) -> Path | None:
+    """The folder of the float model an int8 model was quantised from (a sibling folder whose
+    card has the recorded id and sha256), or None."""
+    raw = json.loads((embedder.model_dir / "model.json").read_text())
+    source = (raw.get("quantization") or {}).get("from") or {}
+    for folder in sorted(embedder.model_dir.parent.iterdir()):
+        card = folder / "model.json"
+        if folder != embedder.model_dir and card.is_file():
+            other = json.loads(card.read_text())
+            if (other.get("id"), other.get("sha256")) == (source.get("id"), source.get("sha256")):
+                return folder
+    return None
+
+
+def precision_compare(repeat: int) -> dict:
+    """The int8 model against its float source in one process: session creation, session.run
+    at batch 1 and 8, a query (decode + run) and ingest per image (decode + run, batches of 8);
+    every time also as a ratio of the float model's bare session.run at batch 1."""
+    from .model import Embedder
+
+    default = load_embedder()
+    source = float_source(default)
+    if source is None:
+        return {"int8": {"skipped": f"{default.model_id} is not a quantised model with its source beside it"}}
+    settings = get_settings()
+    photos = sample_photos(8)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, folder in (("fp32", source), ("int8", default.model_dir)):
+        started = time.perf_counter()
+        model = Embedder(
+            folder, threads=settings.ort_threads, max_batch=settings.max_batch, limits=settings.images
+        )
+        created = (time.perf_counter() - started) * 1000
+        rows[name] = {
+            "model": model.model_id,
+            "load_ms": round(created, 1),
+            "run_b1_ms": bare_run_ms(model, repeat, 1),
+            "run_b8_ms": bare_run_ms(model, max(3, repeat // 4), 8),
+            "query_ms": timed(partial(model.embed, photos[0]), repeat)["median_ms"],
+            "ingest_per_image_ms": round(
+                timed(partial(model.embed_many, photos), max(3, repeat // 4))["median_ms"] / len(photos), 2
+            ),
+        }
+    floor = float(rows["fp32"]["run_b1_ms"])
+    for row in rows.values():
+        row["query_vs_fp32_run"] = round(float(row["query_ms"]) / floor, 2)
+    timings = ("run_b1_ms", "run_b8_ms", "query_ms", "ingest_per_image_ms")
+    speedup = {k: round(float(rows["fp32"][k]) / float(rows["int8"][k]), 2) for k in timings}
+    return {"int8": {"rows": rows, "fp32_over_int8": speedup}}
+
+
+def print_int8(report: dict) -> None:
+    c = report["int8"]
+    if "skipped" in c:
+        print(f"\nint8: {c['skipped']}")
+        return
+    keys = ("load_ms", "run_b1_ms", "run_b8_ms", "query_ms", "ingest_per_image_ms", "query_vs_fp32_run")
+    print()
+    print(
+        markdown(
+            ("precision", "model", *keys),
+            [(name, r["model"], *(r[k] for k in keys)) for name, r in c["rows"].items()],
+        )
+    )
+    print(f"fp32 / int8: {', '.join(f'{k} {v}x' for k, v in c['fp32_over_int8'].items())}")
 
 
 def sample_photos(count: int, side: int = 1000) -> list[bytes]:
@@ -599,6 +668,7 @@ SECTIONS = {
         lambda report: _scale().print_scale(report),
     ),
     "cold": (lambda args: cold_start(getattr(args, "cold_runs", 5)), print_cold),
+    "int8": (lambda args: precision_compare(args.repeat), print_int8),
 }
 
 

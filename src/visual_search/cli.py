@@ -813,7 +813,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--only",
         help="comma-separated sections: embed, ingest, search, scale "
-        "(the embedded engine at 10k/100k synthetic points, HNSW + int8), cold",
+        "(the embedded engine at 10k/100k synthetic points, HNSW + int8), cold, int8 (the "
+        "default int8 model against its float source: session.run at batch 1 and 8, query, ingest)",
     )
     bench.add_argument(
         "--scale-sizes",

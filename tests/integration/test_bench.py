@@ -127,3 +127,18 @@ def test_scale_keep_searches_the_kept_store_again_without_rebuilding(tmp_path):
     signature = bench_scale.build_signature(2_000, settings)
     assert bench_scale.reusable(folder, signature) is not None
     assert bench_scale.reusable(folder, {**signature, "hnsw_m": 32}) is None
+
+
+def test_int8_section_compares_the_default_with_its_float_source(embedder):
+    report = bench.precision_compare(repeat=2)["int8"]
+    assert [r["model"] for r in report["rows"].values()] == [
+        embedder.card.id.removesuffix("-int8"),
+        embedder.card.id,
+    ]
+    for row in report["rows"].values():
+        assert all(
+            row[k] > 0 for k in ("load_ms", "run_b1_ms", "run_b8_ms", "query_ms", "ingest_per_image_ms")
+        )
+    fp32, int8 = report["rows"]["fp32"], report["rows"]["int8"]
+    assert report["fp32_over_int8"]["run_b1_ms"] == round(fp32["run_b1_ms"] / int8["run_b1_ms"], 2)
+    assert bench.float_source(embedder).name == "efficientnet-lite0-384"
