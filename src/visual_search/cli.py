@@ -776,6 +776,11 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument(
         "--force", action="store_true", help="write the model even when the accept check refuses it"
     )
+    finetune.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write OUT-int8: the fine-tuned model statically quantised, calibrated on SOURCE",
+    )
     finetune.add_argument("--reindex", action="store_true", help="then move the catalogue to the new model")
     finetune.add_argument("--quiet", action="store_true", help="no progress bars")
     finetune.set_defaults(func=cmd_finetune)

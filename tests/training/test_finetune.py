@@ -183,7 +183,7 @@ def test_shopper_views_are_never_trained_on_and_the_accept_check_decides_on_them
     out = tmp_path / "model"
     code = main(
         ["finetune", str(GROCERY_SMALL), "--image-size", str(SIZE), "--quiet", "--epochs", "1",
-         "--shopper-views", "test_*", "--out", str(out), "--force"]
+         "--shopper-views", "test_*", "--out", str(out), "--force", "--int8"]
     )  # fmt: skip
     assert code == 0
     err = capsys.readouterr().err
@@ -197,6 +197,14 @@ def test_shopper_views_are_never_trained_on_and_the_accept_check_decides_on_them
     assert training["catalogue"]["trained_images"] == len(photos) - len(shoppers)
     assert validation["gallery"] == len(photos) - len(shoppers)
     assert validation["change"]["products"] == len({p.product_id for p in shoppers})
+    # --int8: the fine-tuned model quantised beside it, calibrated on the catalogue it learned.
+    int8 = json.loads((tmp_path / "model-int8" / "model.json").read_text())
+    tuned = json.loads((out / "model.json").read_text())
+    assert int8["precision"] == "int8" and int8["quantization"]["from"]["id"] == tuned["id"]
+    assert int8["quantization"]["calibration"]["images"] == min(256, len(photos))
+    assert Embedder(tmp_path / "model-int8").card.sha256 == file_sha256(
+        tmp_path / "model-int8" / "model.onnx"
+    )
 
 
 def test_shopper_view_patterns_that_match_nothing_are_a_clear_error(tmp_path, capsys):

@@ -41,22 +41,31 @@ class QuantizeOptions:
     patterns: tuple[str, ...] = ()  # only file names matching these (``train_*``)
 
 
-def calibration_photos(folder: Path, count: int, seed: int, patterns: Sequence[str] = ()) -> list[LocalImage]:
+# A calibration photo: its product and how to read its bytes.
+Shot = tuple[str, Callable[[], bytes]]
+
+
+def calibration_photos(folder: Path, count: int, seed: int, patterns: Sequence[str] = ()) -> list[Shot]:
     """At most ``count`` photos of ``folder`` (whose file names match ``patterns``, if given),
     spread evenly over its products."""
-    images = scan(folder)
+    images: list[LocalImage] = scan(folder)
     if patterns:
         images = [i for i in images if any(fnmatch.fnmatchcase(i.path.name, p) for p in patterns)]
     if not images:
         raise ValueError(
             f"{folder}: no images to calibrate on" + (f" matching {','.join(patterns)}" if patterns else "")
         )
-    by_product: dict[str, list[LocalImage]] = {}
-    for img in images:
-        by_product.setdefault(img.key.split("/")[0], []).append(img)
+    return spread([(img.key.split("/")[0], img.path.read_bytes) for img in images], count, seed)
+
+
+def spread(shots: Sequence[Shot], count: int, seed: int) -> list[Shot]:
+    """At most ``count`` of the shots, taken from each product in turn (in a seeded order)."""
+    by_product: dict[str, list[Shot]] = {}
+    for shot in shots:
+        by_product.setdefault(shot[0], []).append(shot)
     rng = np.random.default_rng(seed)
-    queues = {p: [imgs[i] for i in rng.permutation(len(imgs))] for p, imgs in sorted(by_product.items())}
-    chosen: list[LocalImage] = []
+    queues = {p: [group[i] for i in rng.permutation(len(group))] for p, group in sorted(by_product.items())}
+    chosen: list[Shot] = []
     while len(chosen) < count and any(queues.values()):
         for product in list(queues):
             if queues[product] and len(chosen) < count:
@@ -67,15 +76,15 @@ def calibration_photos(folder: Path, count: int, seed: int, patterns: Sequence[s
 class _Reader:
     """onnxruntime's CalibrationDataReader: batches of the service's own model input."""
 
-    def __init__(self, embedder: Embedder, photos: Sequence[LocalImage], advance: Callable[[int], None]):
+    def __init__(self, embedder: Embedder, photos: Sequence[Shot], advance: Callable[[int], None]):
         self.input_name = embedder.card.input_name
         self._batches = self._iterate(embedder, photos, advance)
 
     @staticmethod
-    def _iterate(embedder: Embedder, photos: Sequence[LocalImage], advance) -> Iterator[np.ndarray]:
+    def _iterate(embedder: Embedder, photos: Sequence[Shot], advance) -> Iterator[np.ndarray]:
         for start in range(0, len(photos), BATCH):
             chunk = photos[start : start + BATCH]
-            yield np.stack([embedder.preprocess(p.path.read_bytes()) for p in chunk]).astype(np.float32)
+            yield np.stack([embedder.preprocess(read()) for _, read in chunk]).astype(np.float32)
             advance(len(chunk))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -90,8 +99,10 @@ def quantize(
     options: QuantizeOptions,
     log: Callable[[str], None] = print,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    shots: Sequence[Shot] | None = None,
 ) -> dict[str, Any]:
-    """Write the int8 model folder; return its card."""
+    """Write the int8 model folder; return its card. ``shots``: calibrate on these photos (a
+    fine-tune's own catalogue) instead of ``options.calibration``'s folder."""
     try:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -110,7 +121,10 @@ def quantize(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    photos = calibration_photos(options.calibration, options.images, options.seed, options.patterns)
+    if shots is None:
+        photos = calibration_photos(options.calibration, options.images, options.seed, options.patterns)
+    else:
+        photos = spread(shots, options.images, options.seed)
     embedder = Embedder(source)
     advance = progress("calibrating", len(photos)) if progress else (lambda n: None)
     started = time.perf_counter()
@@ -151,7 +165,7 @@ def quantize(
                 "folder": str(options.calibration),
                 "patterns": list(options.patterns),
                 "images": len(photos),
-                "products": len({p.key.split("/")[0] for p in photos}),
+                "products": len({product for product, _ in photos}),
                 "seed": options.seed,
             },
             "seconds": round(seconds, 1),
