@@ -40,6 +40,7 @@ MIN_QUERIES = 20
 ROUNDS = 8
 RIDGE = 1.0  # a weak prior on the weights: a catalogue with no mistake still gets finite ones
 BINS = 10  # of the expected calibration error
+MAX_CONFIDENCE = 0.9999  # no answer is certain: min_confidence=1 always means "no match"
 
 # A space fitted on a round's gallery: (gallery vectors, labels) -> vectors -> vectors.
 SpaceFit = Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]]
@@ -67,7 +68,7 @@ class Calibration:
             others[0] = best_other
         else:
             others[0] = 0.0  # a catalogue of one product: no competitor to compare with
-        return [round(float(p), 4) for p in self._p(s, s - others)]
+        return [round(min(float(p), MAX_CONFIDENCE), 4) for p in self._p(s, s - others)]
 
     def _p(self, s: np.ndarray, m: np.ndarray) -> np.ndarray:
         z = features(s, m) @ np.asarray(self.weights)
@@ -124,7 +125,7 @@ def annotate(hits: Sequence[Any], calibration: Calibration | None, offset: int, 
     scores = [best[p] for p in order]
     if offset > 0:
         s = np.clip(np.asarray(scores, np.float64), -1.0, 1.0)
-        values = [round(float(p), 4) for p in calibration._p(s, s - s[0])]
+        values = [round(min(float(p), MAX_CONFIDENCE), 4) for p in calibration._p(s, s - s[0])]
     else:
         values = calibration.confidence(scores, best_other=floor)
     confidence = dict(zip(order, values))

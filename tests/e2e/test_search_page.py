@@ -204,10 +204,13 @@ def test_confidence_in_words_and_the_we_may_not_carry_this_state(stack, browser,
     assert words == expected
     assert cards[0].get_attribute("data-product-id") == demo_images[30].metadata["product-id"]
     assert page.is_hidden("#nomatch") == (confidences[0] >= threshold)
-    # A photo of nothing the shop sells: the page says it may not carry it, and shows the closest.
-    blank = tmp_path / "wall.jpg"
-    Image.new("RGB", (640, 480), (205, 200, 190)).save(blank, "JPEG")
-    page.set_input_files("#file", str(blank))
+    page.close()
+    # A shop that wants to be surer (?min_confidence=1): the same photo is now "we may not carry
+    # this", the closest products still shown, and the banner is in view on the phone.
+    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    page.goto(stack.api + "/?min_confidence=1")
+    page.wait_for_function("document.querySelectorAll('#category option').length > 1")
+    page.set_input_files("#file", str(mirrored(demo_images[30], tmp_path)))
     page.wait_for_selector("#nomatch:not([hidden])", timeout=30_000)
     assert page.locator("article.card").count() > 0
     assert page.inner_text("article.card .score") == "not sure"  # the banner and the card agree
