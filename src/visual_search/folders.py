@@ -8,6 +8,7 @@ A catalogue folder has one subfolder per product (folder name = product id) and,
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +56,24 @@ def scan(folder: Path) -> list[LocalImage]:
         raise FileNotFoundError(f"{folder} is not a folder")
     products = read_products(folder)
     images = []
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+    for path in sorted(_files(folder)):
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
             key = path.relative_to(folder).as_posix()
             product = path.parent.name if path.parent != folder else path.stem
             images.append(LocalImage(path, key, dict(products.get(product, {}))))
     return images
+
+
+def _files(folder: Path) -> list[Path]:
+    """Every file under ``folder``, following symlinked folders (a product folder linked in from
+    elsewhere is a product like the others), but never a link back into a folder it is in."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        here = Path(root)
+        real = os.path.realpath(here)
+        depth = len(here.relative_to(folder).parts)
+        if any(os.path.realpath(here.parents[i]) == real for i in range(depth)):
+            dirs.clear()  # a loop: this folder is one of its own ancestors
+            continue
+        found += [here / name for name in files if (here / name).is_file()]
+    return found

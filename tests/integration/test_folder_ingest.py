@@ -71,3 +71,26 @@ def test_prune_is_for_folders_only(capsys):
 
     assert main(["ingest", "s3://bucket/prefix", "--prune"]) == 1
     assert "reconcile" in capsys.readouterr().err
+
+
+def test_symlinked_product_folders_are_followed_and_a_loop_is_not(tmp_path):
+    """A catalogue folder assembled from links (a product folder kept elsewhere) is read whole;
+    a link back into the catalogue does not make the scan go round for ever."""
+    from visual_search.folders import DEMO_CATALOG, scan
+
+    products = sorted(p for p in DEMO_CATALOG.iterdir() if p.is_dir())[:3]
+    catalogue = tmp_path / "catalogue"
+    catalogue.mkdir()
+    (catalogue / products[0].name).symlink_to(products[0], target_is_directory=True)  # linked
+    for product in products[1:]:
+        (catalogue / product.name).mkdir()
+        for photo in product.iterdir():
+            (catalogue / product.name / photo.name).symlink_to(photo)  # files linked, folder real
+    (catalogue / products[1].name / "again").symlink_to(catalogue, target_is_directory=True)  # a loop
+    images = scan(catalogue)
+    photos = {p.name: sorted(f.name for f in p.iterdir() if f.is_file()) for p in products}
+    found: dict[str, list[str]] = {}
+    for img in images:
+        product, name = img.key.split("/", 1)
+        found.setdefault(product, []).append(name)
+    assert {k: sorted(v) for k, v in found.items()} == photos  # every photo once, none through the loop
