@@ -53,8 +53,8 @@ def refit_due(catalog: Catalog, settings: AdaptSettings, threshold: float | None
     limit = (settings.change_threshold if threshold is None else threshold) * max(int(base), 1)
     due = changed > 0 and changed >= limit
     reason = (
-        f"{changed} of {base} images changed since {checked_at} "
-        f"({'at or over' if due else 'under'} the threshold of {limit:.0f})"
+        f"{changed} image changes (added, replaced or removed) since {checked_at}, when the "
+        f"catalogue held {base} images ({'at or over' if due else 'under'} the threshold of {limit:.0f})"
     )
     return RefitDecision(due, reason, points, changed)
 

@@ -48,6 +48,10 @@ def test_the_maintenance_function_refits_when_the_catalogue_changed_enough(maint
     assert catalog.projection["id"] == first["projection_id"]
     quiet = maintenance.handler({}, LambdaContext())
     assert quiet["due"] is False and "under the threshold" in quiet["reason"]
+    assert (
+        quiet["reason"].startswith("0 image changes")
+        and "when the catalogue held 48 images" in quiet["reason"]
+    )
     catalog.store.upsert(synthetic_points(2, 6, embedder.dim, seed=12, prefix="few"))  # 12 of 48: 25%
     again = maintenance.handler({}, LambdaContext())
     assert again["due"] is True and again["status"] == "adapted"
