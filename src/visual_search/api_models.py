@@ -64,6 +64,12 @@ def _check_scalar(value: Any, field: str) -> Any:
     if isinstance(value, str):
         if len(value) > MAX_STRING:
             raise ValueError(f"{field}: values are at most {MAX_STRING} characters")
+        if "\x00" in value:
+            raise ValueError(f"{field}: a value may not hold a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{field}: a value must be valid Unicode (no lone surrogates)") from None
         return value
     if isinstance(value, (bool, int)):
         return value

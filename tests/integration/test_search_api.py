@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import boto3
 import pytest
@@ -709,3 +709,29 @@ def test_responses_are_not_sniffed_and_do_not_echo_long_headers(env, catalog):
     status, body, headers = call(env, event)
     assert status == 415 and len(body["error"]["message"]) < 300
     assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "value", ["a\x00b", "\ud800", "x" * 5000], ids=["nul", "lone-surrogate", "over-long"]
+)
+def test_a_bad_filter_value_is_a_422_in_every_form(env, catalog, demo_images, value):
+    photo = query_photo(demo_images, 5)
+    image = base64.b64encode(photo).decode()
+    for filters in ({"category": value}, {"colour": value}, {"brand": [value]}):
+        status, body, _ = call(env, json_event("POST", "/search", {"image": image, "filters": filters}))
+        assert status == 422 and body["error"]["code"] == "invalid_options", (filters, body)
+    # The JSON filter object in a form field, and a flat filter in the query string.
+    form, content_type = multipart_body({"filters": json.dumps({"category": value})}, photo)
+    status, body, _ = call(env, rest_event("POST", "/search", body=form, content_type=content_type))
+    assert status == 422, body
+    if value != "\ud800":  # a query string is bytes: a lone surrogate cannot be percent-encoded
+        status, body, _ = call(
+            env,
+            rest_event(
+                "POST",
+                "/search?" + urlencode({"category": value}),
+                body=photo,
+                content_type="image/jpeg",
+            ),
+        )
+        assert status == 422, body
