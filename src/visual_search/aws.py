@@ -8,9 +8,12 @@ status) and what that means to a caller (the object is missing, the request was 
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
@@ -26,8 +29,53 @@ S3_CONFIG = Config(
 MISSING_CODES = ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
 
 
+# Where boto3 would find credentials without asking the network (the instance metadata service).
+CREDENTIAL_SOURCES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+)
+
+
 def s3_client(endpoint_url: str | None = None) -> Any:
-    return boto3.client("s3", config=S3_CONFIG, endpoint_url=endpoint_url)
+    """An S3 client; against a loopback endpoint (the local stack's S3, which accepts any
+    signature) it works without AWS credentials, with placeholder keys when none are set."""
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    keys: dict[str, str] = {}
+    if endpoint and is_loopback(endpoint) and not _credentials_configured():
+        keys = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+    return boto3.client("s3", config=S3_CONFIG, endpoint_url=endpoint_url, **keys)
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _credentials_configured() -> bool:
+    """Whether boto3 finds credentials in the environment or the shared files (the network
+    lookups, instance metadata and container endpoint, are not asked)."""
+    if any(os.environ.get(name) for name in CREDENTIAL_SOURCES):
+        return True
+    import botocore.session
+
+    resolver = botocore.session.get_session().get_component("credential_provider")
+    for network in ("iam-role", "container-role"):
+        try:
+            resolver.remove(network)
+        except Exception:  # not in this botocore's chain
+            pass
+    try:
+        return resolver.load_credentials() is not None
+    except Exception:  # a broken profile: let boto3 report it as it would
+        return True
 
 
 def error_code(exc: BaseException) -> str:

@@ -92,3 +92,52 @@ def test_failures_are_counted_and_exit_1(shop_folder, capsys):
         assert main(["upload", str(shop_folder), "s3://missing/x", "--quiet"]) == 1
     out = capsys.readouterr().out
     assert "3 failed" in out and "NoSuchBucket" in out
+
+
+@pytest.fixture
+def loopback_s3():
+    """moto's S3 as a server on 127.0.0.1, as the local stack's is: it accepts any signature."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    s3 = boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    s3.create_bucket(Bucket="shop")
+    try:
+        yield url, s3
+    finally:
+        server.stop()
+
+
+def test_upload_to_a_loopback_endpoint_needs_no_aws_credentials(loopback_s3, shop_folder, tmp_path):
+    """The README's line, in a fresh shell with no AWS configuration at all."""
+    import os
+    import subprocess
+    import sys
+
+    url, s3 = loopback_s3
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["HOME"] = str(tmp_path / "home")  # no ~/.aws either
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "visual_search",
+            "upload",
+            str(shop_folder),
+            "s3://shop/catalog",
+            "--endpoint-url",
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="shop")["Contents"])
+    assert len(keys) == 3 and all(k.startswith("catalog/sku-") for k in keys)
