@@ -661,6 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("target", help="s3://bucket/prefix")
     upload.add_argument("--endpoint-url", help="S3 endpoint, e.g. the local stack's http://127.0.0.1:9000")
     upload.add_argument("--workers", type=_int_in(1, 64), default=8, help="concurrent uploads (default 8)")
+    upload.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse to upload when products.csv has rows with no photos or folders with no row",
+    )
     upload.add_argument("--quiet", action="store_true", help="no progress bar")
     upload.set_defaults(func=cmd_upload)
 
@@ -865,13 +870,25 @@ def _store_in_use(args, exc: StoreUnavailableError) -> int:
 
 def cmd_upload(args) -> int:
     from .aws import s3_client
+    from .folders import catalogue_gaps, scan
     from .sync import parse_s3_url
-    from .upload import upload_folder
+    from .upload import UploadReport, upload_folder
 
     bucket, prefix = parse_s3_url(args.target)
+    folder = Path(args.folder)
+    images = scan(folder)
+    if args.strict:
+        rows, folders = catalogue_gaps(folder, images)
+        gaps = UploadReport(rows_without_photos=rows, folders_without_row=folders).gap_lines()
+        if gaps:
+            print("error: --strict: products.csv and the folders disagree; nothing uploaded", file=sys.stderr)
+            print("\n".join(gaps), file=sys.stderr)
+            return 1
     s3 = s3_client(endpoint_url=args.endpoint_url)
-    bar = _progress(None, None, f"uploading to {args.target}", args.quiet)
-    report = upload_folder(s3, Path(args.folder), bucket, prefix, workers=args.workers, progress=bar.update)
+    bar = _progress(None, len(images), f"uploading to {args.target}", args.quiet)
+    report = upload_folder(
+        s3, folder, bucket, prefix, workers=args.workers, progress=bar.update, images=images
+    )
     bar.close()
     print(report.summary(args.target))
     return 0 if report.failed == 0 else 1

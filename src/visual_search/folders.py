@@ -49,6 +49,16 @@ def read_products(folder: Path) -> dict[str, dict[str, str]]:
     return products
 
 
+def catalogue_gaps(folder: Path, images: list[LocalImage]) -> tuple[list[str], list[str]]:
+    """(products.csv rows whose product has no photo, product folders with no row); both empty
+    when the folder has no products.csv (every product then has only its folder's name)."""
+    products = read_products(Path(folder))
+    if not products:
+        return [], []
+    found = {img.key.split("/")[0] for img in images if "/" in img.key}
+    return sorted(set(products) - found), sorted(found - set(products))
+
+
 def scan(folder: Path) -> list[LocalImage]:
     """Every image under ``folder`` in a stable order, with its product's metadata."""
     folder = Path(folder)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .aws import is_missing
-from .folders import LocalImage, scan
+from .folders import LocalImage, catalogue_gaps, scan
 
 _UNSAFE_NAME = re.compile(r"[^a-z0-9\-_.]+")
 
@@ -35,6 +35,8 @@ class UploadReport:
     bytes_sent: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    rows_without_photos: list[str] = field(default_factory=list)  # products.csv rows, no folder
+    folders_without_row: list[str] = field(default_factory=list)  # product folders, no row
 
     def summary(self, target: str) -> str:
         mib = self.bytes_sent / 2**20
@@ -42,7 +44,27 @@ class UploadReport:
             f"{target}: {self.found} images; {self.uploaded} uploaded ({mib:.1f} MiB), "
             f"{self.unchanged} already there and unchanged, {self.failed} failed, in {self.seconds:.1f} s"
         )
-        return "\n".join([line, *(f"  failed: {p}" for p in self.problems[:20])])
+        return "\n".join([line, *self.gap_lines(), *(f"  failed: {p}" for p in self.problems[:20])])
+
+    def gap_lines(self) -> list[str]:
+        """What products.csv and the folders disagree on (with a few names of each)."""
+        out = []
+        if self.rows_without_photos:
+            out.append(
+                f"  {len(self.rows_without_photos)} products.csv rows have no photos: "
+                f"{_some(self.rows_without_photos)}"
+            )
+        if self.folders_without_row:
+            out.append(
+                f"  {len(self.folders_without_row)} product folders have no products.csv row (uploaded "
+                f"with their folder name as product id only): {_some(self.folders_without_row)}"
+            )
+        return out
+
+
+def _some(names: list[str], count: int = 5) -> str:
+    more = f" and {len(names) - count} more" if len(names) > count else ""
+    return ", ".join(names[:count]) + more
 
 
 def s3_metadata(metadata: dict[str, str]) -> dict[str, str]:
@@ -104,9 +126,12 @@ def upload_folder(
     prefix: str = "",
     workers: int = 8,
     progress: Callable[[int], None] | None = None,
+    images: list[LocalImage] | None = None,
 ) -> UploadReport:
-    images = scan(folder)
-    report = UploadReport(found=len(images))
+    """``images``: the folder's scan, when the caller already made it."""
+    images = scan(folder) if images is None else images
+    rows, folders = catalogue_gaps(folder, images)
+    report = UploadReport(found=len(images), rows_without_photos=rows, folders_without_row=folders)
     started = time.monotonic()
 
     def one(image: LocalImage) -> tuple[LocalImage, str, int, str]:

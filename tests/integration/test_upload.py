@@ -47,7 +47,7 @@ def test_metadata_from_products_csv_then_indexed_with_it(bucket, shop_folder, me
     assert main(["upload", str(shop_folder), "s3://shop/catalog/"]) == 0
     out, err = capsys.readouterr()
     assert "3 images; 3 uploaded" in out and "0 failed" in out
-    assert "uploading to s3://shop/catalog/" in err and "3img" in err.replace(" ", "")  # the progress bar
+    assert "uploading to s3://shop/catalog/" in err and "3/3" in err  # the progress bar, with its total
     heads = objects(bucket)
     assert sorted(heads) == sorted(
         f"catalog/{p.relative_to(shop_folder).as_posix()}" for p in shop_folder.rglob("*.jpg")
@@ -141,3 +141,21 @@ def test_upload_to_a_loopback_endpoint_needs_no_aws_credentials(loopback_s3, sho
     assert done.returncode == 0, done.stderr
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="shop")["Contents"])
     assert len(keys) == 3 and all(k.startswith("catalog/sku-") for k in keys)
+
+
+def test_products_csv_and_folders_that_disagree_are_counted_and_strict_refuses(bucket, shop_folder, capsys):
+    with (shop_folder / "products.csv").open("a", encoding="utf-8") as table:
+        table.write("sku-9,Milk,Arla,No photo yet,1.00,,\n")
+    (shop_folder / "sku-new").mkdir()
+    shutil.copy(next((shop_folder / "sku-2").iterdir()), shop_folder / "sku-new" / "front.jpg")
+    assert main(["upload", str(shop_folder), "s3://shop/catalog/", "--strict", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "--strict" in err and "nothing uploaded" in err
+    assert "1 products.csv rows have no photos: sku-9" in err
+    assert "1 product folders have no products.csv row" in err and "sku-new" in err
+    assert not bucket.list_objects_v2(Bucket="shop").get("Contents")
+    # Without --strict it uploads everything and says the same in its summary.
+    assert main(["upload", str(shop_folder), "s3://shop/catalog/"]) == 0
+    out, err = capsys.readouterr()
+    assert "4 images; 4 uploaded" in out and "1 products.csv rows have no photos: sku-9" in out
+    assert "/4" in err  # the progress bar knows the total
