@@ -276,9 +276,11 @@ def cmd_adapt(args) -> int:
     from .adaptation import adapt, print_result
     from .catalog import get_catalog
 
-    bar = _progress(None, None, "writing adapted vectors", args.quiet or args.dry_run)
+    catalog = get_catalog()
+    total = None if args.dry_run else catalog.count()  # the copy writes every point once
+    bar = _progress(None, total, "writing adapted vectors", args.quiet or args.dry_run)
     result = adapt(
-        get_catalog(), dry_run=args.dry_run, progress=bar.update, log=lambda m: print(m, file=sys.stderr)
+        catalog, dry_run=args.dry_run, progress=bar.update, log=lambda m: print(m, file=sys.stderr)
     )
     bar.close()
     print_result(result, as_json=args.json)

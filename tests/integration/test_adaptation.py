@@ -286,8 +286,9 @@ def test_the_adapt_command_prints_the_choice_and_info_reports_it(monkeypatch, em
             and dry["cv_recall_adapted"] > dry["cv_recall_raw"]
         )
         assert get_catalog().projection is None  # nothing written
-        assert main(["adapt", "--quiet"]) == 0
-        out = capsys.readouterr().out
+        assert main(["adapt"]) == 0
+        out, err = capsys.readouterr()
+        assert "writing adapted vectors" in err and "90/90" in err  # the copy's progress, with its total
         assert "cross-validated recall@1: raw" in out and "chosen shrinkage" in out and "adapted:" in out
         assert main(["info"]) == 0
         info = json.loads(capsys.readouterr().out)
