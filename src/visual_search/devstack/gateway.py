@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
 import uuid
@@ -33,6 +34,16 @@ BINARY_TYPES = (
 )
 MAX_BODY = 10 * 1024 * 1024  # API Gateway's payload limit
 LAMBDA_PAYLOAD = 6 * 1024 * 1024  # a synchronous invocation's request, the event JSON included
+# Seconds a client may take between two reads of its request (LOCAL_READ_TIMEOUT_S): a body that
+# stops arriving gets a 408 and its connection is closed; each client has its own thread.
+READ_TIMEOUT_S = 30.0
+
+
+def read_timeout() -> float:
+    try:
+        return max(0.1, float(os.environ.get("LOCAL_READ_TIMEOUT_S", READ_TIMEOUT_S)))
+    except ValueError:
+        return READ_TIMEOUT_S
 
 
 def page() -> bytes:
@@ -88,6 +99,7 @@ class Gateway:
         port: int,
         log: Callable[[str], None] = print,
         context: LambdaContext | None = None,
+        read_timeout_s: float | None = None,
     ):
         self.handler = handler
         self.log = log
@@ -100,6 +112,7 @@ class Gateway:
         class RequestHandler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             server_version = "visual-search-local"
+            timeout = read_timeout() if read_timeout_s is None else read_timeout_s  # per socket read
 
             def log_message(self, fmt, *args):  # quiet: the stack prints its own lines
                 pass
@@ -155,17 +168,18 @@ class Gateway:
             self._refuse(request, 400, "bad_request", "the Content-Length header is not a number")
             return
         length = int(raw_length)
-        if length > MAX_BODY:
-            request.rfile.read(length)
-            self._reply(
-                request,
-                413,
-                {"Content-Type": "application/json"},
-                b'{"error": {"code": "body_too_large", "message": "over API Gateway\'s '
-                b'10 MB payload limit"}}',
-            )
+        if length > MAX_BODY:  # at once, without reading a byte of it
+            self._refuse(request, 413, "body_too_large", "over API Gateway's 10 MB payload limit")
             return
-        body = request.rfile.read(length) if length else b""
+        try:
+            body = request.rfile.read(length) if length else b""
+        except TimeoutError:
+            message = f"the request body did not arrive within {request.timeout:g} s"
+            self._refuse(request, 408, "request_timeout", message)
+            return
+        if len(body) < length:  # the client closed the connection half-way
+            request.close_connection = True
+            return
         path = urlsplit(request.path).path
         if request.command == "GET" and path in ("/", "/index.html"):
             self._reply(request, 200, {"Content-Type": "text/html; charset=utf-8"}, page())
