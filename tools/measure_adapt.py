@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from visual_search.adaptation import Adapter
+from visual_search.adaptation.adapter import Adapter
 from visual_search.catalog import Catalog
 from visual_search.config import AdaptSettings, load_settings
 from visual_search.model import get_embedder

@@ -6,7 +6,7 @@ gallery, the catalogue's own ``train_`` photos are left out). With a ``products.
 ``kind`` column, recall is also given for packaged goods and produce (fruit, vegetables) apart.
 
 Prints recall@1/@5 (products ranked by their best gallery photo, as the service groups) raw and
-with learned whitening fitted on the gallery's product labels (``visual_search.whitening``;
+with learned whitening fitted on the gallery's product labels (``visual_search.adaptation.whitening``;
 never on the queries). Used for the fine-tune section of docs/quality.md:
 
     .venv/bin/python tools/score_split.py ../shared/datasets/grocery-dev \\
@@ -26,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from visual_search.adaptation.whitening import choose
 from visual_search.folders import scan
 from visual_search.model import Embedder
 from visual_search.training.validate import product_recall
-from visual_search.whitening import choose
 
 
 def kinds_of(folder: Path) -> dict[str, str]:

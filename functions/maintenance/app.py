@@ -1,6 +1,6 @@
 """Maintenance function: on a schedule, refit the catalogue's projection when it changed enough.
 
-Runs the same code as ``visual-search adapt`` (``visual_search.refits.run_maintenance``):
+Runs the same code as ``visual-search adapt`` (``visual_search.adaptation.refits.run_maintenance``):
 nothing happens unless ``ADAPT_CHANGE_THRESHOLD`` of the catalogue changed since the last fit; a
 copy that would not finish before the function's timeout stops a minute early and is resumed by
 the next scheduled run. The model session and the Qdrant client are made at import time.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 
+from visual_search.adaptation.refits import run_maintenance
 from visual_search.catalog import get_catalog
 from visual_search.config import get_settings
 from visual_search.observability import MetricUnit, logger, metrics, tracer
-from visual_search.refits import run_maintenance
 
 catalog = get_catalog()
 STOP_BEFORE_TIMEOUT_S = 60.0  # leave this much of the invocation for the last batch and the logs

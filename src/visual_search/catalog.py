@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 
 from . import examples
-from .calibration import Calibration, annotate
+from .adaptation.calibration import Calibration, annotate
+from .adaptation.spaces import ADAPTED, Space, SpaceTracker
 from .config import ImageLimits, Settings, get_settings
 from .domain import Hit, ImagePoint, Query
 from .errors import ImageError, StaleProjectionError, StoreUnavailableError
 from .images import Region
 from .model import Embedder, get_embedder
-from .spaces import ADAPTED, Space, SpaceTracker
 from .store import CatalogStore, CollectionMissing
 
 REINDEX_SUFFIX = ".reindex"  # alias <COLLECTION>.reindex -> the collection a re-index builds

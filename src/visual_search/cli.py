@@ -273,7 +273,7 @@ def cmd_migrate_store(args) -> int:
 
 
 def cmd_adapt(args) -> int:
-    from .adaptation import adapt, print_result
+    from .adaptation.adapter import adapt, print_result
     from .catalog import get_catalog
 
     catalog = get_catalog()

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 
 from tests.support.apigw import rest_event
-from visual_search.adaptation import Adapter, RawCollections
+from visual_search.adaptation.adapter import Adapter, RawCollections
+from visual_search.adaptation.spaces import ADAPTED
 from visual_search.api import SearchApi
 from visual_search.catalog import Catalog, ImageSource
 from visual_search.config import AdaptSettings, StoreSettings, load_settings
 from visual_search.errors import StaleProjectionError, StoreUnavailableError
 from visual_search.folders import scan
 from visual_search.lambdas import LambdaContext
-from visual_search.spaces import ADAPTED
 from visual_search.store import VECTOR, CatalogStore, ImagePoint, Query
 
 GROCERY = Path(__file__).resolve().parents[1] / "data" / "grocery-subset"

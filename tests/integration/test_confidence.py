@@ -13,14 +13,14 @@ import pytest
 from moto import mock_aws
 
 from tests.support.apigw import json_event, rest_event
-from visual_search import calibration
-from visual_search.adaptation import Adapter, RawCollections
-from visual_search.calibration import Calibration, Rows, auroc, ece
+from visual_search.adaptation import calibration
+from visual_search.adaptation.adapter import Adapter, RawCollections
+from visual_search.adaptation.calibration import Calibration, Rows, auroc, ece
+from visual_search.adaptation.spaces import CALIBRATION
 from visual_search.catalog import ImageSource
 from visual_search.config import AdaptSettings
 from visual_search.folders import scan
 from visual_search.lambdas import LambdaContext, load_function
-from visual_search.spaces import CALIBRATION
 from visual_search.store import Query
 
 GROCERY = Path(__file__).resolve().parents[1] / "data" / "grocery-subset"  # 10 products: 6 train_, 3 test_

@@ -13,11 +13,11 @@ import pytest
 from moto import mock_aws
 
 from tests.integration.test_adaptation import SETTINGS, all_points, open_catalog, synthetic_points
-from visual_search.adaptation import Adapter, RawCollections
+from visual_search.adaptation.adapter import Adapter, RawCollections
+from visual_search.adaptation.refits import SettledRefit, refit_due
+from visual_search.adaptation.spaces import ADAPTED
 from visual_search.config import get_settings
 from visual_search.lambdas import LambdaContext, load_function
-from visual_search.refits import SettledRefit, refit_due
-from visual_search.spaces import ADAPTED
 
 
 @pytest.fixture

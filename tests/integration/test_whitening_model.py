@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from visual_search.whitening import choose
+from visual_search.adaptation.whitening import choose
 
 GROCERY_SMALL = Path(__file__).resolve().parent.parent / "data" / "grocery-small"
 

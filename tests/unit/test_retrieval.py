@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from visual_search.adaptation.whitening import fit
 from visual_search.retrieval import measure, metrics, stratified_folds
-from visual_search.whitening import fit
 
 
 def _unit(x):

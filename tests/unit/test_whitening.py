@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from visual_search.whitening import FitReport, Projection, choose, fit, sample_rows
+from visual_search.adaptation.whitening import FitReport, Projection, choose, fit, sample_rows
 
 
 def catalogue(products=12, photos=6, d=32, nuisance=8.0, seed=0):
@@ -169,7 +169,7 @@ def test_the_same_catalogue_in_another_order_gets_the_same_fit():
 def test_a_small_catalogue_is_cross_validated_over_more_rounds():
     """Five rounds of 12 products are 60 held-back photos: too few to rank the candidates, so
     rounds go on (each photo held back at most once) until enough photos have been queried."""
-    from visual_search.whitening import CV_QUERIES
+    from visual_search.adaptation.whitening import CV_QUERIES
 
     x, y, _ = catalogue(products=12, photos=30, seed=2)
     report = choose(x, y, shrinkages=(0.1, 1.0), dims=(None,))

@@ -305,8 +305,8 @@ class DevStack:
     def _start_refit(self) -> None:
         """Refit the catalogue's projection once the bucket's changes have settled, as the
         deployed maintenance function does on its schedule (ADAPT=false turns it off)."""
+        from ..adaptation.refits import SettledRefit
         from ..config import get_settings
-        from ..refits import SettledRefit
 
         settings = get_settings().adapt
         if settings.auto:

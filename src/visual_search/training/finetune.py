@@ -350,11 +350,11 @@ def _recall(vectors: np.ndarray, labels: list[str], gallery: list[int], queries:
 def _adapted(
     vectors: np.ndarray, train: list[int], labels: list[str], seed: int
 ) -> tuple[np.ndarray | None, str]:
-    """Learned whitening (visual_search.whitening) chosen on the training photos, applied to all."""
+    """Learned whitening (adaptation.whitening) chosen on the training photos, applied to all."""
     try:
-        from .. import whitening
+        from ..adaptation import whitening
     except ImportError:
-        return None, "visual_search.whitening is not available"
+        return None, "visual_search.adaptation.whitening is not available"
     report = whitening.choose(vectors[train], [labels[i] for i in train], seed=seed)
     if report.projection is None:
         return None, report.reason

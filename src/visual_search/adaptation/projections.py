@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import NotFoundError
-from .store import CollectionExists, VectorSpec
-from .store.backend import StoredPoint
-from .store.raw import field_is
+from ..errors import NotFoundError
+from ..store import CollectionExists, VectorSpec
+from ..store.backend import StoredPoint
+from ..store.raw import field_is
 from .whitening import Projection
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .store import CatalogStore
+    from ..store import CatalogStore
 
 PLACEHOLDER = "part"  # the side collection's only vector (unused)
 PART_CHARS = 1 << 20  # base64 characters per point (a 1280x1280 projection is ~9 parts)

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .adaptation import Adapter, AdaptResult, RawCollections
+from .adapter import Adapter, AdaptResult, RawCollections
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .catalog import Catalog
-    from .config import AdaptSettings
+    from ..catalog import Catalog
+    from ..config import AdaptSettings
 
 
 @dataclass(frozen=True)

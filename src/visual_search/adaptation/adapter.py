@@ -34,17 +34,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..store import RERANK, VECTOR, CatalogStore, VectorSpec, slug
+from ..store.backend import Record, StoredPoint
+from ..store.raw import indexed_after
 from . import calibration
 from .calibration import Calibration
 from .spaces import ADAPTED, CALIBRATION
-from .store import RERANK, VECTOR, CatalogStore, VectorSpec, slug
-from .store.backend import Record, StoredPoint
-from .store.raw import indexed_after
 from .whitening import FitReport, Projection, choose, sample_rows
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .catalog import Catalog
-    from .config import AdaptSettings
+    from ..catalog import Catalog
+    from ..config import AdaptSettings
 
 CHECKPOINT_BATCHES = 20  # batches between two saves of the copy's position
 CLOCK_MARGIN_S = 5.0  # tolerated clock skew between the functions' indexed_at and this run
@@ -533,7 +533,7 @@ def adapt(
     log: Callable[[str], None] = print,
     deadline: float | None = None,
 ) -> AdaptResult:
-    from .config import get_settings
+    from ..config import get_settings
 
     adapter = Adapter(catalog, settings or get_settings().adapt, progress, log)
     return adapter.run(dry_run=dry_run, deadline=deadline)

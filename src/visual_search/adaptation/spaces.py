@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..store import VECTOR, VectorSpec
 from .calibration import Calibration
 from .projections import ProjectionRepository
-from .store import VECTOR, VectorSpec
 from .whitening import Projection
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .store import CatalogStore
+    from ..store import CatalogStore
 
 ADAPTED = "adapted"  # the named vector of the adapted space
 CALIBRATION = "calibration"  # the collection metadata holding its confidence calibration (JSON)
