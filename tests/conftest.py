@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from visual_search.config import StoreSettings, get_settings
-from visual_search.folders import DEMO_CATALOG, scan
+from visual_search.dev.folders import DEMO_CATALOG, scan
 from visual_search.model import Embedder
 from visual_search.store import CatalogStore, open_backend
 

@@ -10,8 +10,9 @@ with ``unchecked-hash`` invalidation, as tools/trim_layer.py does for the depend
 is read-only in Lambda, so without shipped bytecode each cold start would compile every module
 of the package from source again.
 
-``DEV_MODULES`` is the one list; tests/deploy checks that the functions' imports never reach
-one of them and that the built layer holds none.
+Development-only code lives in ``visual_search/dev/`` and is left out by folder
+(``DEV_MODULES``); tests/deploy checks that the functions' imports never reach it and that the
+built layer holds none of it.
 """
 
 from __future__ import annotations
@@ -27,21 +28,9 @@ from trim_layer import compile_tree
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "visual_search"
 FUNCTIONS = ROOT / "functions"
-# Modules and sub-packages of visual_search for the command line and the local stack only.
-DEV_MODULES = (
-    "__main__",
-    "cli",
-    "bench",
-    "bench_scale",
-    "audit",
-    "retrieval",
-    "evaluate",
-    "folders",
-    "lambdas",
-    "upload",
-    "devstack",
-    "training",
-)
+# What of visual_search is for the command line, the local stack and the tests only: the dev/
+# folder (and `python -m visual_search`'s entry module, which only starts its command line).
+DEV_MODULES = ("__main__", "dev")
 
 
 def is_dev(relative: Path) -> bool:

@@ -14,7 +14,7 @@ The graph has two outputs: ``embedding`` (the last feature map pooled by general
 (the 1000 ImageNet classes, usable as automatic tags). The batch axis is dynamic. The network's
 "same" padding is fixed at build time, so each input size is its own graph (``--image-size``).
 The export is checked against torch on demo photos and random inputs before the card is written.
-The code is in ``src/visual_search/training/`` (network.py, export.py).
+The code is in ``src/visual_search/dev/training/`` (network.py, export.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from visual_search.training import TrainingUnavailable, require_torch
+from visual_search.dev.training import TrainingUnavailable, require_torch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         require_torch()
-        from visual_search.training.export import export_pretrained
-        from visual_search.training.network import VARIANTS, NetworkSpec
+        from visual_search.dev.training.export import export_pretrained
+        from visual_search.dev.training.network import VARIANTS, NetworkSpec
     except TrainingUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

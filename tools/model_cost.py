@@ -28,9 +28,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from visual_search.bench import scaled_photo
 from visual_search.config import get_settings
-from visual_search.folders import DEMO_CATALOG, scan
+from visual_search.dev.bench import scaled_photo
+from visual_search.dev.folders import DEMO_CATALOG, scan
 from visual_search.model import Embedder
 
 

@@ -27,9 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from visual_search.adaptation.whitening import choose
-from visual_search.folders import scan
+from visual_search.dev.folders import scan
+from visual_search.dev.training.validate import product_recall
 from visual_search.model import Embedder
-from visual_search.training.validate import product_recall
 
 
 def kinds_of(folder: Path) -> dict[str, str]:

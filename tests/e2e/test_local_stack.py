@@ -262,7 +262,7 @@ def run_cli(stack, *argv: str):
 
 
 def test_commands_while_the_stack_runs_work_through_it_or_say_what_works(stack):
-    from visual_search.folders import DEMO_CATALOG
+    from visual_search.dev.folders import DEMO_CATALOG
 
     info = run_cli(stack, "info")
     assert info.returncode == 0, info.stderr

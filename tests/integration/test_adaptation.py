@@ -24,9 +24,9 @@ from visual_search.adaptation.spaces import ADAPTED
 from visual_search.api import SearchApi
 from visual_search.catalog import Catalog, ImageSource
 from visual_search.config import AdaptSettings, StoreSettings, load_settings
+from visual_search.dev.folders import scan
+from visual_search.dev.lambdas import LambdaContext
 from visual_search.errors import StaleProjectionError, StoreUnavailableError
-from visual_search.folders import scan
-from visual_search.lambdas import LambdaContext
 from visual_search.store import VECTOR, CatalogStore, ImagePoint, Query
 
 GROCERY = Path(__file__).resolve().parents[1] / "data" / "grocery-subset"
@@ -267,8 +267,8 @@ def test_adapt_during_concurrent_ingest_and_search(embedder, demo_images):
 
 def test_the_adapt_command_prints_the_choice_and_info_reports_it(monkeypatch, embedder, capsys):
     from visual_search.catalog import get_catalog
-    from visual_search.cli import main
     from visual_search.config import get_settings
+    from visual_search.dev.cli import main
 
     monkeypatch.setenv("QDRANT_PATH", ":memory:")
     monkeypatch.delenv("QDRANT_URL", raising=False)

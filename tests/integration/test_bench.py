@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from visual_search import bench
 from visual_search.config import get_settings
+from visual_search.dev import bench
 
 
 def test_ingest_section_reports_every_row_and_the_cpu_budget(embedder):
@@ -44,7 +44,7 @@ def test_embed_section_compares_decoding_with_the_model(embedder):
 
 def test_scale_ground_truth_is_the_brute_force_answer():
     """The scale section's exact answers (chunked, partial sort) equal a plain full sort."""
-    from visual_search import bench_scale
+    from visual_search.dev import bench_scale
     from visual_search.domain import point_id
 
     # 6,000 points: one chunk; 60,000: two chunks of the matrix product, the second partial
@@ -71,7 +71,7 @@ def test_scale_ground_truth_is_the_brute_force_answer():
 
 
 def test_scale_sizes_flag():
-    from visual_search.cli import build_parser
+    from visual_search.dev.cli import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["bench"]).scale_sizes == (10_000, 100_000)
@@ -108,7 +108,7 @@ def test_scale_keep_searches_the_kept_store_again_without_rebuilding(tmp_path):
     of upserting again; a store built with other build settings is not reused."""
     from dataclasses import replace
 
-    from visual_search import bench_scale
+    from visual_search.dev import bench_scale
 
     get_settings.cache_clear()
     logs: list[str] = []

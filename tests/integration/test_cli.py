@@ -8,8 +8,8 @@ import pytest
 from moto import mock_aws
 
 from visual_search.catalog import get_catalog
-from visual_search.cli import main
 from visual_search.config import get_settings
+from visual_search.dev.cli import main
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from visual_search.adaptation.calibration import Calibration, Rows, auroc, ece
 from visual_search.adaptation.spaces import CALIBRATION
 from visual_search.catalog import ImageSource
 from visual_search.config import AdaptSettings
-from visual_search.folders import scan
-from visual_search.lambdas import LambdaContext, load_function
+from visual_search.dev.folders import scan
+from visual_search.dev.lambdas import LambdaContext, load_function
 from visual_search.store import Query
 
 GROCERY = Path(__file__).resolve().parents[1] / "data" / "grocery-subset"  # 10 products: 6 train_, 3 test_

@@ -9,7 +9,7 @@ import boto3
 import pytest
 
 from tests.integration.test_ingest import ingest_world
-from visual_search.cli import main
+from visual_search.dev.cli import main
 
 
 def poll_once(sqs, queue_url: str, handler) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from visual_search.config import REPO_MODEL_DIR
-from visual_search.evaluate import average_precision_at_r
+from visual_search.dev.evaluate import average_precision_at_r
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "datasets" / "demo-catalog"
@@ -138,7 +138,7 @@ def test_eval_scores_the_confidence_and_leave_out_measures_no_match(capsys):
     """--adapt on the split protocol fits the calibration adapt would (on the gallery only) and
     scores it on the queries; --leave-out takes products' gallery photos away so their queries
     are photos of products the shop does not carry."""
-    from visual_search.cli import main
+    from visual_search.dev.cli import main
 
     args = ["eval", str(GROCERY_SMALL), "--queries", "test_*", "--adapt", "--json", "--quiet"]
     assert main(args) == 0

@@ -14,9 +14,9 @@ from moto import mock_aws
 from tests.integration.test_search_api import query_photo
 from tests.support.apigw import json_event, rest_event
 from visual_search.catalog import ImageSource
+from visual_search.dev.lambdas import LambdaContext, load_function
 from visual_search.domain import point_id
 from visual_search.examples import MAX_EXAMPLES
-from visual_search.lambdas import LambdaContext, load_function
 
 BUCKET = "product-images"
 

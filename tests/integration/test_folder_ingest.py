@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from visual_search.catalog import Catalog
-from visual_search.cli import ingest_folder
 from visual_search.config import StoreSettings
-from visual_search.folders import read_products
+from visual_search.dev.cli import ingest_folder
+from visual_search.dev.folders import read_products
 from visual_search.store import CatalogStore, open_backend
 
 BUCKET = "local"
@@ -67,7 +67,7 @@ def test_prune_deletes_the_points_of_files_gone_from_the_folder(catalog, folder,
 
 
 def test_prune_is_for_folders_only(capsys):
-    from visual_search.cli import main
+    from visual_search.dev.cli import main
 
     assert main(["ingest", "s3://bucket/prefix", "--prune"]) == 1
     assert "reconcile" in capsys.readouterr().err
@@ -76,7 +76,7 @@ def test_prune_is_for_folders_only(capsys):
 def test_symlinked_product_folders_are_followed_and_a_loop_is_not(tmp_path):
     """A catalogue folder assembled from links (a product folder kept elsewhere) is read whole;
     a link back into the catalogue does not make the scan go round for ever."""
-    from visual_search.folders import DEMO_CATALOG, scan
+    from visual_search.dev.folders import DEMO_CATALOG, scan
 
     products = sorted(p for p in DEMO_CATALOG.iterdir() if p.is_dir())[:3]
     catalogue = tmp_path / "catalogue"

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from visual_search.devstack.gateway import MAX_BODY, Gateway
+from visual_search.dev.devstack.gateway import MAX_BODY, Gateway
 
 TIMEOUT_S = 1.0
 

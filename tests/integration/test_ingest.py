@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from visual_search.lambdas import LambdaContext, load_function
+from visual_search.dev.lambdas import LambdaContext, load_function
 
 BUCKET = "product-images"
 EVENTS = Path(__file__).resolve().parents[2] / "events"

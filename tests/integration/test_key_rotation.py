@@ -21,8 +21,8 @@ from tests.conftest import jpeg_bytes
 from tests.support.apigw import json_event, rest_event
 from tests.support.qdrant_rest_shim import QdrantRestShim
 from visual_search.config import StoreSettings
+from visual_search.dev.lambdas import LambdaContext, load_function
 from visual_search.errors import StoreUnavailableError
-from visual_search.lambdas import LambdaContext, load_function
 from visual_search.store import CatalogStore
 from visual_search.store import connection as store_module
 

@@ -17,7 +17,7 @@ from visual_search.adaptation.adapter import Adapter, RawCollections
 from visual_search.adaptation.refits import SettledRefit, refit_due
 from visual_search.adaptation.spaces import ADAPTED
 from visual_search.config import get_settings
-from visual_search.lambdas import LambdaContext, load_function
+from visual_search.dev.lambdas import LambdaContext, load_function
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from tests.support.apigw import json_event, multipart_body, rest_event
 from visual_search.api import SearchApi
 from visual_search.catalog import ImageSource
 from visual_search.config import StoreSettings, load_settings
-from visual_search.lambdas import LambdaContext, load_function
+from visual_search.dev.lambdas import LambdaContext, load_function
 from visual_search.store import CatalogStore
 
 BUCKET = "product-images"

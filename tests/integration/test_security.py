@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.conftest import jpeg_bytes
 from tests.support.apigw import json_event, rest_event
-from visual_search.lambdas import LambdaContext, load_function
+from visual_search.dev.lambdas import LambdaContext, load_function
 
 SECRET = "qdrant-secret-key-7f3a9c"
 
@@ -97,8 +97,8 @@ def test_no_secret_or_trace_in_responses_or_logs(search_app, qdrant_shim, servic
 
 def test_api_key_is_never_in_settings_output(monkeypatch, capsys):
     from visual_search.catalog import get_catalog
-    from visual_search.cli import main
     from visual_search.config import get_settings
+    from visual_search.dev.cli import main
 
     monkeypatch.setenv("QDRANT_API_KEY", SECRET)
     monkeypatch.setenv("QDRANT_PATH", ":memory:")

@@ -24,7 +24,7 @@ from PIL import Image
 from tests.conftest import jpeg_bytes
 from tests.support.apigw import json_event
 from tests.support.qdrant_rest_shim import QdrantRestShim
-from visual_search.lambdas import LambdaContext, load_function
+from visual_search.dev.lambdas import LambdaContext, load_function
 from visual_search.snapstart import finish_init
 
 KEY_NAME = "/visual-search/qdrant-api-key"

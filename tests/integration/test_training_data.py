@@ -6,9 +6,9 @@ import boto3
 import numpy as np
 from moto import mock_aws
 
-from visual_search.folders import DEMO_CATALOG
-from visual_search.training.data import Photo, fingerprint, photos_from, split
-from visual_search.training.validate import product_recall
+from visual_search.dev.folders import DEMO_CATALOG
+from visual_search.dev.training.data import Photo, fingerprint, photos_from, split
+from visual_search.dev.training.validate import product_recall
 
 BUCKET = "shop-photos"
 

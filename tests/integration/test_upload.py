@@ -12,7 +12,7 @@ from moto import mock_aws
 
 from tests.integration.test_cli import memory_store  # noqa: F401 - fixture
 from visual_search.catalog import get_catalog
-from visual_search.cli import main
+from visual_search.dev.cli import main
 
 
 @pytest.fixture

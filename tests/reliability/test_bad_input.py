@@ -33,7 +33,7 @@ from tests.integration.test_ingest import BUCKET, World, sqs
 from tests.integration.test_search_api import catalog, env, headers_of, query_photo  # noqa: F401 (fixtures)
 from tests.reliability.conftest import assert_error, max_rss_mb, report, rss_now_mb, write_artifact
 from tests.support.apigw import json_event, multipart_body, rest_event
-from visual_search.lambdas import LambdaContext, load_function
+from visual_search.dev.lambdas import LambdaContext, load_function
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")  # refused events
 MEMORY_BOUND_MB = 50

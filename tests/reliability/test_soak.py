@@ -41,8 +41,8 @@ from tests.reliability.conftest import report, write_artifact
 from tests.reliability.samples import encode, noise_photo
 from visual_search.catalog import get_catalog
 from visual_search.config import get_settings
+from visual_search.dev.lambdas import load_function
 from visual_search.errors import StoreUnavailableError
-from visual_search.lambdas import load_function
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")
 

@@ -7,16 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from visual_search.training import INSTALL_HINT
+from visual_search.dev.training import INSTALL_HINT
 
 torch = pytest.importorskip("torch", reason=f"fine-tune/export tests: {INSTALL_HINT}")
 pytest.importorskip("efficientnet_lite_pytorch", reason=f"fine-tune/export tests: {INSTALL_HINT}")
 
 from visual_search.config import REPO_MODEL_DIR, ImageLimits
+from visual_search.dev.training.export import export_pretrained, preprocess_for
+from visual_search.dev.training.network import NetworkSpec, build
 from visual_search.images import decode
 from visual_search.model import Embedder, ModelCard, file_sha256
-from visual_search.training.export import export_pretrained, preprocess_for
-from visual_search.training.network import NetworkSpec, build
 
 SHIPPED = REPO_MODEL_DIR.parent / "efficientnet-lite0-384"  # the fp32 model the default int8 one is made from
 SHIPPED_SPEC = NetworkSpec.from_card(json.loads((SHIPPED / "model.json").read_text()))

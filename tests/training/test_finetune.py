@@ -12,27 +12,27 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from visual_search.training import INSTALL_HINT
+from visual_search.dev.training import INSTALL_HINT
 
 torch = pytest.importorskip("torch", reason=f"fine-tune/export tests: {INSTALL_HINT}")
 pytest.importorskip("efficientnet_lite_pytorch", reason=f"fine-tune/export tests: {INSTALL_HINT}")
 
 from tests.support.apigw import rest_event
 from visual_search.catalog import Catalog, get_catalog
-from visual_search.cli import main
 from visual_search.config import REPO_MODEL_DIR, ImageLimits, IngestSettings, StoreSettings, get_settings
-from visual_search.folders import DEMO_CATALOG
+from visual_search.dev.cli import main
+from visual_search.dev.folders import DEMO_CATALOG
+from visual_search.dev.lambdas import LambdaContext, load_function
+from visual_search.dev.training.data import PhotoCache, fingerprint, photos_from, split
+from visual_search.dev.training.export import preprocess_for
+from visual_search.dev.training.finetune import CEILING, Validation, _weights_digest
+from visual_search.dev.training.network import NetworkSpec, build
+from visual_search.dev.training.trainer import Interrupted, Recipe, Trainer, embed_all
+from visual_search.dev.training.validate import Recall, paired_change, product_recall, unit
 from visual_search.ingest import Ingestor
-from visual_search.lambdas import LambdaContext, load_function
 from visual_search.model import Embedder, ModelCard, file_sha256, get_embedder
 from visual_search.store import CatalogStore, Query, open_backend
 from visual_search.sync import Syncer, reindex
-from visual_search.training.data import PhotoCache, fingerprint, photos_from, split
-from visual_search.training.export import preprocess_for
-from visual_search.training.finetune import CEILING, Validation, _weights_digest
-from visual_search.training.network import NetworkSpec, build
-from visual_search.training.trainer import Interrupted, Recipe, Trainer, embed_all
-from visual_search.training.validate import Recall, paired_change, product_recall, unit
 
 GROCERY_SMALL = Path(__file__).resolve().parents[1] / "data" / "grocery-small"  # train_ + test_ photos
 SIZE = 128  # small input: an epoch of the demo catalogue takes seconds (at 96 px the average-pooled

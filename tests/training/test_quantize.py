@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("onnx", reason="quantisation needs the onnx package (the train extra)")
 
-from visual_search.cli import main
 from visual_search.config import REPO_MODEL_DIR
+from visual_search.dev.cli import main
 from visual_search.model import Embedder, file_sha256
 
 FP32 = REPO_MODEL_DIR.parent / "efficientnet-lite0-384"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from visual_search.audit import suspects
+from visual_search.dev.audit import suspects
 
 
 def test_suspects_by_hand():

@@ -10,7 +10,12 @@ import boto3
 import pytest
 
 from visual_search.aws import S3_CONFIG
-from visual_search.devstack.durable_s3 import ObjectFolder, StoredObject, migrate_mirror, presigned_refusal
+from visual_search.dev.devstack.durable_s3 import (
+    ObjectFolder,
+    StoredObject,
+    migrate_mirror,
+    presigned_refusal,
+)
 
 
 def test_objects_round_trip_and_removal(tmp_path):

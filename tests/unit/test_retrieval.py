@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from visual_search.adaptation.whitening import fit
-from visual_search.retrieval import measure, metrics, stratified_folds
+from visual_search.dev.retrieval import measure, metrics, stratified_folds
 
 
 def _unit(x):

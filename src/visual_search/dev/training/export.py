@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ImageLimits
-from ..images import Preprocess, decode
+from ...config import ImageLimits
+from ...images import Preprocess, decode
 from .network import VARIANTS, EmbeddingNet, NetworkSpec, build
 
 MODEL_VERSION = "1"

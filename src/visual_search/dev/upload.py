@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .aws import is_missing
+from ..aws import is_missing
 from .folders import LocalImage, catalogue_gaps, scan
 
 _UNSAFE_NAME = re.compile(r"[^a-z0-9\-_.]+")

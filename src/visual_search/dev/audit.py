@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError
+from ..errors import ImageError
+from ..model import Embedder
 from .folders import scan
-from .model import Embedder
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..catalog import is_image_key, product_id_for
-from ..config import ImageLimits
+from ...catalog import is_image_key, product_id_for
+from ...config import ImageLimits
+from ...images import Preprocess, decode, decode_rgb, to_pixels
 from ..folders import scan
-from ..images import Preprocess, decode, decode_rgb, to_pixels
 
 # Photos are kept decoded as squares this much larger than the input, so a random crop of 60%
 # of the area is still resized down, not up.
@@ -47,10 +47,10 @@ def photos_from(source: str, s3: Any = None) -> list[Photo]:
 
 
 def _s3_photos(source: str, s3: Any) -> list[Photo]:
-    from ..sync import list_objects, parse_s3_url
+    from ...sync import list_objects, parse_s3_url
 
     if s3 is None:
-        from ..aws import s3_client
+        from ...aws import s3_client
 
         s3 = s3_client()
     bucket, prefix = parse_s3_url(source)

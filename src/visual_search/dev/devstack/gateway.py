@@ -47,7 +47,7 @@ def read_timeout() -> float:
 
 
 def page() -> bytes:
-    return resources.files("visual_search.devstack").joinpath("static/index.html").read_bytes()
+    return resources.files("visual_search.dev.devstack").joinpath("static/index.html").read_bytes()
 
 
 def to_event(method: str, target: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:

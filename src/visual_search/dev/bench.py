@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .config import PACKAGE_DIR, available_cpus, get_settings
+from ..config import PACKAGE_DIR, available_cpus, get_settings
+from ..model import get_embedder as load_embedder
 from .folders import DEMO_CATALOG, scan
-from .model import get_embedder as load_embedder
 
 SIZES = {"224px PNG": (224, "PNG"), "1000px JPEG": (1000, "JPEG"), "4000px JPEG": (4000, "JPEG")}
 
@@ -78,7 +78,7 @@ def bare_run_ms(embedder, repeat: int, batch: int = 1) -> float:
 
 def naive_preprocess(data: bytes, prep) -> np.ndarray:
     """Full decode then resize, without draft()/reduce(): the baseline our decoder beats."""
-    from .images import to_pixels
+    from ..images import to_pixels
 
     image = Image.open(io.BytesIO(data))
     image.load()
@@ -135,7 +135,7 @@ def precision_compare(repeat: int) -> dict:
     """The int8 model against its float source in one process: session creation, session.run
     at batch 1 and 8, a query (decode + run) and ingest per image (decode + run, batches of 8);
     every time also as a ratio of the float model's bare session.run at batch 1."""
-    from .model import Embedder
+    from ..model import Embedder
 
     default = load_embedder()
     source = float_source(default)
@@ -223,12 +223,12 @@ def ingest_throughput(repeat: int) -> dict:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     from moto import mock_aws
 
-    from .aws import s3_client
-    from .catalog import Catalog
-    from .config import StoreSettings
-    from .events import S3Change
-    from .ingest import Ingestor
-    from .store import CatalogStore
+    from ..aws import s3_client
+    from ..catalog import Catalog
+    from ..config import StoreSettings
+    from ..events import S3Change
+    from ..ingest import Ingestor
+    from ..store import CatalogStore
 
     embedder = load_embedder()
     photos = sample_photos(32)
@@ -288,8 +288,8 @@ def ingest_throughput(repeat: int) -> dict:
 def synthetic_catalog(embedder, count: int, seed: int = 7):
     """``count`` points near the real demo embeddings (small noise), with product metadata:
     a stand-in for a catalogue of that size without embedding that many photos."""
-    from .catalog import ImageSource, build_payload
-    from .domain import ImagePoint
+    from ..catalog import ImageSource, build_payload
+    from ..domain import ImagePoint
 
     rng = np.random.default_rng(seed)
     images = scan(DEMO_CATALOG)
@@ -316,12 +316,12 @@ def search_latency(repeat: int, sizes=(1000, 10000)) -> dict:
     import os
 
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    from .api import SearchApi
-    from .aws import s3_client
-    from .catalog import Catalog
-    from .config import StoreSettings, load_settings
-    from .observability import metrics
-    from .store import CatalogStore
+    from ..api import SearchApi
+    from ..aws import s3_client
+    from ..catalog import Catalog
+    from ..config import StoreSettings, load_settings
+    from ..observability import metrics
+    from ..store import CatalogStore
 
     embedder = load_embedder()
     bare = bare_run_ms(embedder, repeat)
@@ -425,7 +425,7 @@ print(json.dumps({"imports_ms": round((t1 - t0) * 1000, 1), "session_ms": round(
 _COLD = (
     _COLD_PRELUDE
     + r"""
-from visual_search.lambdas import load_function
+from visual_search.dev.lambdas import load_function
 app = load_function("search")
 t1 = time.perf_counter()
 body = json.dumps({"image": base64.b64encode(open(sys.argv[1], "rb").read()).decode()})
@@ -462,7 +462,7 @@ def _child(code: str, *argv: str, env: dict | None = None) -> dict:
 def _demo_store(folder: str) -> None:
     """The demo catalogue indexed into an embedded Qdrant folder, so the measured first search
     finds products and signs their image URLs, as a deployed one does."""
-    from .catalog import Catalog
+    from ..catalog import Catalog
     from .cli import ingest_folder
 
     settings = get_settings()

@@ -87,7 +87,7 @@ def exact(data: Synthetic, qs: np.ndarray, filtered: bool, grouped: bool, k: int
     One matrix product over the vectors in chunks (at 1M points the vectors are 5 GB), then the
     best ``k * PER_PRODUCT`` images of each query: a product has at most ``PER_PRODUCT`` photos,
     so they hold the ``k`` nearest products."""
-    from .domain import point_id
+    from ..domain import point_id
 
     keep = k * PER_PRODUCT
     mask = (data.category == 3) & (data.price >= 5) & (data.price <= 30) if filtered else None
@@ -122,7 +122,7 @@ def exact(data: Synthetic, qs: np.ndarray, filtered: bool, grouped: bool, k: int
 def build_state(folder: Path) -> str:
     """What the HNSW build has done so far, read from the shard folders: segments with a graph,
     segments in all, and the bytes of the segment being built."""
-    from .store.edge_backend import disk_bytes
+    from ..store.edge_backend import disk_bytes
 
     segments = [d for d in folder.glob("collections/*/segments/*") if d.is_dir()]
     graphs = sum(1 for d in segments if any(d.glob("vector_index-*")))
@@ -142,7 +142,7 @@ def watch_build(folder: str, every_s: float) -> None:
 @contextmanager
 def build_progress(folder: str, every_s: float = 30.0):
     """Report the build in ``folder`` to stderr every ``every_s`` seconds while the block runs."""
-    code = f"from visual_search.bench_scale import watch_build; watch_build({folder!r}, {every_s})"
+    code = f"from visual_search.dev.bench_scale import watch_build; watch_build({folder!r}, {every_s})"
     child = subprocess.Popen([sys.executable, "-c", code], stdout=sys.stderr)
     try:
         yield
@@ -168,7 +168,7 @@ CASES = {
 
 
 def measure_store(store, data: Synthetic, qs: np.ndarray, truth: dict) -> dict:
-    from .domain import Filter, Query
+    from ..domain import Filter, Query
 
     row: dict = {}
     for case, (filtered, grouped) in CASES.items():
@@ -221,7 +221,7 @@ def reusable(folder: Path, signature: dict) -> dict | None:
 
 def build(store, data: Synthetic, folder: str, log) -> tuple[float, float]:
     """Upsert every synthetic point, then build the HNSW graph: (upsert s, build s)."""
-    from .domain import ImagePoint
+    from ..domain import ImagePoint
 
     size = len(data.vectors)
     started = time.perf_counter()
@@ -259,9 +259,9 @@ def edge_row(size: int, log, keep: str | None = None) -> dict:
     of rebuilding (at 1M the build is most of an hour): query-time settings can be compared."""
     import json
 
-    from .config import get_settings
-    from .store import CatalogStore, open_backend
-    from .store.edge_backend import disk_bytes
+    from ..config import get_settings
+    from ..store import CatalogStore, open_backend
+    from ..store.edge_backend import disk_bytes
 
     data = synthetic(size)
     qs = queries(data)
@@ -310,11 +310,11 @@ def edge_row(size: int, log, keep: str | None = None) -> dict:
 
 def local_mode_row(size: int, log) -> dict:
     """The previous embedded engine, qdrant-client's local mode in memory, for comparison."""
-    from .config import StoreSettings
-    from .domain import ImagePoint
-    from .store import CatalogStore
-    from .store.client_backend import ClientBackend
-    from .store.connection import Connection, connect
+    from ..config import StoreSettings
+    from ..domain import ImagePoint
+    from ..store import CatalogStore
+    from ..store.client_backend import ClientBackend
+    from ..store.connection import Connection, connect
 
     data = synthetic(size)
     qs = queries(data)[:20]
@@ -349,8 +349,8 @@ def local_mode_row(size: int, log) -> dict:
 
 
 def store_scaling(sizes=(10_000, 100_000), log=print, keep: str | None = None) -> dict:
+    from ..model import get_embedder
     from .bench import bare_run_ms
-    from .model import get_embedder
 
     bare = bare_run_ms(get_embedder(), 30)
     import json

@@ -352,7 +352,7 @@ def _adapted(
 ) -> tuple[np.ndarray | None, str]:
     """Learned whitening (adaptation.whitening) chosen on the training photos, applied to all."""
     try:
-        from ..adaptation import whitening
+        from ...adaptation import whitening
     except ImportError:
         return None, "visual_search.adaptation.whitening is not available"
     report = whitening.choose(vectors[train], [labels[i] for i in train], seed=seed)

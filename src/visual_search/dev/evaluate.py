@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .catalog import Catalog, ImageSource
-from .config import StoreSettings
-from .domain import Hit, Query
-from .errors import ImageError
+from ..catalog import Catalog, ImageSource
+from ..config import StoreSettings
+from ..domain import Hit, Query
+from ..errors import ImageError
+from ..model import Embedder
+from ..store import CatalogStore
 from .folders import LocalImage, scan
-from .model import Embedder
 from .retrieval import Measured, measure
-from .store import CatalogStore
 
 KS = (1, 5, 10)
 
@@ -46,14 +46,14 @@ class PixelEmbedder:
     side = 32
 
     def __init__(self):
-        from .config import ImageLimits
+        from ..config import ImageLimits
 
         self.limits = ImageLimits()
         self.model_id = "raw-pixels-32"
         self.dim = self.side * self.side
 
     def preprocess(self, data: bytes) -> np.ndarray:
-        from .images import open_image
+        from ..images import open_image
 
         image = open_image(data, self.limits).convert("L")
         array = np.asarray(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelMismatchError, StoreUnavailableError
+from ...errors import ModelMismatchError, StoreUnavailableError
 from ..folders import DEMO_CATALOG, scan
 
 UPLOAD_PREFIX = "query-uploads/"
@@ -123,7 +123,7 @@ class DevStack:
             os.environ["QDRANT_PATH"] = str(o.data_dir / "qdrant")
         # The service logger was made when this module imported the package: apply the level
         # and the service name to it now.
-        from ..observability import logger
+        from ...observability import logger
 
         logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"))
         logger.append_keys(service=env["POWERTOOLS_SERVICE_NAME"])
@@ -210,8 +210,8 @@ class DevStack:
         """Start-up reconciliation: index what the bucket holds and the catalogue lacks (changes
         confirmed before a crash and not yet delivered), drop points whose object is gone and
         points of other buckets (this catalogue serves this stack's bucket only)."""
-        from ..ingest import Ingestor
-        from ..sync import Syncer
+        from ...ingest import Ingestor
+        from ...sync import Syncer
 
         o = self.options
         ingestor: Ingestor = self.ingest.ingestor
@@ -233,7 +233,7 @@ class DevStack:
         changed, or ``MODEL_DIR`` did): re-index it from this stack's bucket, which holds every
         catalogue image, as ``visual-search reindex`` would (and cannot, since only the running
         stack serves this bucket). Searches wait: nothing answers until it is done."""
-        from ..sync import reindex
+        from ...sync import reindex
 
         catalog = self.ingest.ingestor.catalog
         self._phase(
@@ -249,7 +249,7 @@ class DevStack:
         )
 
     def start(self) -> None:
-        from ..aws import s3_client
+        from ...aws import s3_client
         from ..lambdas import LambdaContext
         from .bridge import NotificationBridge
         from .gateway import Gateway
@@ -305,8 +305,8 @@ class DevStack:
     def _start_refit(self) -> None:
         """Refit the catalogue's projection once the bucket's changes have settled, as the
         deployed maintenance function does on its schedule (ADAPT=false turns it off)."""
-        from ..adaptation.refits import SettledRefit
-        from ..config import get_settings
+        from ...adaptation.refits import SettledRefit
+        from ...config import get_settings
 
         settings = get_settings().adapt
         if settings.auto:

@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import IMAGE_EXTENSIONS
+from ..catalog import IMAGE_EXTENSIONS
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the checkout: src/visual_search/dev/folders.py
 DEMO_CATALOG = PACKAGE_ROOT / "data" / "demo-catalog"
 
 

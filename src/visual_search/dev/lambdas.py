@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"  # in a source checkout
+FUNCTIONS = Path(__file__).resolve().parents[3] / "functions"  # in a source checkout
 
 
 def load_function(name: str, fresh_catalog: bool = True) -> ModuleType:

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ...model import Embedder, file_sha256
 from ..folders import LocalImage, scan
-from ..model import Embedder, file_sha256
 
 OPS: tuple[str, ...] | None = None  # None: every operator onnxruntime quantises
 BATCH = 8  # photos per calibration batch

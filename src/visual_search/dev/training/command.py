@@ -24,7 +24,7 @@ def run(args: Any, bar: Callable[[str, int], Any]) -> int:
     except TrainingUnavailable as exc:
         _log(f"error: {exc}")
         return 2
-    from ..config import get_settings
+    from ...config import get_settings
     from .finetune import FinetuneOptions, NoImprovement, finetune
     from .trainer import Interrupted, Recipe
 
@@ -95,11 +95,11 @@ def _quantized(model_dir: Path, source: str) -> dict[str, Any]:
 
 def _reindex(model_dir: Path, source: str) -> dict[str, Any]:
     """Move the catalogue behind the COLLECTION alias to the new model (as ``reindex`` does)."""
-    from ..aws import s3_client
-    from ..catalog import Catalog
-    from ..config import get_settings
-    from ..model import Embedder
-    from ..sync import parse_s3_url, reindex
+    from ...aws import s3_client
+    from ...catalog import Catalog
+    from ...config import get_settings
+    from ...model import Embedder
+    from ...sync import parse_s3_url, reindex
 
     settings = get_settings()
     embedder = Embedder(

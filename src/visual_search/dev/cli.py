@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import StoreUnavailableError, VisualSearchError
+from ..errors import StoreUnavailableError, VisualSearchError
 
 
 def _progress(iterable, total: int | None, desc: str, quiet: bool = False):
@@ -26,10 +26,10 @@ def ingest_folder(
     products.csv row still says what its point says, is skipped. With ``prune``, points of
     ``bucket`` whose file is no longer in the folder are deleted.
     """
-    from .catalog import ImageSource, describes_same
+    from ..catalog import ImageSource, describes_same
+    from ..ingest import bare_etag
+    from ..sync import md5_etag
     from .folders import scan
-    from .ingest import bare_etag
-    from .sync import md5_etag
 
     images = scan(folder)
     counts = {"indexed": 0, "unchanged": 0, "failed": 0}
@@ -70,7 +70,7 @@ def ingest_folder(
 
 
 def _query_from_args(args):
-    from .domain import Filter, Query
+    from ..domain import Filter, Query
 
     filters: dict = {}
     if args.category:
@@ -106,7 +106,7 @@ def _print_hits(result, as_json: bool) -> None:
 def cmd_demo(args) -> int:
     import os
 
-    from .catalog import get_catalog
+    from ..catalog import get_catalog
     from .folders import DEMO_CATALOG, scan
 
     folder = Path(args.folder or DEMO_CATALOG)
@@ -130,10 +130,10 @@ def cmd_demo(args) -> int:
 
 
 def _syncer(quiet: bool, desc: str):
-    from .aws import s3_client
-    from .catalog import get_catalog
-    from .ingest import Ingestor
-    from .sync import Syncer
+    from ..aws import s3_client
+    from ..catalog import get_catalog
+    from ..ingest import Ingestor
+    from ..sync import Syncer
 
     ingestor = Ingestor.configured(get_catalog(), s3_client())
     bar = _progress(None, None, desc, quiet)
@@ -141,12 +141,12 @@ def _syncer(quiet: bool, desc: str):
 
 
 def cmd_ingest(args) -> int:
-    from .catalog import get_catalog
-    from .sync import parse_s3_url
+    from ..catalog import get_catalog
+    from ..sync import parse_s3_url
 
     source = args.source
     if args.via_queue:
-        from .fleet import run_ingest
+        from ..fleet import run_ingest
 
         if not source.startswith("s3://"):
             raise ValueError("--via-queue takes s3://bucket/prefix: the fleet reads from S3")
@@ -181,7 +181,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_reconcile(args) -> int:
-    from .sync import parse_s3_url
+    from ..sync import parse_s3_url
 
     bucket, prefix = parse_s3_url(args.source)
     syncer, bar = _syncer(args.quiet, f"reconciling {args.source}")
@@ -197,7 +197,7 @@ def cmd_reconcile(args) -> int:
 def cmd_redrive(args) -> int:
     import boto3
 
-    from .queues import peek, queue_url, redrive, source_queue, waiting
+    from ..queues import peek, queue_url, redrive, source_queue, waiting
 
     sqs = boto3.client("sqs")
     dlq = queue_url(sqs, args.dlq)
@@ -218,13 +218,13 @@ def cmd_redrive(args) -> int:
 
 
 def cmd_reindex(args) -> int:
-    from .aws import s3_client
-    from .catalog import get_catalog
-    from .sync import parse_s3_url, reindex
+    from ..aws import s3_client
+    from ..catalog import get_catalog
+    from ..sync import parse_s3_url, reindex
 
     sources = [parse_s3_url(s) for s in args.source] or None
     if args.via_queue:
-        from .fleet import run_reindex
+        from ..fleet import run_reindex
 
         return run_reindex(
             args.via_queue,
@@ -251,30 +251,30 @@ def cmd_reindex(args) -> int:
 
 def _optimize_after_bulk(quiet: bool) -> None:
     """Bulk commands leave the embedded store's HNSW built (a server builds its own)."""
-    from .catalog import get_catalog
-    from .maintenance import optimize
+    from ..catalog import get_catalog
+    from ..maintenance import optimize
 
     optimize(get_catalog(), log=(lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr)))
 
 
 def cmd_optimize(args) -> int:
-    from .catalog import get_catalog
-    from .maintenance import optimize
+    from ..catalog import get_catalog
+    from ..maintenance import optimize
 
     print(json.dumps(optimize(get_catalog(), log=lambda m: print(m, file=sys.stderr))))
     return 0
 
 
 def cmd_migrate_store(args) -> int:
-    from .maintenance import migrate_store
+    from ..maintenance import migrate_store
 
     print(json.dumps(migrate_store(args.path, log=lambda m: print(m, file=sys.stderr))))
     return 0
 
 
 def cmd_adapt(args) -> int:
-    from .adaptation.adapter import adapt, print_result
-    from .catalog import get_catalog
+    from ..adaptation.adapter import adapt, print_result
+    from ..catalog import get_catalog
 
     catalog = get_catalog()
     total = None if args.dry_run else catalog.count()  # the copy writes every point once
@@ -288,7 +288,7 @@ def cmd_adapt(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from .catalog import get_catalog
+    from ..catalog import get_catalog
 
     result = get_catalog().search_image(Path(args.image).read_bytes(), _query_from_args(args))
     _print_hits(result, args.json)
@@ -296,7 +296,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .catalog import get_catalog
+    from ..catalog import get_catalog
 
     catalog = get_catalog()
     print(json.dumps({**catalog.info(), "projection": catalog.projection}, indent=2))
@@ -323,9 +323,9 @@ def cmd_dev(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .config import get_settings
+    from ..config import get_settings
+    from ..model import Embedder
     from .evaluate import PixelEmbedder, evaluate
-    from .model import Embedder
 
     settings = get_settings()
     embedder: Embedder | PixelEmbedder
@@ -375,8 +375,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_audit(args) -> int:
+    from ..model import load_embedder
     from .audit import audit
-    from .model import load_embedder
 
     embedder = load_embedder()
     bar = _progress(None, None, f"auditing with {embedder.model_id}", args.json)
@@ -871,9 +871,9 @@ def _store_in_use(args, exc: StoreUnavailableError) -> int:
 
 
 def cmd_upload(args) -> int:
-    from .aws import s3_client
+    from ..aws import s3_client
+    from ..sync import parse_s3_url
     from .folders import catalogue_gaps, scan
-    from .sync import parse_s3_url
     from .upload import UploadReport, upload_folder
 
     bucket, prefix = parse_s3_url(args.target)

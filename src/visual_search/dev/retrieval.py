@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .adaptation import calibration, whitening
+from ..adaptation import calibration, whitening
 
 KS = (1, 5, 10)
 GROUP_SCORES = ("best", "mean2")
