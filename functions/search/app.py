@@ -1,7 +1,7 @@
 """Search function: the REST API (API Gateway proxy integration) for visual product search.
 
 The model session and the Qdrant client are created at import time, in Lambda's init phase
-(the S3 client on first use: result URLs are signed without one, see visual_search.presign,
+(the S3 client on first use: result URLs are signed without one, see visual_search.api.presign,
 and only a search by ``s3_key`` reads S3); each request then only parses, embeds, searches and
 shapes the response. With SnapStart, the after-restore hook gives each resumed instance new
 clients (see visual_search.snapstart).
@@ -16,10 +16,10 @@ begin_init()  # first: the imports below run with the garbage collector paused
 from aws_lambda_powertools.logging import correlation_paths
 
 from visual_search.api import SearchApi
+from visual_search.api.presign import LazyS3
 from visual_search.catalog import get_catalog
 from visual_search.config import get_settings
 from visual_search.observability import MetricUnit, logger, metrics, tracer
-from visual_search.presign import LazyS3
 from visual_search.snapstart import after_restore, finish_init, prewarm, renew
 
 s3 = LazyS3()

@@ -366,7 +366,7 @@ class Catalog:
         """New store connections (after a SnapStart restore)."""
         self.store.reconnect()
 
-    # -- collections (re-index through the function fleet, visual_search.fleet) -----------------
+    # -- collections (re-index through the function fleet, visual_search.ops.fleet) -----------------
 
     def for_collection(self, name: str) -> Catalog:
         """The same catalogue over another collection (sharing the model and the connection)."""

@@ -136,7 +136,7 @@ def test_fifo_queues_are_refused_with_a_reason(sqs, capsys):
 
 
 def test_a_message_sent_back_but_not_deleted_is_reported(sqs):
-    from visual_search.queues import redrive
+    from visual_search.ops.queues import redrive
 
     class ExpiredHolds:  # the DLQ refuses the deletes, as when the 30 s hold has run out
         def __init__(self, client):

@@ -401,7 +401,7 @@ def test_qdrant_down_then_recovered(monkeypatch, embedder, photos, qdrant_shim):
 def test_sample_events(world, name, photos):
     """Each sample event in events/ runs through the handler against objects it names."""
     event = json.loads((EVENTS / name).read_text())
-    from visual_search.events import changes_in_message, event_kind, parse_sqs_body
+    from visual_search.ingest.events import changes_in_message, event_kind, parse_sqs_body
 
     changes = (
         changes_in_message(event)
@@ -419,7 +419,7 @@ def test_sample_events(world, name, photos):
 
 
 def test_older_events_are_recognised_as_stale(world, photos):
-    from visual_search.events import parse_s3_record
+    from visual_search.ingest.events import parse_s3_record
 
     key = "catalog/p1/a.jpg"
     old = parse_s3_record(world.put(key, photos[0]))
@@ -439,7 +439,7 @@ def test_older_events_are_recognised_as_stale(world, photos):
     ],
 )
 def test_sequencer_order(older, newer):
-    from visual_search.events import is_newer
+    from visual_search.ingest.events import is_newer
 
     assert is_newer(newer, older) and not is_newer(older, newer) and not is_newer(older, older)
 

@@ -1,4 +1,4 @@
-"""Presigned URLs signed without an S3 client (visual_search.presign) are the URLs botocore's
+"""Presigned URLs signed without an S3 client (visual_search.api.presign) are the URLs botocore's
 own client presigns, character for character, at the same instant: on AWS (virtual-hosted,
 the global endpoint) and on a configured endpoint (path style, the local S3 emulator), for
 GET (result images) and PUT (uploads, with their signed headers); every configuration not
@@ -17,8 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 import pytest
 
+from visual_search.api.presign import LazyS3
 from visual_search.aws import s3_client
-from visual_search.presign import LazyS3
 
 FIXED = datetime.datetime(2026, 12, 2, 1, 2, 3, tzinfo=datetime.UTC)
 KEYS = [

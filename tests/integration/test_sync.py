@@ -9,10 +9,10 @@ from moto import mock_aws
 
 from visual_search.catalog import Catalog
 from visual_search.config import ImageLimits, IngestSettings, StoreSettings
-from visual_search.events import S3Change
-from visual_search.ingest import Ingestor
+from visual_search.ingest.events import S3Change
+from visual_search.ingest.pipeline import Ingestor
+from visual_search.ops.sync import Syncer, reindex
 from visual_search.store import CatalogStore, Query, open_backend
-from visual_search.sync import Syncer, reindex
 
 BUCKET = "product-images"
 

@@ -712,7 +712,7 @@ def test_malformed_sqs_envelope_is_an_event_error(world, broken):
     """Regression, fixed in 09fb913. Was: functions/ingest/app.py handle_sqs
     reads record.body / message_id outside any guard: an SQS record without them (or not an
     object) is a KeyError/TypeError, not an EventError"""
-    from visual_search.events import EventError
+    from visual_search.ingest.events import EventError
 
     event = sqs({})
     event["Records"].append(broken)

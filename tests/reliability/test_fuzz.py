@@ -40,9 +40,9 @@ from tests.integration.test_search_api import catalog, env, headers_of  # noqa: 
 from tests.reliability.conftest import assert_error, report, write_artifact
 from tests.reliability.samples import encode, noise_photo
 from tests.support.apigw import json_event, rest_event
-from visual_search.api_models import METADATA_KEY
+from visual_search.api.models import METADATA_KEY
 from visual_search.dev.lambdas import LambdaContext, load_function
-from visual_search.events import EventError
+from visual_search.ingest.events import EventError
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:No application metrics"),

@@ -29,10 +29,10 @@ from visual_search.dev.training.finetune import CEILING, Validation, _weights_di
 from visual_search.dev.training.network import NetworkSpec, build
 from visual_search.dev.training.trainer import Interrupted, Recipe, Trainer, embed_all
 from visual_search.dev.training.validate import Recall, paired_change, product_recall, unit
-from visual_search.ingest import Ingestor
+from visual_search.ingest.pipeline import Ingestor
 from visual_search.model import Embedder, ModelCard, file_sha256, get_embedder
+from visual_search.ops.sync import Syncer, reindex
 from visual_search.store import CatalogStore, Query, open_backend
-from visual_search.sync import Syncer, reindex
 
 GROCERY_SMALL = Path(__file__).resolve().parents[1] / "data" / "grocery-small"  # train_ + test_ photos
 SIZE = 128  # small input: an epoch of the demo catalogue takes seconds (at 96 px the average-pooled

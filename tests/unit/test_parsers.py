@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from visual_search.api_models import Filters, SearchOptions, merge_options, options_from_fields, parse_options
+from visual_search.api.models import Filters, SearchOptions, merge_options, options_from_fields, parse_options
 from visual_search.domain import Filter, Range
 from visual_search.errors import InvalidOptions
-from visual_search.events import EventError, is_newer, parse_s3_record, parse_sqs_body
+from visual_search.ingest.events import EventError, is_newer, parse_s3_record, parse_sqs_body
 
 
 def record(name="ObjectCreated:Put", key="catalog/p1/a+b%C3%A9.jpg", **obj):

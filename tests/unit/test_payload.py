@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from visual_search.api.models import RESERVED
 from visual_search.api.responses import INTERNAL_PAYLOAD
-from visual_search.api_models import RESERVED
 from visual_search.catalog import (
     DESCRIPTIVE_FIELDS,
     ImageSource,

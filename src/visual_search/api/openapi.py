@@ -8,7 +8,7 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 
-from ..api_models import SearchRequest, UploadRequest
+from .models import SearchRequest, UploadRequest
 from .requests import IMAGE_TYPES
 
 API_VERSION = "1.0.0"

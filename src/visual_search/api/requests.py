@@ -17,14 +17,6 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from ..api_models import (
-    SearchOptions,
-    SearchRequest,
-    UploadRequest,
-    merge_options,
-    options_from_fields,
-    parse_options,
-)
 from ..aws import error_code, error_status, is_missing, is_refused
 from ..config import Settings
 from ..errors import (
@@ -35,6 +27,14 @@ from ..errors import (
     RequestError,
     StoreUnavailableError,
     UnsupportedMediaTypeError,
+)
+from .models import (
+    SearchOptions,
+    SearchRequest,
+    UploadRequest,
+    merge_options,
+    options_from_fields,
+    parse_options,
 )
 
 if TYPE_CHECKING:

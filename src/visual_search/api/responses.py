@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..api_models import MAX_OFFSET, SearchOptions, SearchResponse
 from ..catalog import SearchResult
 from ..config import ApiSettings
 from ..domain import RECORD_FIELDS
 from ..observability import MetricUnit, logger, metrics
+from .models import MAX_OFFSET, SearchOptions, SearchResponse
 
 URL_CACHE_SIZE = 10_000
 URL_REUSE_MAX_S = 300

@@ -17,7 +17,8 @@ from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 
-from ..api_models import (
+from ..errors import ImageTooLargeError, InvalidOptions, RequestError
+from .models import (
     CalibrationInfo,
     ErrorResponse,
     HealthResponse,
@@ -25,7 +26,6 @@ from ..api_models import (
     SearchResponse,
     UploadResponse,
 )
-from ..errors import ImageTooLargeError, InvalidOptions, RequestError
 from .requests import IMAGE_TYPES, query_options, search_input, upload_request, uploaded_image
 from .responses import search_response
 

@@ -226,8 +226,8 @@ def ingest_throughput(repeat: int) -> dict:
     from ..aws import s3_client
     from ..catalog import Catalog
     from ..config import StoreSettings
-    from ..events import S3Change
-    from ..ingest import Ingestor
+    from ..ingest.events import S3Change
+    from ..ingest.pipeline import Ingestor
     from ..store import CatalogStore
 
     embedder = load_embedder()

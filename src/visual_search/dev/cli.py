@@ -27,8 +27,8 @@ def ingest_folder(
     ``bucket`` whose file is no longer in the folder are deleted.
     """
     from ..catalog import ImageSource, describes_same
-    from ..ingest import bare_etag
-    from ..sync import md5_etag
+    from ..ingest.pipeline import bare_etag
+    from ..ops.sync import md5_etag
     from .folders import scan
 
     images = scan(folder)
@@ -132,8 +132,8 @@ def cmd_demo(args) -> int:
 def _syncer(quiet: bool, desc: str):
     from ..aws import s3_client
     from ..catalog import get_catalog
-    from ..ingest import Ingestor
-    from ..sync import Syncer
+    from ..ingest.pipeline import Ingestor
+    from ..ops.sync import Syncer
 
     ingestor = Ingestor.configured(get_catalog(), s3_client())
     bar = _progress(None, None, desc, quiet)
@@ -142,11 +142,11 @@ def _syncer(quiet: bool, desc: str):
 
 def cmd_ingest(args) -> int:
     from ..catalog import get_catalog
-    from ..sync import parse_s3_url
+    from ..ops.sync import parse_s3_url
 
     source = args.source
     if args.via_queue:
-        from ..fleet import run_ingest
+        from ..ops.fleet import run_ingest
 
         if not source.startswith("s3://"):
             raise ValueError("--via-queue takes s3://bucket/prefix: the fleet reads from S3")
@@ -181,7 +181,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_reconcile(args) -> int:
-    from ..sync import parse_s3_url
+    from ..ops.sync import parse_s3_url
 
     bucket, prefix = parse_s3_url(args.source)
     syncer, bar = _syncer(args.quiet, f"reconciling {args.source}")
@@ -197,7 +197,7 @@ def cmd_reconcile(args) -> int:
 def cmd_redrive(args) -> int:
     import boto3
 
-    from ..queues import peek, queue_url, redrive, source_queue, waiting
+    from ..ops.queues import peek, queue_url, redrive, source_queue, waiting
 
     sqs = boto3.client("sqs")
     dlq = queue_url(sqs, args.dlq)
@@ -220,11 +220,11 @@ def cmd_redrive(args) -> int:
 def cmd_reindex(args) -> int:
     from ..aws import s3_client
     from ..catalog import get_catalog
-    from ..sync import parse_s3_url, reindex
+    from ..ops.sync import parse_s3_url, reindex
 
     sources = [parse_s3_url(s) for s in args.source] or None
     if args.via_queue:
-        from ..fleet import run_reindex
+        from ..ops.fleet import run_reindex
 
         return run_reindex(
             args.via_queue,
@@ -252,21 +252,21 @@ def cmd_reindex(args) -> int:
 def _optimize_after_bulk(quiet: bool) -> None:
     """Bulk commands leave the embedded store's HNSW built (a server builds its own)."""
     from ..catalog import get_catalog
-    from ..maintenance import optimize
+    from ..ops.maintenance import optimize
 
     optimize(get_catalog(), log=(lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr)))
 
 
 def cmd_optimize(args) -> int:
     from ..catalog import get_catalog
-    from ..maintenance import optimize
+    from ..ops.maintenance import optimize
 
     print(json.dumps(optimize(get_catalog(), log=lambda m: print(m, file=sys.stderr))))
     return 0
 
 
 def cmd_migrate_store(args) -> int:
-    from ..maintenance import migrate_store
+    from ..ops.maintenance import migrate_store
 
     print(json.dumps(migrate_store(args.path, log=lambda m: print(m, file=sys.stderr))))
     return 0
@@ -872,7 +872,7 @@ def _store_in_use(args, exc: StoreUnavailableError) -> int:
 
 def cmd_upload(args) -> int:
     from ..aws import s3_client
-    from ..sync import parse_s3_url
+    from ..ops.sync import parse_s3_url
     from .folders import catalogue_gaps, scan
     from .upload import UploadReport, upload_folder
 

@@ -210,8 +210,8 @@ class DevStack:
         """Start-up reconciliation: index what the bucket holds and the catalogue lacks (changes
         confirmed before a crash and not yet delivered), drop points whose object is gone and
         points of other buckets (this catalogue serves this stack's bucket only)."""
-        from ...ingest import Ingestor
-        from ...sync import Syncer
+        from ...ingest.pipeline import Ingestor
+        from ...ops.sync import Syncer
 
         o = self.options
         ingestor: Ingestor = self.ingest.ingestor
@@ -233,7 +233,7 @@ class DevStack:
         changed, or ``MODEL_DIR`` did): re-index it from this stack's bucket, which holds every
         catalogue image, as ``visual-search reindex`` would (and cannot, since only the running
         stack serves this bucket). Searches wait: nothing answers until it is done."""
-        from ...sync import reindex
+        from ...ops.sync import reindex
 
         catalog = self.ingest.ingestor.catalog
         self._phase(

@@ -99,7 +99,7 @@ def _reindex(model_dir: Path, source: str) -> dict[str, Any]:
     from ...catalog import Catalog
     from ...config import get_settings
     from ...model import Embedder
-    from ...sync import parse_s3_url, reindex
+    from ...ops.sync import parse_s3_url, reindex
 
     settings = get_settings()
     embedder = Embedder(

@@ -47,7 +47,7 @@ def photos_from(source: str, s3: Any = None) -> list[Photo]:
 
 
 def _s3_photos(source: str, s3: Any) -> list[Photo]:
-    from ...sync import list_objects, parse_s3_url
+    from ...ops.sync import list_objects, parse_s3_url
 
     if s3 is None:
         from ...aws import s3_client

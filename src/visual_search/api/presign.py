@@ -34,7 +34,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.configprovider import ConfiguredEndpointProvider
 from botocore.exceptions import NoCredentialsError
 
-from .aws import LazyClient, s3_client
+from ..aws import LazyClient, s3_client
 
 # Buckets the client addresses virtual-hosted on AWS: a DNS label, no dots, no "--" (the
 # suffixes of S3 Express and Object Lambda names).

@@ -22,10 +22,10 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any
 
-from .aws import is_missing
-from .catalog import NON_IMAGE_EXTENSIONS, Catalog, ImageSource, is_image_key
-from .config import ImageLimits, IngestSettings
-from .errors import ImageError, StoreUnavailableError
+from ..aws import is_missing
+from ..catalog import NON_IMAGE_EXTENSIONS, Catalog, ImageSource, is_image_key
+from ..config import ImageLimits, IngestSettings
+from ..errors import ImageError, StoreUnavailableError
 from .events import S3Change, is_newer
 
 SETTLE_ROUNDS = 2  # times a key is applied again when its object changed while being indexed
@@ -117,7 +117,7 @@ class Ingestor:
     @classmethod
     def configured(cls, catalog: Catalog, s3_client: Any) -> Ingestor:
         """With the environment's ingest settings and the catalogue embedder's image limits."""
-        from .config import get_settings
+        from ..config import get_settings
 
         return cls(catalog, s3_client, get_settings().ingest, catalog.image_limits)
 

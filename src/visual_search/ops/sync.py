@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, TypeVar
 
-from .catalog import Catalog, is_image_key
-from .events import S3Change
-from .ingest import Ingestor, Outcome, bare_etag
-from .store import slug
+from ..catalog import Catalog, is_image_key
+from ..ingest.events import S3Change
+from ..ingest.pipeline import Ingestor, Outcome, bare_etag
+from ..store import slug
 
 RETRIES = 3
 T = TypeVar("T")

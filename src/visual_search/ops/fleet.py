@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote_plus
 
-from .catalog import REINDEX_SUFFIX, Catalog
-from .errors import StoreUnavailableError
-from .events import S3Change
-from .ingest import IngestBatch, Ingestor, Item, Outcome, Status, bare_etag
+from ..catalog import REINDEX_SUFFIX, Catalog
+from ..errors import StoreUnavailableError
+from ..ingest.events import S3Change
+from ..ingest.pipeline import IngestBatch, Ingestor, Item, Outcome, Status, bare_etag
 from .queues import queue_url, waiting
 from .sync import SourceObject, chunks, list_objects, slug, sources_in
 
@@ -453,8 +453,8 @@ def run_ingest(
 
     import boto3
 
-    from .aws import s3_client
-    from .catalog import get_catalog
+    from ..aws import s3_client
+    from ..catalog import get_catalog
     from .sync import parse_s3_url
 
     bucket, prefix = parse_s3_url(source)
@@ -494,8 +494,8 @@ def run_reindex(
 
     import boto3
 
-    from .aws import s3_client
-    from .catalog import get_catalog
+    from ..aws import s3_client
+    from ..catalog import get_catalog
 
     bar = _progress("queueing", quiet)
     result = reindex_via_queue(

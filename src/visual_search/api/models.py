@@ -20,10 +20,10 @@ from pydantic import (
     model_validator,
 )
 
-from .domain import RECORD_FIELDS, Filter, Query, Range
-from .errors import InvalidOptions
-from .examples import MAX_EXAMPLES
-from .images import Region
+from ..domain import RECORD_FIELDS, Filter, Query, Range
+from ..errors import InvalidOptions
+from ..examples import MAX_EXAMPLES
+from ..images import Region
 
 Scalar = str | float | int | bool
 FilterValue = Scalar | list[Scalar]

@@ -33,8 +33,8 @@ def migrate_store(path: str | None = None, log: Callable[[str], None] = print) -
     """Move a qdrant-client local-mode folder (``QDRANT_PATH`` by default) to the embedded engine."""
     from dataclasses import replace
 
-    from .config import get_settings
-    from .store.migrate import migrate_local_mode
+    from ..config import get_settings
+    from ..store.migrate import migrate_local_mode
 
     settings = get_settings().store
     if settings.url:
