@@ -82,12 +82,14 @@ def _imports(path: Path, module: str) -> set[str]:
     return {name for name in found if name.split(".")[0] == "visual_search"}
 
 
-def function_imports() -> set[str]:
-    """Every visual_search module the functions' handlers import, directly or not."""
+def function_imports(functions: tuple[str, ...] = ()) -> set[str]:
+    """Every visual_search module the functions' handlers import, directly or not (all of
+    them, or those of the named functions: ``("ingest",)``)."""
     files = {_module_of(p): p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
     todo = set()
     for handler in FUNCTIONS.glob("*/app.py"):
-        todo |= _imports(handler, "handler")
+        if not functions or handler.parent.name in functions:
+            todo |= _imports(handler, "handler")
     seen: set[str] = set()
     while todo:
         name = todo.pop()

@@ -19,8 +19,8 @@ from visual_search.aws import LazyClient
 from visual_search.catalog import get_catalog
 from visual_search.ingest.events import EventError, S3Change, changes_in_message, event_kind, parse_sqs_body
 from visual_search.ingest.pipeline import IngestBatch, Ingestor, Status
+from visual_search.ingest.router import Router, message_target
 from visual_search.observability import MetricUnit, logger, metrics, tracer
-from visual_search.ops.fleet import Router, message_target
 from visual_search.snapstart import after_restore, finish_init, prewarm, renew
 
 s3 = LazyClient()

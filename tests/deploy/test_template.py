@@ -152,6 +152,11 @@ def test_the_functions_import_no_development_module():
     assert {"visual_search.api", "visual_search.ingest.pipeline", "visual_search.store"} <= imported
     dev = sorted(m for m in imported if len(m.split(".")) > 1 and m.split(".")[1] in app_layer.DEV_MODULES)
     assert not dev, f"the functions import development modules the code layer leaves out: {dev}"
+    # The ingest function runs the pipeline and its router, never the operator's code (ops/).
+    ingest = app_layer.function_imports(("ingest",))
+    assert {"visual_search.ingest.pipeline", "visual_search.ingest.router"} <= ingest
+    operator = sorted(m for m in ingest if m.startswith("visual_search.ops"))
+    assert not operator, f"the ingest function imports operator code: {operator}"
 
 
 def _requirement_names(lines) -> dict[str, str]:

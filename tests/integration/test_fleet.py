@@ -18,7 +18,8 @@ from visual_search.catalog import get_catalog
 from visual_search.dev.lambdas import LambdaContext, load_function
 from visual_search.ingest.events import parse_sqs_body
 from visual_search.ingest.pipeline import Ingestor
-from visual_search.ops.fleet import TARGET_ATTRIBUTE, Sender, enqueue, reindex_via_queue
+from visual_search.ingest.router import TARGET_ATTRIBUTE
+from visual_search.ops.fleet import Sender, enqueue, reindex_via_queue
 from visual_search.ops.queues import waiting
 
 BUCKET = "product-images"

@@ -184,7 +184,7 @@ class CatalogStore:
 
     def exists(self) -> bool:
         """Whether COLLECTION exists (as an alias or a collection); never creates it. A store
-        over an existing collection is then used as it is (see fleet.Router)."""
+        over an existing collection is then used as it is (see ingest.router.Router)."""
         with self._guard():
             found = self.lifecycle.exists(self.collection)
         self._ready = found
