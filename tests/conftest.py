@@ -112,3 +112,16 @@ def png_bytes(image: Image.Image, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG", **kwargs)
     return buffer.getvalue()
+
+
+# The quick loop is `scripts/test.sh -m "not slow"`: these start servers, browsers, SAM builds,
+# fine-tunes, or run for a fixed long time. The README's test command still runs everything.
+SLOW_FOLDERS = {"e2e", "deploy", "training"}
+SLOW_FILES = {"test_soak.py", "test_load.py", "test_crash.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath))
+        if SLOW_FOLDERS & set(path.parts) or path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
