@@ -9,8 +9,7 @@ import pytest
 
 from visual_search.catalog import Catalog
 from visual_search.config import StoreSettings
-from visual_search.dev.cli import ingest_folder
-from visual_search.dev.folders import read_products
+from visual_search.dev.folders import ingest_folder, read_products
 from visual_search.store import CatalogStore, open_backend
 
 BUCKET = "local"

@@ -350,7 +350,7 @@ def local_mode_row(size: int, log) -> dict:
 
 def store_scaling(sizes=(10_000, 100_000), log=print, keep: str | None = None) -> dict:
     from ..model import get_embedder
-    from .bench import bare_run_ms
+    from .measure import bare_run_ms
 
     bare = bare_run_ms(get_embedder(), 30)
     import json
@@ -370,7 +370,7 @@ def store_scaling(sizes=(10_000, 100_000), log=print, keep: str | None = None) -
 
 
 def print_scale(report: dict) -> None:
-    from .bench import markdown
+    from .measure import markdown
 
     print(
         f"\nembedded store, vector search only ({report['scale_vectors']}; "
