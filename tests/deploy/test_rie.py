@@ -219,8 +219,7 @@ def test_health_cold_start(emulator):
 def test_search_json(emulator):
     payload, seconds = emulator.invoke(_event("api-search-json.json"))
     body = _ok(payload, emulator.log)
-    assert isinstance(body["results"], list)
-    assert body["model"]
+    _embedded_and_answered(body)
     record(rie_search_json_ms=round(seconds * 1000, 1))
 
 
@@ -229,8 +228,17 @@ def test_search_binary_image(emulator):
     event = _event("api-search-binary.json")
     assert event["isBase64Encoded"] is True
     body = _ok(emulator.invoke(event)[0], emulator.log)
-    assert isinstance(body["results"], list)
-    assert body["model"]
+    _embedded_and_answered(body)
+
+
+def _embedded_and_answered(body: dict) -> None:
+    """The photo was decoded and embedded by the layer's default model, and the (empty,
+    in-memory) catalogue answered: no results, not an error."""
+    from visual_search.config import REPO_MODEL_DIR
+
+    assert body["model"] == json.loads((REPO_MODEL_DIR / "model.json").read_text())["id"]
+    assert body["results"] == [] and body["no_match"] is False
+    assert body["timings_ms"]["decode"] > 0 and body["timings_ms"]["embed"] > 0
 
 
 def test_ingest_function_boots_and_takes_an_sqs_batch(sam_build, tmp_path):

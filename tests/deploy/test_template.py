@@ -399,11 +399,36 @@ def test_samconfig_defaults():
     assert config["default"]["global"]["parameters"]["stack_name"]
 
 
-def test_sample_events_are_json():
+def test_sample_events_are_what_their_functions_read():
+    """Every sample event parses the way its function reads it: API events are requests the
+    search function accepts, S3 and SQS events yield the changes the ingest function applies."""
     import json
 
-    for path in sorted(Path(REPO / "events").glob("*.json")):
-        json.loads(path.read_text())
+    from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
+
+    from visual_search.api.requests import search_input
+    from visual_search.ingest.events import changes_in_message, event_kind, is_test_event, parse_sqs_body
+
+    paths = sorted(Path(REPO / "events").glob("*.json"))
+    assert len(paths) >= 10
+    for path in paths:
+        event = json.loads(path.read_text())
+        name = path.name
+        if name.startswith("api-"):
+            assert event["httpMethod"] in {"GET", "POST"} and event["path"].startswith("/"), name
+            assert event["resource"] and isinstance(event.get("headers"), dict), name
+            if name.startswith("api-search") and name != "api-search-s3-key.json":
+                found = search_input(APIGatewayProxyEvent(event), 10 * 2**20)
+                assert found.image or found.options, name  # a body the API accepts
+        elif name.startswith("sqs-"):
+            assert event_kind(event) == "sqs", name
+            for record in event["Records"]:
+                changes = parse_sqs_body(record["body"])
+                assert bool(changes) != is_test_event(json.loads(record["body"])), name
+        elif "test-event" in name:
+            assert event_kind(event) == "test", name
+        else:
+            assert event_kind(event) == "s3" and list(changes_in_message(event)), name
 
 
 def _parameters_in(node, names: set[str]) -> set[str]:

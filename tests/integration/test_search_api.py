@@ -474,7 +474,7 @@ def test_similar_unknown_product_is_404(env, catalog):
     assert status == 404 and len(body["error"]["message"]) < 200  # the id is not echoed whole
 
 
-def test_health(env, catalog):
+def test_health(env, catalog, demo_images):
     status, body, _ = call(env, rest_event("GET", "/health"))
     assert status == 200
     assert body == {
@@ -483,7 +483,7 @@ def test_health(env, catalog):
         "collection": "products",
         "store": "memory",
         "store_reachable": True,
-        "points": 60,
+        "points": len(demo_images),  # every photo the catalog fixture indexed, one point each
         "projection": None,  # not adapted: the raw space (see test_adaptation.py)
         "calibration": None,  # nor calibrated (see test_confidence.py)
     }
