@@ -26,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from .whitening import _nearest_same_product, _normalise
+from .whitening import fit as fit_projection
+
 FORMAT = "visual-search-calibration/1"
 FEATURES = (
     *("first", "first_score", "first_margin", "first_log_margin"),
@@ -52,22 +55,25 @@ class Calibration:
     no_match: float  # the default ``min_confidence``: under it, ``no_match``
     stats: dict[str, Any] = field(default_factory=dict)
 
-    def confidence(self, scores: Sequence[float], best_other: float | None = None) -> list[float]:
+    def confidence(
+        self, scores: Sequence[float], best_other: float | None = None, later_page: bool = False
+    ) -> list[float]:
         """Confidence of each product of one answer, ``scores`` in rank order (one per product).
 
         ``best_other``: the score of the best product not in ``scores`` (the next page's first),
         which the last-but-only product's margin needs when the answer holds a single product.
+        ``later_page``: the answer's first product is on an earlier page, so every product here
+        ranks behind the page's first (an upper bound of its margin).
         """
         s = np.clip(np.asarray(scores, np.float64), -1.0, 1.0)
         if not len(s):
             return []
-        others = np.full(len(s), s[0])
-        if len(s) > 1:
-            others[0] = s[1]
-        elif best_other is not None:
-            others[0] = best_other
-        else:
-            others[0] = 0.0  # a catalogue of one product: no competitor to compare with
+        others = np.full(len(s), s[0])  # each product is measured against the first
+        if not later_page:  # and the first against the best of the others
+            if len(s) > 1:
+                others[0] = s[1]
+            else:  # one product: the bound its competitor scored under, else 0
+                others[0] = best_other if best_other is not None else 0.0
         return [round(min(float(p), MAX_CONFIDENCE), 4) for p in self._p(s, s - others)]
 
     def _p(self, s: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -122,12 +128,7 @@ def annotate(hits: Sequence[Any], calibration: Calibration | None, offset: int, 
         if product not in best:
             order.append(product)
             best[product] = float(hit.score)
-    scores = [best[p] for p in order]
-    if offset > 0:
-        s = np.clip(np.asarray(scores, np.float64), -1.0, 1.0)
-        values = [round(min(float(p), MAX_CONFIDENCE), 4) for p in calibration._p(s, s - s[0])]
-    else:
-        values = calibration.confidence(scores, best_other=floor)
+    values = calibration.confidence([best[p] for p in order], best_other=floor, later_page=offset > 0)
     confidence = dict(zip(order, values))
     for hit in hits:
         hit.confidence = confidence[str(hit.payload.get("product_id", hit.id))]
@@ -179,7 +180,6 @@ def calibrate(x: np.ndarray, labels: Sequence[str], projection: Any = None) -> C
     """The calibration of a catalogue's space: the raw space, or ``projection``'s (a
     ``whitening.Projection``), refitted with its shrinkage and dimensions on each round's
     gallery so that no round's query is in the fit that ranks it."""
-    from .whitening import fit as fit_projection
 
     def space_fit(gx: np.ndarray, gy: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
         dims = projection.dim if projection.dim < projection.input_dim else None
@@ -315,15 +315,3 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
             ranks[order[start:end]] = (start + end + 1) / 2  # 1-based average rank
             start = end
     return ranks
-
-
-def _nearest_same_product(x: np.ndarray, y: np.ndarray, q: int, mask: np.ndarray, share: float) -> np.ndarray:
-    rows = np.flatnonzero((y == y[q]) & mask)
-    hide = min(int(len(rows) * share), len(rows) - 1)
-    if hide <= 0:
-        return rows[:0]
-    return rows[np.argsort(-(x[rows] @ x[q]))[:hide]]
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

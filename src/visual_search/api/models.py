@@ -66,16 +66,21 @@ def _check_scalar(value: Any, field: str) -> Any:
             raise ValueError(f"{field}: values are at most {MAX_STRING} characters")
         if "\x00" in value:
             raise ValueError(f"{field}: a value may not hold a NUL character")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{field}: a value must be valid Unicode (no lone surrogates)") from None
-        return value
+        return _encodable(value, f"{field}: a value")
     if isinstance(value, (bool, int)):
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value
     raise ValueError(f"{field}: expected a string or number or a list of them")
+
+
+def _encodable(value: str, what: str) -> str:
+    """``value`` if it is text S3, Qdrant and JSON can carry (a lone surrogate cannot be)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} must be valid Unicode (no lone surrogates)") from None
+    return value
 
 
 def _as_text(value: Any) -> str:
@@ -165,11 +170,7 @@ class Crop(BaseModel):
 def _printable_id(value: str) -> str:
     if not value.isprintable():
         raise ValueError("an id must be printable text (no NUL or control characters)")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("an id must be valid Unicode (no lone surrogates)") from None
-    return value
+    return _encodable(value, "an id")
 
 
 # A product id or an image's point id, as "more like this" / "not this" name them.

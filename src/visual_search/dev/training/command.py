@@ -74,20 +74,19 @@ def run(args: Any, bar: Callable[[str, int], Any]) -> int:
     }
     _log(f"wrote {result.out} ({card['id']}); serve it with MODEL_DIR={result.out}")
     if args.int8:
-        summary["int8"] = _quantized(result.out, args.source)
+        summary["int8"] = _quantized(result.out, args.source, result.photos)
     if args.reindex:
         summary["reindex"] = _reindex(result.out, args.source)
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def _quantized(model_dir: Path, source: str) -> dict[str, Any]:
+def _quantized(model_dir: Path, source: str, photos: list) -> dict[str, Any]:
     """The fine-tuned model quantised to int8 beside it, calibrated on the catalogue it learned."""
-    from .data import photos_from
     from .quantize import QuantizeOptions, quantize
 
     out = model_dir.with_name(model_dir.name + "-int8")
-    shots = [(p.product_id, p.read) for p in photos_from(source)]
+    shots = [(p.product_id, p.read) for p in photos]  # listed once, by the fine-tune
     card = quantize(QuantizeOptions(model_dir, Path(source), out), log=_log, shots=shots)
     _log(f"serve the int8 model with MODEL_DIR={out}")
     return {"model": card["id"], "out": str(out)}

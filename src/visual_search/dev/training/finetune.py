@@ -132,6 +132,7 @@ class FinetuneResult:
     card: dict[str, Any]
     validation: Validation
     train_seconds: float
+    photos: list[Photo] = field(default_factory=list)  # the catalogue it learned
 
 
 def pick_device(requested: str | None) -> str:
@@ -236,8 +237,9 @@ def finetune(
         (out / CHECKPOINT).unlink(missing_ok=True)
         _remove_if_empty(out)
         raise NoImprovement(validation)
-    if validation.warning():
-        log(f"warning: {validation.warning()}")
+    warning = validation.warning()
+    if warning:
+        log(f"warning: {warning}")
 
     digest = _weights_digest(net)
     base_id = base_of(raw, spec)
@@ -280,7 +282,7 @@ def finetune(
     (out / "model.json").write_text(json.dumps(card, indent=2) + "\n")
     torch.save(net.state_dict(), out / WEIGHTS)
     (out / CHECKPOINT).unlink(missing_ok=True)
-    return FinetuneResult(out, card, validation, state.seconds)
+    return FinetuneResult(out, card, validation, state.seconds, photos)
 
 
 def _split(
