@@ -13,9 +13,13 @@ import time
 from visual_search.adaptation.refits import run_maintenance
 from visual_search.catalog import get_catalog
 from visual_search.config import get_settings
+from visual_search.feedback import reviewer
 from visual_search.observability import MetricUnit, logger, metrics, tracer
 
 catalog = get_catalog()
+settings = get_settings()
+# Before a refit, shopper views their neighbours disown are held back (visual_search.feedback).
+review = reviewer(catalog, settings.feedback, logger.info)
 STOP_BEFORE_TIMEOUT_S = 60.0  # leave this much of the invocation for the last batch and the logs
 
 
@@ -28,10 +32,11 @@ def handler(event: dict, context) -> dict:
     threshold = (event or {}).get("change_threshold")
     out = run_maintenance(
         catalog,
-        get_settings().adapt,
+        settings.adapt,
         deadline=deadline,
         threshold=float(threshold) if threshold is not None else None,
         log=logger.info,
+        review=review,
     )
     result = out.get("adapt") or {}
     logger.info(

@@ -26,7 +26,7 @@ from . import examples
 from .adaptation.calibration import Calibration, annotate
 from .adaptation.spaces import ADAPTED, Space, SpaceTracker
 from .config import ImageLimits, Settings, get_settings
-from .domain import Hit, ImagePoint, Query
+from .domain import SHOPPER, Hit, ImagePoint, Query
 from .errors import ImageError, StaleProjectionError, StoreUnavailableError
 from .images import Region
 from .model import Embedder, get_embedder
@@ -204,6 +204,10 @@ def build_payload(source: ImageSource, model_id: str) -> dict[str, Any]:
     price = parse_price(meta.get("price"))
     if price is not None:
         payload["price"] = price
+    if meta.get("source") == SHOPPER:  # a shopper view (visual_search.feedback)
+        payload["source"] = SHOPPER
+        payload["search_id"] = meta.pop("search-id", None)
+        meta.pop("source")
     payload["metadata"] = {k: str(v) for k, v in meta.items() if k not in KNOWN_METADATA}
     return {k: v for k, v in payload.items() if v is not None}
 
@@ -329,6 +333,36 @@ class Catalog:
     def images_in(self, bucket: str | None = None) -> Iterator[Hit]:
         """Every image of ``bucket`` (of all buckets: None) in the catalogue (payloads, no vectors)."""
         return self.store.scroll({"bucket": bucket} if bucket is not None else {})
+
+    def product_payload(self, product_id: str) -> dict | None:
+        """The payload of one of the product's images (its product fields), or None."""
+        for hit in self.store.scroll({"product_id": product_id}, page=1):
+            return hit.payload
+        return None
+
+    def catalogue_photos(self, product_id: str) -> int:
+        """How many of the product's images are its catalogue's own (not shopper views)."""
+        everything = self.store.count({"product_id": product_id})
+        return (
+            everything - self.store.count({"product_id": product_id, "source": SHOPPER}) if everything else 0
+        )
+
+    def shopper_views(self) -> Iterator[Hit]:
+        """Every shopper view, with its vector in the space searches use."""
+        return self._read(lambda space: space.store.scroll({"source": SHOPPER}, with_vectors=[space.using]))
+
+    def nearest_images(self, vector: np.ndarray, top: int) -> list[Hit]:
+        """The ``top`` images nearest to a vector already in the search space (no grouping)."""
+        query = Query(top_k=top, group_by_product=False, with_held=True)
+        return self._read(lambda space: space.store.search(vector, replace(query, using=space.using)))
+
+    def hold_views(self, held: Mapping[str, str | None]) -> None:
+        """Hold back (a reason) or release (None) shopper views, by point id: a held view answers
+        no search and is left out of the next adaptation fit."""
+        if held:
+            self._write(
+                lambda space: space.store.update_payload({pid: {"held": why} for pid, why in held.items()})
+            )
 
     def close(self) -> None:
         """Flush and release the store (embedded Qdrant holds a folder lock)."""

@@ -134,6 +134,17 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class FeedbackSettings:
+    """Learning from shoppers' clicks (visual_search.feedback)."""
+
+    learn: bool = True  # LEARN_FROM_CLICKS: keep searches, take POST /feedback
+    ttl_h: float = 24.0  # QUERY_PHOTO_TTL_H: how long a search's photo is kept for a click
+    photo_prefix: str = "query-photos/"  # QUERY_PHOTO_PREFIX: kept searches (never indexed)
+    views_prefix: str = "shopper-views/"  # SHOPPER_VIEWS_PREFIX: clicked photos (indexed)
+    max_views: int = 50  # MAX_SHOPPER_VIEWS_PER_PRODUCT: the oldest are dropped past it
+
+
+@dataclass(frozen=True)
 class AdaptSettings:
     """Catalogue adaptation (learned whitening, see adaptation.py)."""
 
@@ -161,6 +172,7 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     adapt: AdaptSettings = field(default_factory=AdaptSettings)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
 
 
 def _env_list(name: str) -> tuple[str, ...]:
@@ -220,6 +232,13 @@ def load_settings() -> Settings:
         embed_chunk=max(1, _env_int("INGEST_EMBED_CHUNK", 8)),
         upload_prefix=_env("UPLOAD_PREFIX", "query-uploads/"),
     )
+    feedback = FeedbackSettings(
+        learn=_env_bool("LEARN_FROM_CLICKS", True),
+        ttl_h=max(0.0, _env_float("QUERY_PHOTO_TTL_H", 24.0)),
+        photo_prefix=_env("QUERY_PHOTO_PREFIX", "query-photos/"),
+        views_prefix=_env("SHOPPER_VIEWS_PREFIX", "shopper-views/"),
+        max_views=max(1, _env_int("MAX_SHOPPER_VIEWS_PER_PRODUCT", 50)),
+    )
     api = ApiSettings(
         bucket=os.environ.get("BUCKET") or None,
         upload_bucket=os.environ.get("UPLOAD_BUCKET") or os.environ.get("BUCKET") or None,
@@ -254,6 +273,7 @@ def load_settings() -> Settings:
         ingest=ingest,
         api=api,
         adapt=adapt,
+        feedback=feedback,
     )
 
 

@@ -21,8 +21,22 @@ POINT_NAMESPACE = uuid.UUID("5f0c3a52-3c1e-4a8e-9a43-0e3b7f1d2c61")
 # the product's own (product_id, category, brand, title, price, metadata): not shown as the
 # product's metadata in results, and not a search filter.
 RECORD_FIELDS = frozenset(
-    {"bucket", "key", "size", "content_type", "etag", "version_id", "sequencer", "model_id", "indexed_at"}
+    {
+        "bucket",
+        "key",
+        "size",
+        "content_type",
+        "etag",
+        "version_id",
+        "sequencer",
+        "model_id",
+        "indexed_at",
+        "source",
+        "search_id",
+        "held",
+    }
 )
+SHOPPER = "shopper"  # payload ``source`` of a shopper view (visual_search.feedback)
 
 
 def point_id(bucket: str, key: str) -> str:
@@ -103,11 +117,12 @@ class Filter:
     brand: tuple[str, ...] = ()
     bucket: tuple[str, ...] = ()
     key: tuple[str, ...] = ()
+    source: tuple[str, ...] = ()
     price: Range | None = None
     metadata: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     exclude_products: tuple[str, ...] = ()
 
-    KEYWORDS = ("product_id", "category", "brand", "bucket", "key")
+    KEYWORDS = ("product_id", "category", "brand", "bucket", "key", "source")
 
     @classmethod
     def of(cls, filters: Filter | Mapping[str, Any] | None) -> Filter:
@@ -164,6 +179,9 @@ class Query:
     # "More like this" / "not this": product ids or point ids whose stored vectors steer the query.
     positive: Sequence[str] = ()
     negative: Sequence[str] = ()
+    # Shopper views held back (payload ``held``, visual_search.feedback.review) answer no search;
+    # the review itself looks at them.
+    with_held: bool = False
 
     def __post_init__(self) -> None:
         # The plain mapping form is still accepted (tests, scripts): typed from here on.

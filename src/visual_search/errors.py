@@ -96,3 +96,29 @@ class InvalidOptions(RequestError):
 
     def __init__(self, message: str, details: list | None = None):
         super().__init__(message, details=details)
+
+
+class FeedbackError(RequestError):
+    """A shopper's click that cannot be taken (see ``visual_search.feedback``)."""
+
+    code = "feedback_refused"
+
+
+class FeedbackDisabledError(FeedbackError):
+    code = "feedback_disabled"
+
+
+class UnknownSearchError(FeedbackError):
+    code = "unknown_search"
+
+
+class SearchExpiredError(FeedbackError):
+    code = "search_expired"
+
+
+class NotShownError(FeedbackError):
+    code = "not_shown"
+
+
+class FeedbackGivenError(FeedbackError):
+    code = "feedback_given"

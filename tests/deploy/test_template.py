@@ -494,3 +494,38 @@ def test_maintenance_function_refits_on_a_schedule_with_qdrant_only(template, en
     assert not any(a.startswith(("s3:", "sqs:")) for a in actions), "the projection lives in Qdrant"
     for statement in _statements(template, "MaintenanceFunctionRole"):
         assert all("*" not in a for a in _as_list(statement["Action"]))
+
+
+def test_learning_from_clicks_keeps_searches_for_their_ttl_outside_the_catalogue(template):
+    params = template["Parameters"]
+    assert params["LearnFromClicks"]["Default"] == "true"
+    assert params["QueryPhotoTtlHours"]["Default"] == 24
+    assert params["MaxShopperViewsPerProduct"]["Default"] == 50
+    days = template["Mappings"]["QueryPhotoDays"]
+    for hours in params["QueryPhotoTtlHours"]["AllowedValues"]:  # whole days, never shorter
+        assert days[str(hours)]["Days"] == -(-int(hours) // 24)
+    rules = template["Resources"]["ImagesBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    (rule,) = [r for r in rules if r["Id"] == "expire-query-photos"]
+    assert rule["Prefix"] == "query-photos/" and rule["ExpirationInDays"] == {
+        "Fn::FindInMap": ["QueryPhotoDays", ref("QueryPhotoTtlHours"), "Days"]
+    }
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["LEARN_FROM_CLICKS"] == ref("LearnFromClicks")
+    assert env["QUERY_PHOTO_TTL_H"] == ref("QueryPhotoTtlHours")
+    assert env["QUERY_PHOTO_PREFIX"] == rule["Prefix"]  # outside NotificationPrefix: never notified
+    assert env["SHOPPER_VIEWS_PREFIX"] == {"Fn::Sub": "${NotificationPrefix}shopper-views/"}
+    assert env["MAX_SHOPPER_VIEWS_PER_PRODUCT"] == ref("MaxShopperViewsPerProduct")
+
+    def statements(role):
+        policy = template["Resources"][role]["Properties"]["Policies"][0]["PolicyDocument"]
+        return {s["Sid"]: s for s in policy["Statement"]}
+
+    keep = statements("SearchFunctionRole")["KeepSearches"]
+    assert set(keep["Action"]) == {"s3:PutObject", "s3:GetObject", "s3:DeleteObject"}
+    assert keep["Resource"] == [
+        {"Fn::Sub": "${ImagesBucket.Arn}/query-photos/*"},
+        {"Fn::Sub": "${ImagesBucket.Arn}/${NotificationPrefix}shopper-views/*"},
+    ]
+    drop = statements("IngestFunctionRole")["DropShopperViews"]
+    assert drop["Action"] == "s3:DeleteObject"
+    assert drop["Resource"] == {"Fn::Sub": "${ImagesBucket.Arn}/${NotificationPrefix}shopper-views/*"}

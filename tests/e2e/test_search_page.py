@@ -247,3 +247,37 @@ def test_more_like_this_and_not_this_buttons_steer_the_answer(stack, browser, de
     click_and_wait("#unsteer")
     assert ranking() == before and page.is_hidden("#steering")
     page.close()
+
+
+def test_this_is_it_turns_the_photo_into_a_view_of_the_product(stack, browser, demo_images, tmp_path):
+    """The shopper's pick goes through POST /feedback; the local stack indexes the photo as a
+    photo of that product (then the test deletes it again: the stack is shared)."""
+    from visual_search.aws import s3_client
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(stack.api + "/")
+    page.wait_for_function("document.querySelectorAll('#category option').length > 1")
+    page.set_input_files("#file", str(mirrored(demo_images[3], tmp_path)))
+    page.wait_for_selector("article.card button.pick", timeout=30_000)
+    wanted = page.eval_on_selector("article.card >> nth=1", "e => e.dataset.productId")
+    with page.expect_response(lambda r: r.url.endswith("/feedback")) as answer:
+        page.click("article.card >> nth=1 >> button.pick")
+    taken = answer.value.json()
+    assert answer.value.status == 200 and taken["product_id"] == wanted
+    page.wait_for_selector("article.card >> nth=1 >> button.picked")
+    assert page.eval_on_selector_all("button.pick", "els => els.every(b => b.disabled)")
+    assert "Thanks" in page.inner_text("#status")
+    page.close()
+
+    def points_become(n: int) -> None:
+        deadline = time.monotonic() + 60
+        while stack.get("/health")["points"] != n:
+            assert time.monotonic() < deadline, f"the catalogue did not reach {n} points"
+            time.sleep(0.2)
+
+    points_become(61)
+    view = taken["view"]
+    head = s3_client(stack.s3_url).head_object(Bucket=view["bucket"], Key=view["key"])
+    assert head["Metadata"]["product-id"] == wanted and head["Metadata"]["source"] == "shopper"
+    s3_client(stack.s3_url).delete_object(Bucket=view["bucket"], Key=view["key"])
+    points_become(60)

@@ -366,6 +366,7 @@ def test_metadata_filter_keys_match_whatever_their_case(env, catalog, demo_image
     assert len(answers[0]["results"]) == 30 and answers[0] == {
         **answers[1],
         "timings_ms": answers[0]["timings_ms"],
+        "search_id": answers[0]["search_id"],
     }
 
 

@@ -95,7 +95,22 @@ def test_every_payload_field_is_the_products_or_the_images_record():
         sequencer="00A",
     )
     fields = set(build_payload(source, "model-1"))
-    assert fields == set(DESCRIPTIVE_FIELDS) | RECORD_FIELDS
+    view_only = {"source", "search_id"}  # a shopper view's record (visual_search.feedback)
+    assert fields == set(DESCRIPTIVE_FIELDS) | (RECORD_FIELDS - view_only)
+    view = ImageSource(
+        "bucket",
+        "shopper-views/sku-1/f00.jpg",
+        b"x",
+        {**source.metadata, "product-id": "sku-1", "source": "shopper", "search-id": "f00"},
+    )
+    payload = build_payload(view, "model-1")
+    assert set(payload) == set(DESCRIPTIVE_FIELDS) | (
+        RECORD_FIELDS - {"version_id", "etag", "sequencer", "content_type"}
+    )
+    assert (
+        payload["source"] == "shopper" and payload["search_id"] == "f00" and payload["product_id"] == "sku-1"
+    )
+    assert "source" not in payload["metadata"] and payload["metadata"] == {"colour": "red"}
     assert not set(DESCRIPTIVE_FIELDS) & RECORD_FIELDS
     assert RECORD_FIELDS <= RESERVED and RECORD_FIELDS <= INTERNAL_PAYLOAD
     assert not (set(DESCRIPTIVE_FIELDS) - {"title", "metadata"}) & RESERVED  # the product's are filters

@@ -208,7 +208,9 @@ class Adapter:
     def sample(self, collection: str) -> tuple[np.ndarray, np.ndarray, int]:
         """(vectors, labels, points): a sample of the raw vectors stratified by product."""
         ids, labels = [], []
-        for record in self.raw.iter_records(collection, payload=["product_id"], page=2048):
+        for record in self.raw.iter_records(collection, payload=["product_id", "held"], page=2048):
+            if record.payload.get("held"):  # a shopper view held back (visual_search.feedback)
+                continue
             ids.append(record.id)
             labels.append(str(record.payload.get("product_id")))
         if not ids:

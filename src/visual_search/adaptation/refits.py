@@ -65,12 +65,18 @@ def run_maintenance(
     deadline: float | None = None,
     threshold: float | None = None,
     log: Callable[[str], None] = print,
+    review: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Refit if due; returns what was decided and, if it ran, the adapt result."""
+    """Refit if due; returns what was decided and, if it ran, the adapt result.
+
+    ``review`` runs first when a refit is due: the shopper views the catalogue disowns are held
+    back (``visual_search.feedback.review_views``), so they do not steer the fit."""
     decision = refit_due(catalog, settings, threshold)
     out: dict[str, Any] = {"due": decision.due, "reason": decision.reason, "changed": decision.changed}
     if not decision.due:
         return out
+    if review is not None:
+        out["shopper_views"] = review()
     log(f"refitting: {decision.reason}")
     result: AdaptResult = Adapter(catalog, settings, log=log).run(deadline=deadline)
     out["adapt"] = result.as_dict()
@@ -88,7 +94,9 @@ class SettledRefit:
         busy: Callable[[], bool],
         log: Callable[[str], None] = print,
         interval_s: float = 2.0,
+        review: Callable[[], dict[str, Any]] | None = None,
     ):
+        self.review = review
         self.catalog = catalog
         self.settings = settings
         self.busy = busy
@@ -118,7 +126,7 @@ class SettledRefit:
                 if checked or time.monotonic() - quiet_since < self.settings.settle_s:
                     continue
                 checked = True  # once per quiet period
-                out = run_maintenance(self.catalog, self.settings, log=self.log)
+                out = run_maintenance(self.catalog, self.settings, log=self.log, review=self.review)
                 if "adapt" in out:
                     self.runs += 1
                     self.log(f"catalogue adaptation: {out['adapt']['status']}: {out['adapt']['reason']}")

@@ -11,6 +11,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConf
 
 from ..catalog import Catalog
 from ..config import Settings
+from ..feedback import Feedback
 from ..observability import MetricUnit, logger, metrics
 from . import routes
 from .openapi import openapi_json
@@ -41,6 +42,8 @@ class SearchApi:
         self.s3 = s3
         self.settings = settings
         self.urls = ImageUrls(settings.api)
+        learn = settings.feedback.learn and settings.api.bucket
+        self.feedback = Feedback(s3, settings.api.bucket, settings.feedback) if learn else None
         self.app = SearchResolver(self, cors=cors_config(settings.api.cors_origins), enable_validation=True)
         routes.register_routes(self.app)
         register_error_handlers(self.app)

@@ -315,6 +315,34 @@ class SearchResponse(BaseModel):
     no_match_threshold: float | None = Field(
         None, description="the confidence under which no_match is true (null: uncalibrated catalogue)"
     )
+    search_id: str | None = Field(
+        None,
+        description="this search's id, for POST /feedback when the shopper picks a result (null: "
+        "learning from clicks is off, or the search could not be kept)",
+    )
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+    search_id: str = Field(description="the search_id of a search answer", max_length=64)
+    product_id: str = Field(description="the product the shopper picked among its results", min_length=1)
+
+    @field_validator("product_id")
+    @classmethod
+    def _product(cls, value: str) -> str:
+        if len(value) > MAX_STRING or "\x00" in value:
+            raise ValueError(f"a product id is at most {MAX_STRING} characters, without NUL")
+        return _encodable(value, "product_id")
+
+
+class FeedbackResponse(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+    search_id: str
+    product_id: str
+    view: ImageRef = Field(description="the shopper view written: indexed as a photo of the product")
+    dropped: list[str] = Field(
+        description="keys of older shopper views of the product deleted to stay under the cap"
+    )
 
 
 class UploadResponse(BaseModel):

@@ -69,7 +69,9 @@ def _no_match(result: SearchResult, options: SearchOptions) -> dict[str, Any]:
     return {"no_match": best is None or best < threshold, "no_match_threshold": threshold}
 
 
-def search_response(result: SearchResult, options: SearchOptions, urls: ImageUrls, s3: Any) -> dict:
+def search_response(
+    result: SearchResult, options: SearchOptions, urls: ImageUrls, s3: Any, search_id: str | None = None
+) -> dict:
     results = []
     for hit in result.hits[: options.top_k]:  # the store was asked for one more
         payload = hit.payload
@@ -93,6 +95,7 @@ def search_response(result: SearchResult, options: SearchOptions, urls: ImageUrl
             "offset": options.offset,
             "next_offset": following if more else None,
             **_no_match(result, options),
+            "search_id": search_id,
         }
     )
     metrics.add_metric(name="SearchLatency", unit=MetricUnit.Milliseconds, value=result.timings_ms["total"])

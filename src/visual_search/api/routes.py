@@ -17,16 +17,28 @@ from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 
-from ..errors import ImageTooLargeError, InvalidOptions, RequestError
+from ..errors import FeedbackDisabledError, ImageTooLargeError, InvalidOptions, RequestError
 from .models import (
     CalibrationInfo,
     ErrorResponse,
+    FeedbackRequest,
+    FeedbackResponse,
     HealthResponse,
+    ImageRef,
     ProjectionInfo,
     SearchResponse,
     UploadResponse,
+    parse_options,
 )
-from .requests import IMAGE_TYPES, query_options, search_input, upload_request, uploaded_image
+from .requests import (
+    IMAGE_TYPES,
+    body_bytes,
+    json_object,
+    query_options,
+    search_input,
+    upload_request,
+    uploaded_image,
+)
 from .responses import search_response
 
 if TYPE_CHECKING:
@@ -56,8 +68,28 @@ def search():
         image = request.image
     else:
         image = uploaded_image(api.s3, api.settings, request.s3_key or "")
+    kept = api.feedback.begin(image) if api.feedback else None  # stored while the search runs
     result = api.catalog.search_image(image, request.options.to_query(), request.options.region())
-    return search_response(result, request.options, api.urls, api.s3)
+    search_id = None
+    if kept is not None and api.feedback is not None:
+        shown = [str(hit.payload.get("product_id", "")) for hit in result.hits[: request.options.top_k]]
+        search_id = api.feedback.finish(kept, shown)
+    return search_response(result, request.options, api.urls, api.s3, search_id)
+
+
+def feedback():
+    api = current()
+    if api.feedback is None:
+        raise FeedbackDisabledError("learning from clicks is off (LEARN_FROM_CLICKS=false, or no BUCKET)")
+    body = body_bytes(api.app.current_event, api.settings.api.max_body_bytes)
+    request = parse_options(FeedbackRequest, json_object(body) if body.strip() else {})
+    taken = api.feedback.click(api.catalog, request.search_id, request.product_id)
+    return FeedbackResponse(
+        search_id=taken.search_id,
+        product_id=taken.product_id,
+        view=ImageRef(bucket=api.feedback.views.bucket, key=taken.key),
+        dropped=taken.dropped,
+    ).model_dump()
 
 
 def similar(product_id: str):
@@ -168,6 +200,24 @@ ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = [
             "summary": "Products nearest to a stored product (no inference)",
             "responses": _answers(
                 "nearest other products", SearchResponse, {404: {"description": "unknown product"}}
+            ),
+        },
+    ),
+    (
+        "POST",
+        "/feedback",
+        feedback,
+        {
+            "summary": "The shopper picked this product for that search: its photo teaches the catalogue",
+            "responses": _answers(
+                "the shopper view written",
+                FeedbackResponse,
+                {
+                    403: {"description": "learning from clicks is off"},
+                    404: {"description": "unknown search, or the product left the catalogue"},
+                    409: {"description": "feedback was already given for this search"},
+                    410: {"description": "the search is older than QUERY_PHOTO_TTL_H"},
+                },
             ),
         },
     ),

@@ -16,13 +16,18 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 
 from ..errors import (
     BodyTooLargeError,
+    FeedbackDisabledError,
+    FeedbackGivenError,
     ImageError,
     ImageTooLargeError,
     InvalidOptions,
     ModelMismatchError,
     NotFoundError,
+    NotShownError,
     RequestError,
+    SearchExpiredError,
     StoreUnavailableError,
+    UnknownSearchError,
     UnsupportedMediaTypeError,
     VisualSearchError,
 )
@@ -39,6 +44,11 @@ STATUS_BY_ERROR: dict[type[VisualSearchError], int] = {
     NotFoundError: 404,
     ModelMismatchError: 409,
     StoreUnavailableError: 503,
+    FeedbackDisabledError: 403,
+    UnknownSearchError: 404,
+    SearchExpiredError: 410,
+    NotShownError: 422,
+    FeedbackGivenError: 409,
 }
 RETRY_AFTER_S = "5"
 

@@ -323,6 +323,26 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_eval_clicks(args) -> int:
+    from .clicks import simulate
+
+    bar = _progress(None, None, "searching and clicking", args.json or args.quiet)
+    result = simulate(
+        Path(args.folder),
+        [p.strip() for p in args.catalogue.split(",") if p.strip()],
+        [p.strip() for p in args.queries.split(",") if p.strip()],
+        share=args.share,
+        misclicks=args.misclicks,
+        seed=args.seed,
+        progress=bar.update,
+        total=lambda n: setattr(bar, "total", n),
+        log=(lambda line: None) if args.json or args.quiet else bar.write,
+    )
+    bar.close()
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
 def cmd_audit(args) -> int:
     from ..model import load_embedder
     from .audit import audit
@@ -727,7 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERNS",
         help="file names or keys matching these comma-separated patterns ('val_*,test_*', "
         "'shopper/*') are shoppers' photos: never trained on, the accept check decides on them "
-        "(default: photos of each product held back)",
+        "(default: the shopper views shoppers' clicks left under shopper-views/ once there are "
+        "30 of them from 3 products or more, else photos of each product held back)",
     )
     finetune.add_argument(
         "--force", action="store_true", help="write the model even when the accept check refuses it"
@@ -767,6 +788,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quantize.add_argument("--quiet", action="store_true", help="no progress bar")
     quantize.set_defaults(func=cmd_model_quantize)
+
+    clicks = sub.add_parser(
+        "eval-clicks",
+        help="measure learning from shoppers' clicks through the API",
+        description="Index the --catalogue photos, let a share of each product's --queries photos "
+        "search and click through POST /search and POST /feedback, score the last half of them "
+        "before and after (src/visual_search/dev/clicks.py).",
+    )
+    clicks.add_argument("folder", help="one folder per product (e.g. ../shared/datasets/grocery-dev-45)")
+    clicks.add_argument("--catalogue", default="iconic_*", help="file patterns of the catalogue's photos")
+    clicks.add_argument("--queries", default="val_*,test_*", help="file patterns of the shoppers' photos")
+    clicks.add_argument("--share", type=float, default=0.5, help="share of each product's shoppers clicking")
+    clicks.add_argument("--misclicks", type=float, default=0.0, help="share of clicks on a wrong product")
+    clicks.add_argument("--seed", type=int, default=0)
+    clicks.add_argument("--json", action="store_true", help="one JSON line")
+    clicks.add_argument("--quiet", action="store_true", help="no progress bar")
+    clicks.set_defaults(func=cmd_eval_clicks)
+
+    from .shopper_views_cli import add_parser as add_shopper_views
+
+    add_shopper_views(sub)
 
     bench = sub.add_parser("bench", help="measure decoding, inference and search speed")
     bench.add_argument("--repeat", type=_int_in(1), default=30, help="timed runs per case (default 30)")

@@ -24,8 +24,11 @@ from typing import Any
 
 from ..aws import is_missing
 from ..catalog import NON_IMAGE_EXTENSIONS, Catalog, ImageSource, is_image_key
-from ..config import ImageLimits, IngestSettings
+from ..config import FeedbackSettings, ImageLimits, IngestSettings
+from ..domain import SHOPPER
 from ..errors import ImageError, StoreUnavailableError
+from ..feedback.views import ShopperViews
+from ..observability import logger
 from .events import S3Change, is_newer
 
 SETTLE_ROUNDS = 2  # times a key is applied again when its object changed while being indexed
@@ -105,11 +108,19 @@ def bare_etag(etag: str | None) -> str:
 
 
 class Ingestor:
-    def __init__(self, catalog: Catalog, s3_client: Any, settings: IngestSettings, limits: ImageLimits):
+    def __init__(
+        self,
+        catalog: Catalog,
+        s3_client: Any,
+        settings: IngestSettings,
+        limits: ImageLimits,
+        feedback: FeedbackSettings | None = None,
+    ):
         self.catalog = catalog
         self.s3 = s3_client
         self.settings = settings
         self.limits = limits
+        self.feedback = feedback or FeedbackSettings()
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, settings.download_workers), thread_name_prefix="s3-fetch"
         )
@@ -119,7 +130,8 @@ class Ingestor:
         """With the environment's ingest settings and the catalogue embedder's image limits."""
         from ..config import get_settings
 
-        return cls(catalog, s3_client, get_settings().ingest, catalog.image_limits)
+        settings = get_settings()
+        return cls(catalog, s3_client, settings.ingest, catalog.image_limits, settings.feedback)
 
     # -- filtering ---------------------------------------------------------------------------
 
@@ -129,6 +141,8 @@ class Ingestor:
             return f"outside the prefix {self.settings.prefix!r}"
         if self.settings.upload_prefix and key.startswith(self.settings.upload_prefix):
             return f"a query upload (under {self.settings.upload_prefix!r})"
+        if self.feedback.photo_prefix and key.startswith(self.feedback.photo_prefix):
+            return f"a kept search (under {self.feedback.photo_prefix!r})"
         if self.settings.suffixes and not key.lower().endswith(self.settings.suffixes):
             return "outside the suffix filter"
         if key.endswith("/"):
@@ -342,9 +356,37 @@ class Ingestor:
         self._remove([item for item in applied if item.status in (Status.FAILED, Status.SKIPPED)])
 
     def _delete(self, items: list[Item]) -> None:
+        try:
+            gone = self.catalog.stored([item.change.ref for item in items]) if items else {}
+        except StoreUnavailableError as exc:
+            for item in items:
+                item.settle(Status.RETRY, str(exc))
+            return
         if self._remove(items):
             for item in items:
                 item.settle(Status.DELETED)
+            self._drop_orphan_views(gone.values())
+
+    def _drop_orphan_views(self, removed: Any) -> None:
+        """A product whose last catalogue photo went loses its shopper views too (their objects
+        are deleted; their own delete events then remove their points)."""
+        products = {str(p.get("product_id")) for p in removed if p.get("source") != SHOPPER}
+        for bucket in {str(p.get("bucket")) for p in removed}:
+            views = ShopperViews(self.s3, bucket, self.feedback)
+            for product in products:
+                try:
+                    if self.catalog.catalogue_photos(product) == 0:
+                        dropped = views.purge(product)
+                        if dropped:
+                            logger.info(
+                                "shopper views dropped with their product",
+                                extra={"product_id": product, "views": len(dropped)},
+                            )
+                except Exception as exc:  # `visual-search shopper-views purge --product P` removes them
+                    logger.warning(
+                        "shopper views of a removed product not dropped",
+                        extra={"product_id": product, "error": str(exc)},
+                    )
 
     def _remove(self, items: list[Item]) -> bool:
         """Delete the points of these changes' keys; on a store outage they are to retry."""

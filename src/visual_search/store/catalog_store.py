@@ -346,6 +346,25 @@ class CatalogStore:
         with self._guard():
             self.backend.upsert(self.collection, stored)
 
+    def update_payload(self, changes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Set (value) or clear (None) payload fields of stored points: point id -> fields.
+        Rewrites each point with its vectors (no engine here has a partial payload write)."""
+        if not changes:
+            return
+        self.ensure_collection()
+        ids = list(changes)
+        with self._guard():
+            for start in range(0, len(ids), UPDATE_BATCH):
+                part = ids[start : start + UPDATE_BATCH]
+                records = self.backend.retrieve(self.collection, part, list(self.vectors))
+                points = []
+                for r in records:
+                    payload = {**r.payload, **changes[r.id]}
+                    payload = {k: v for k, v in payload.items() if v is not None}
+                    vectors = {k: np.asarray(v, np.float32) for k, v in r.vectors.items() if v is not None}
+                    points.append(StoredPoint(r.id, vectors, payload))
+                self.backend.upsert(self.collection, points)
+
     def update_vectors(self, name: str, vectors: Mapping[str, np.ndarray]) -> None:
         """Set named vector ``name`` of stored points (point id -> vector), in batches."""
         if not vectors:

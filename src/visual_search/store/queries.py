@@ -89,10 +89,16 @@ class Searcher:
     def nearest(self, vector: np.ndarray, query: Query, limit: int, offset: int = 0) -> list[Hit]:
         return self.backend.query(self.collection, self.request(vector, query, limit, offset))
 
+    @staticmethod
+    def visible(hits: list[Hit], query: Query) -> list[Hit]:
+        """The hits a search may answer with: without held-back shopper views (a page of plain
+        images may then hold fewer than asked; a page of products is filled from further images)."""
+        return hits if query.with_held else [h for h in hits if not h.payload.get("held")]
+
     def search(self, vector: np.ndarray, query: Query) -> list[Hit]:
         """Nearest images, or with grouping the best image of each of the nearest products."""
         if not query.group_by_product:
-            return self.nearest(vector, query, query.top_k, query.offset)
+            return self.visible(self.nearest(vector, query, query.top_k, query.offset), query)
         return self.grouped(vector, query)
 
     def grouped(self, vector: np.ndarray, query: Query) -> list[Hit]:
@@ -108,7 +114,7 @@ class Searcher:
         while True:
             hits = self.nearest(vector, query, limit)
             best: dict[str, Hit] = {}
-            for hit in hits:
+            for hit in self.visible(hits, query):
                 best.setdefault(str(hit.payload.get("product_id")), hit)
             if len(best) >= wanted or len(hits) < limit:
                 return list(best.values())[query.offset : wanted]
@@ -129,7 +135,7 @@ class Searcher:
             round_query = replace(query, exclude_products=[*query.exclude_products, *seen])
             hits = self.nearest(vector, round_query, GROUP_ROUND * 4)
             fresh: dict[str, Hit] = {}
-            for hit in hits:
+            for hit in self.visible(hits, query):
                 fresh.setdefault(str(hit.payload.get("product_id")), hit)
             # Images come by score, so each product's first image here is its best, and any
             # product not seen scores below all of these: every product seen is final.

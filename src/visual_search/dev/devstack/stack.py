@@ -311,8 +311,16 @@ class DevStack:
         settings = get_settings().adapt
         if settings.auto:
             bridge = self.bridge
+            from ...feedback import reviewer
+
+            catalog = self.ingest.ingestor.catalog
+            feedback = get_settings().feedback
             self.refit = SettledRefit(
-                self.ingest.ingestor.catalog, settings, busy=lambda: bridge.pending() > 0, log=self.log
+                catalog,
+                settings,
+                busy=lambda: bridge.pending() > 0,
+                log=self.log,
+                review=reviewer(catalog, feedback, self.log),
             )
             self.refit.start()
 

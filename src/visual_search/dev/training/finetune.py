@@ -7,12 +7,13 @@ catalogue's product labels, validates on photos it held back, and writes a model
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,7 +176,8 @@ def finetune(
     torch.manual_seed(options.seed)
 
     photos = photos_from(options.source, s3)
-    views = view_mask(photos, options.shopper_views) if options.shopper_views else None
+    patterns = options.shopper_views or clicked_views(photos)
+    views = view_mask(photos, patterns) if patterns else None
     if views is not None and not any(views):
         raise ValueError(
             f"--shopper-views {','.join(options.shopper_views)}: none of the {len(photos)} photos' "
@@ -335,6 +337,20 @@ def validate(
         evidence,
         paired_change(hits[0], hits[1], [labels[i] for i in parts.queries]),
     )
+
+
+# Shoppers' clicks (visual_search.feedback) leave views under a "shopper-views/" folder: once a
+# catalogue has this many, from this many products, the accept check decides on them.
+MIN_CLICKED_VIEWS, MIN_CLICKED_PRODUCTS = 30, 3
+
+
+def clicked_views(photos: Sequence[Any]) -> tuple[str, ...]:
+    """The key pattern of the catalogue's shopper views when there are enough to decide on."""
+    pattern = "*shopper-views/*"
+    keys = [p for p in photos if fnmatch.fnmatchcase(p.key, pattern)]
+    if len(keys) >= MIN_CLICKED_VIEWS and len({p.product_id for p in keys}) >= MIN_CLICKED_PRODUCTS:
+        return (pattern,)
+    return ()
 
 
 def _ranks(vectors: np.ndarray, labels: list[str], gallery: list[int], queries: list[int]) -> np.ndarray:
