@@ -95,7 +95,8 @@ def test_every_payload_field_is_the_products_or_the_images_record():
         sequencer="00A",
     )
     fields = set(build_payload(source, "model-1"))
-    view_only = {"source", "search_id"}  # a shopper view's record (visual_search.feedback)
+    # a shopper view's record (visual_search.feedback); "held" is set by its review, not by ingest
+    view_only = {"source", "search_id", "held"}
     assert fields == set(DESCRIPTIVE_FIELDS) | (RECORD_FIELDS - view_only)
     view = ImageSource(
         "bucket",
@@ -105,7 +106,7 @@ def test_every_payload_field_is_the_products_or_the_images_record():
     )
     payload = build_payload(view, "model-1")
     assert set(payload) == set(DESCRIPTIVE_FIELDS) | (
-        RECORD_FIELDS - {"version_id", "etag", "sequencer", "content_type"}
+        RECORD_FIELDS - {"version_id", "etag", "sequencer", "content_type", "held"}
     )
     assert (
         payload["source"] == "shopper" and payload["search_id"] == "f00" and payload["product_id"] == "sku-1"
