@@ -48,9 +48,10 @@ def health_while_starting(stack, timeout: float = 180) -> set[str]:
     return seen
 
 
-def keys_in_bucket(stack) -> set[str]:
+def keys_in_bucket(stack, prefix: str = "catalog/") -> set[str]:
+    """The catalogue's keys (the searches the test makes are kept beside them, under query-photos/)."""
     s3, keys = s3_for(stack), set()
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
         keys |= {o["Key"] for o in page.get("Contents", [])}
     return keys
 
