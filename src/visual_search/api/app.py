@@ -42,8 +42,10 @@ class SearchApi:
         self.s3 = s3
         self.settings = settings
         self.urls = ImageUrls(settings.api)
-        learn = settings.feedback.learn and settings.api.bucket
-        self.feedback = Feedback(s3, settings.api.bucket, settings.feedback) if learn else None
+        bucket = settings.api.bucket  # learning from clicks keeps searches in it
+        self.feedback = (
+            Feedback(s3, bucket, settings.feedback) if settings.feedback.learn and bucket else None
+        )
         self.app = SearchResolver(self, cors=cors_config(settings.api.cors_origins), enable_validation=True)
         routes.register_routes(self.app)
         register_error_handlers(self.app)

@@ -29,7 +29,7 @@ def _views(args):
 
 
 def cmd_list(args) -> int:
-    views = [v.as_dict() for v in _views(args).list(args.product, args.before)]
+    views = [v.as_dict() for v in _views(args).list_views(args.product, args.before)]
     if args.json:
         print(json.dumps(views, indent=2))
     else:
@@ -43,7 +43,7 @@ def cmd_list(args) -> int:
 def cmd_purge(args) -> int:
     views = _views(args)
     if args.dry_run:
-        keys = [v.key for v in views.list(args.product, args.before)]
+        keys = [v.key for v in views.list_views(args.product, args.before)]
         print(f"would delete {len(keys)} shopper views (their points follow through the ingest function)")
         return 0
     keys = views.purge(args.product, args.before)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..catalog import Catalog
     from ..config import FeedbackSettings
@@ -45,7 +47,7 @@ def disowned(view_id: str, product_id: str, neighbours: list[Any], ignored: set[
 def review_views(catalog: Catalog, log: Callable[[str], None] = print) -> ReviewResult:
     """Hold back every shopper view its neighbours disown, release the others."""
     views = [v for v in catalog.shopper_views() if v.vector is not None]
-    near = {v.id: catalog.nearest_images(v.vector, NEIGHBOURS) for v in views}
+    near = {v.id: catalog.nearest_images(np.asarray(v.vector, np.float32), NEIGHBOURS) for v in views}
     suspects: set[str] = set()
     for _ in range(2):  # the second pass judges without the first pass's suspects
         suspects = {

@@ -93,12 +93,14 @@ class ShopperViews:
             ContentType=content_type,
             Metadata=view_metadata(product_id, search_id, payload),
         )
-        views = sorted(self.list(product_id), key=lambda v: v.key)
+        views = sorted(self.list_views(product_id), key=lambda v: v.key)
         excess = [v.key for v in views if v.key != key][: max(0, len(views) - self.settings.max_views)]
         self._delete(excess)
         return key, excess
 
-    def list(self, product_id: str | None = None, before: datetime | None = None) -> Iterator[ShopperView]:
+    def list_views(
+        self, product_id: str | None = None, before: datetime | None = None
+    ) -> Iterator[ShopperView]:
         prefix = self.folder(product_id) if product_id is not None else self.settings.views_prefix
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
         for page in pages:
@@ -112,7 +114,7 @@ class ShopperViews:
 
     def purge(self, product_id: str | None = None, before: datetime | None = None) -> list[str]:
         """Delete views (of one product, older than ``before``); the keys deleted."""
-        keys = [v.key for v in self.list(product_id, before)]
+        keys = [v.key for v in self.list_views(product_id, before)]
         self._delete(keys)
         return keys
 
