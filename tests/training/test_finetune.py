@@ -23,9 +23,9 @@ from visual_search.config import REPO_MODEL_DIR, ImageLimits, IngestSettings, St
 from visual_search.dev.cli import main
 from visual_search.dev.folders import DEMO_CATALOG
 from visual_search.dev.lambdas import LambdaContext, load_function
-from visual_search.dev.training.data import PhotoCache, fingerprint, photos_from, split
+from visual_search.dev.training.data import Photo, PhotoCache, fingerprint, photos_from, split, view_mask
 from visual_search.dev.training.export import preprocess_for
-from visual_search.dev.training.finetune import CEILING, Validation, _weights_digest
+from visual_search.dev.training.finetune import CEILING, Validation, _weights_digest, clicked_views
 from visual_search.dev.training.network import NetworkSpec, build
 from visual_search.dev.training.trainer import Interrupted, Recipe, Trainer, embed_all
 from visual_search.dev.training.validate import Recall, paired_change, product_recall, unit
@@ -300,3 +300,19 @@ def test_an_interrupted_run_resumes_to_the_same_model_and_the_seed_decides_it(tm
     other = train(1)
     other.run()
     assert _weights_digest(other.net) != _weights_digest(straight.net)
+
+
+def test_clicked_shopper_views_become_the_accept_checks_evidence_once_there_are_enough():
+    def photos(views: int, products: int) -> list[Photo]:
+        catalogue = [Photo(f"p{i}", f"catalog/p{i}/front.jpg", bytes) for i in range(products)]
+        clicked = [
+            Photo(f"p{i % products}", f"catalog/shopper-views/p{i % products}/2026-{i}.jpg", bytes)
+            for i in range(views)
+        ]
+        return catalogue + clicked
+
+    assert clicked_views(photos(29, 5)) == ()  # too few to decide on
+    assert clicked_views(photos(40, 2)) == ()  # too few products
+    enough = photos(30, 3)
+    patterns = clicked_views(enough)
+    assert patterns and view_mask(enough, patterns) == [False] * 3 + [True] * 30
