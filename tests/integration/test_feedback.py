@@ -25,6 +25,7 @@ from visual_search.dev.lambdas import LambdaContext
 from visual_search.domain import Query
 from visual_search.feedback import review_views
 from visual_search.feedback.review import disowned
+from visual_search.feedback.views import metadata_value
 from visual_search.ingest.events import S3Change
 from visual_search.ingest.pipeline import Ingestor
 from visual_search.store import CatalogStore
@@ -303,3 +304,20 @@ def test_shopper_views_are_listed_and_purged_by_product_and_date(shop, catalogue
     with pytest.raises(SystemExit):  # argparse: "not an ISO date or date-time"
         main(["shopper-views", "list", "--before", "yesterday", "--bucket", BUCKET])
     assert "not an ISO date" in capsys.readouterr().err
+
+
+def test_a_product_id_with_accents_and_a_slash_keeps_its_views(shop, catalogue):
+    s = shop()
+    product = "Caffè Latte/Grande ☕"
+    photo = catalogue[5].path.read_bytes()
+    key = "catalog/other/latte.jpg"
+    s.s3.put_object(Bucket=BUCKET, Key=key, Body=photo, Metadata={"product-id": metadata_value(product)})
+    assert s.deliver(created=[key])[0].status == "indexed"
+    body = s.search(snapshot(catalogue[5].path), top_k=PRODUCTS)
+    assert product in [r["product_id"] for r in body["results"]]
+    status, taken = s.call("/feedback", {"search_id": body["search_id"], "product_id": product})
+    assert status == 200, taken
+    assert s.deliver(created=[taken["view"]["key"]])[0].status == "indexed"
+    view = s.catalog.stored([(BUCKET, taken["view"]["key"])])[(BUCKET, taken["view"]["key"])]
+    assert view["product_id"] == product and view["source"] == "shopper"
+    assert [v.product_id for v in s.api.feedback.views.list_views(product)] == [product]
