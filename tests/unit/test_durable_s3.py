@@ -50,7 +50,10 @@ def test_the_earlier_mirror_layout_is_moved_over(tmp_path):
 def presign(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local")
-    s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1", config=S3_CONFIG)
+    # its own session: boto3's default one may hold credentials an earlier test resolved
+    s3 = boto3.session.Session().client(
+        "s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1", config=S3_CONFIG
+    )
 
     def environ(params: dict, content_type: str, length: int, key: str = "query-uploads/a b+c.jpg") -> dict:
         url = s3.generate_presigned_url(
