@@ -107,9 +107,10 @@ class Run:
 
         changes = [S3Change(BUCKET, k, "created", "ObjectCreated:Put", next_sequencer()) for k in created]
         changes += [S3Change(BUCKET, k, "removed", "ObjectRemoved:Delete", next_sequencer()) for k in removed]
+        from ..ingest.pipeline import OK_STATUSES
+
         for start in range(0, len(changes), 32):
-            bad = [o for o in self.ingestor.apply(changes[start : start + 32]) if o.status != "indexed"]
-            bad = [o for o in bad if o.status not in ("deleted", "skipped")]
+            bad = [o for o in self.ingestor.apply(changes[start : start + 32]) if o.status not in OK_STATUSES]
             if bad:
                 raise RuntimeError(f"ingest failed: {bad[0].status} {bad[0].reason}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from ..config import FeedbackSettings
@@ -51,7 +52,8 @@ class Feedback:
         photo = self.searches.photo(record)
         self.searches.claim(search_id, product_id)
         try:
-            key, dropped = self.views.add(product_id, search_id, photo, record.content_type, payload)
+            ext = PurePosixPath(record.photo_key).suffix.lstrip(".")  # as the search kept it
+            key, dropped = self.views.add(product_id, search_id, photo, record.content_type, ext, payload)
         except Exception as exc:
             self.searches.release(search_id)  # the shopper may try again
             raise StoreUnavailableError(f"the shopper view could not be written: {exc}") from exc

@@ -76,12 +76,16 @@ class ShopperViews:
         return f"{self.settings.views_prefix}{quote(product_id, safe='')}/"
 
     def add(
-        self, product_id: str, search_id: str, photo: bytes, content_type: str, payload: Mapping[str, Any]
+        self,
+        product_id: str,
+        search_id: str,
+        photo: bytes,
+        content_type: str,
+        ext: str,
+        payload: Mapping[str, Any],
     ) -> tuple[str, list[str]]:
-        """Write the view; (its key, the keys of older views dropped to stay under the cap)."""
-        ext = {"image/png": "png", "image/webp": "webp", "image/gif": "gif", "image/bmp": "bmp"}.get(
-            content_type, "tif" if content_type == "image/tiff" else "jpg"
-        )
+        """Write the view (``ext``: the kept photo's extension); (its key, the keys of older views
+        dropped to stay under the cap)."""
         # named by when it was written, so a product's views list oldest first (S3 lists by key;
         # its LastModified counts whole seconds)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")

@@ -370,23 +370,23 @@ class Ingestor:
     def _drop_orphan_views(self, removed: Any) -> None:
         """A product whose last catalogue photo went loses its shopper views too (their objects
         are deleted; their own delete events then remove their points)."""
-        products = {str(p.get("product_id")) for p in removed if p.get("source") != SHOPPER}
-        for bucket in {str(p.get("bucket")) for p in removed}:
-            views = ShopperViews(self.s3, bucket, self.feedback)
-            for product in products:
-                try:
-                    if self.catalog.catalogue_photos(product) == 0:
-                        dropped = views.purge(product)
-                        if dropped:
-                            logger.info(
-                                "shopper views dropped with their product",
-                                extra={"product_id": product, "views": len(dropped)},
-                            )
-                except Exception as exc:  # `visual-search shopper-views purge --product P` removes them
-                    logger.warning(
-                        "shopper views of a removed product not dropped",
-                        extra={"product_id": product, "error": str(exc)},
-                    )
+        products = {
+            (str(p.get("bucket")), str(p.get("product_id"))) for p in removed if p.get("source") != SHOPPER
+        }
+        for bucket, product in products:
+            try:
+                if self.catalog.catalogue_photos(product) == 0:
+                    dropped = ShopperViews(self.s3, bucket, self.feedback).purge(product)
+                    if dropped:
+                        logger.info(
+                            "shopper views dropped with their product",
+                            extra={"product_id": product, "views": len(dropped)},
+                        )
+            except Exception as exc:  # `visual-search shopper-views purge --product P` removes them
+                logger.warning(
+                    "shopper views of a removed product not dropped",
+                    extra={"product_id": product, "error": str(exc)},
+                )
 
     def _remove(self, items: list[Item]) -> bool:
         """Delete the points of these changes' keys; on a store outage they are to retry."""
