@@ -12,6 +12,7 @@ import gc
 import json
 import random
 import sys
+import threading
 import weakref
 
 import boto3
@@ -163,9 +164,20 @@ def test_an_init_in_lambda_runs_without_collections_and_ends_with_what_it_made_f
         monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
     collections: list[int] = []
     monkeypatch.delitem(sys.modules, "lambda_search_app", raising=False)
+    this_thread = threading.get_ident()
 
     def count(phase: str, info: dict) -> None:
-        if phase == "start" and "lambda_search_app" in sys.modules:  # from the app's first line
+        # From the app's call of begin_init to the freeze that ends its init, on this thread:
+        # other threads of the test process (servers and clients earlier tests left) allocate
+        # too, and each collection they set off runs this callback on their own thread.
+        app = sys.modules.get("lambda_search_app")
+        if (
+            phase == "start"
+            and threading.get_ident() == this_thread
+            and app is not None
+            and "begin_init" in vars(app)
+            and gc.get_freeze_count() == 0
+        ):
             collections.append(info["generation"])
 
     threshold = gc.get_threshold()
