@@ -28,8 +28,9 @@ from .adaptation.spaces import ADAPTED, Space, SpaceTracker
 from .config import ImageLimits, Settings, get_settings
 from .domain import SHOPPER, Hit, ImagePoint, Query
 from .errors import ImageError, StaleProjectionError, StoreUnavailableError
-from .images import Region
+from .images import Preprocess, Region, decode
 from .model import Embedder, get_embedder
+from .registry import ModelSource, registry_from
 from .store import CatalogStore, CollectionMissing
 
 REINDEX_SUFFIX = ".reindex"  # alias <COLLECTION>.reindex -> the collection a re-index builds
@@ -234,13 +235,16 @@ class Catalog:
         store: CatalogStore,
         reranker: Embedder | None = None,
         projection_check_s: float | None = None,
+        models: ModelSource | None = None,
     ):
-        self.embedder = embedder
+        self.embedder = embedder  # the layer's model (MODEL_DIR)
         self.store = store
         self.reranker = reranker
+        # Which model serves each collection: the layer's, or the registry's (registry.serving).
+        self.models = models or ModelSource(embedder)
         check_s = get_settings().adapt.check_s if projection_check_s is None else projection_check_s
-        # The physical collection behind the alias and its projection (see spaces.py).
-        self.spaces = SpaceTracker(store, check_s)
+        # The physical collection behind the alias, its model and its projection (spaces.py).
+        self.spaces = SpaceTracker(store, check_s, models=self.models)
 
     @classmethod
     def open(cls, settings: Settings | None = None, embedder: Embedder | None = None) -> Catalog:
@@ -249,6 +253,7 @@ class Catalog:
         settings = settings or get_settings()
         embedder = embedder or get_embedder()
         reranker = load_reranker(settings)
+        registry = registry_from(settings)
         store = CatalogStore.open(
             settings.store,
             embedder.model_id,
@@ -257,12 +262,19 @@ class Catalog:
             reranker.model_id if reranker else None,
             reranker.dim if reranker else None,
             model_fingerprint=embedder.fingerprint,
+            metadata=embedder.fields.metadata,
+            follow=registry is not None,
         )
-        return cls(embedder, store, reranker)
+        models = ModelSource(embedder, registry, settings, settings.models.keep)
+        return cls(embedder, store, reranker, models=models)
 
     @property
     def model_id(self) -> str:
-        return self.embedder.model_id
+        """The id of the model serving the catalogue now (the one its collection was built by)."""
+        return self._embedder(self.spaces.current()).model_id
+
+    def _embedder(self, space: Space) -> Embedder:
+        return space.embedder or self.embedder
 
     # -- about the catalogue -----------------------------------------------------------------
 
@@ -295,28 +307,31 @@ class Catalog:
 
     def health(self) -> CatalogHealth:
         points, projection, calibrated = None, None, None
+        model_id = self.embedder.model_id
         reachable = self.store.ping()
         if reachable:
             try:
                 points = self.store.count()
                 space = self.spaces.current()
                 projection, calibrated = space.summary(), space.calibration_summary()
+                model_id = self._embedder(space).model_id
             except StoreUnavailableError:
                 reachable = False
         return CatalogHealth(
-            self.model_id, self.collection, self.store_mode, reachable, points, projection, calibrated
+            model_id, self.collection, self.store_mode, reachable, points, projection, calibrated
         )
 
     def info(self) -> dict[str, Any]:
         """The model and the store, as ``visual-search info`` prints them."""
-        card = self.embedder.card
+        embedder = self._embedder(self.spaces.current())
+        card = embedder.card
         return {
             "model": {
                 "id": card.id,
                 "version": card.version,
                 "embedding_dim": card.embedding_dim,
                 "distance": card.distance,
-                "dir": str(self.embedder.model_dir),
+                "dir": str(embedder.model_dir),
             },
             "store": {
                 "mode": self.store_mode,
@@ -376,7 +391,7 @@ class Catalog:
 
     def new_collection(self, name: str) -> Catalog:
         """The same models writing to a new, empty collection ``name``."""
-        return Catalog(self.embedder, self.store.new_collection(name), self.reranker)
+        return Catalog(self.embedder, self.store.new_collection(name), self.reranker, models=self.models)
 
     def drop_collection(self, name: str) -> None:
         self.store.drop_collection(name)
@@ -391,10 +406,11 @@ class Catalog:
 
     # -- images ------------------------------------------------------------------------------
 
-    def decode(self, data: bytes) -> Any:
+    def decode(self, data: bytes) -> Decoded:
         """The model input of an image, made ahead of ``index`` (e.g. in a download thread, see
-        ``ImageSource.pixels``); raises ``ImageError``."""
-        return self.embedder.preprocess(data)
+        ``ImageSource.pixels``) for the model serving the catalogue now; raises ``ImageError``."""
+        preprocess = self._embedder(self.spaces.current()).card.preprocess
+        return Decoded(preprocess, decode(data, preprocess, self.embedder.limits))
 
     def reconnect(self) -> None:
         """New store connections (after a SnapStart restore)."""
@@ -404,7 +420,7 @@ class Catalog:
 
     def for_collection(self, name: str) -> Catalog:
         """The same catalogue over another collection (sharing the model and the connection)."""
-        return Catalog(self.embedder, self.store.for_collection(name), self.reranker)
+        return Catalog(self.embedder, self.store.for_collection(name), self.reranker, models=self.models)
 
     def exists(self) -> bool:
         return self.store.exists()
@@ -438,13 +454,16 @@ class Catalog:
         return total
 
     def index(self, sources: Sequence[ImageSource]) -> IndexBatch:
-        """Embed all images in one batch and upsert the good ones; bad images carry their error."""
+        """Embed all images in one batch, with the model of the collection they go to, and
+        upsert the good ones; bad images carry their error."""
         started = time.perf_counter()
-        todo = [i for i, s in enumerate(sources) if s.pixels is None]
-        decoded = [s.pixels for s in sources]
-        for i, item in zip(todo, self.embedder.preprocess_many([sources[i].data for i in todo])):
+        space = self.spaces.current()
+        embedder = self._embedder(space)
+        decoded = [_decoded_for(s.pixels, embedder) for s in sources]
+        todo = [i for i, item in enumerate(decoded) if item is None]
+        for i, item in zip(todo, embedder.preprocess_many([sources[i].data for i in todo])):
             decoded[i] = item
-        embedded = self.embedder.embed_prepared(decoded)
+        embedded = embedder.embed_prepared(decoded)
         reranked = (
             self.reranker.embed_many([s.data for s in sources]) if self.reranker else [None] * len(sources)
         )
@@ -462,13 +481,13 @@ class Catalog:
                     source.bucket,
                     source.key,
                     item,
-                    build_payload(source, self.model_id),
+                    build_payload(source, embedder.model_id),
                     rerank_vector=second,
                 )
             )
             results.append(IndexResult(source))
         if points:
-            self._write(lambda space: self._upsert(space, points))
+            self._write(lambda space: self._upsert(space, points), space)
         return IndexBatch(results, _ms(embedded_at - started), _ms(time.perf_counter() - embedded_at))
 
     @staticmethod
@@ -481,14 +500,15 @@ class Catalog:
                 point.vectors[ADAPTED] = adapted[i]
         space.store.upsert(points)
 
-    def _write(self, write) -> None:
+    def _write(self, write, space: Space | None = None) -> None:
         """Write into the current space, then make sure it still is the current one.
 
         A write that raced ``visual-search adapt`` (or ``reindex``) landed in the collection the
         alias just left, made with the projection it just left: refused as stale (transient, so
         the change is retried), with the space reloaded for the retry. Never a mixed space.
+        ``space``: the one the write was made for (its model embedded the vectors).
         """
-        space = self.spaces.current()
+        space = space or self.spaces.current()
         try:
             write(space)
         except CollectionMissing:  # dropped after a switch: look again before the retry
@@ -518,8 +538,9 @@ class Catalog:
     @property
     def adaptation_store(self) -> CatalogStore:
         """The store, for ``visual-search adapt`` (adaptation.py), which copies whole physical
-        collections by name: the one caller that works below this facade, by design."""
-        return self.store
+        collections by name: the one caller that works below this facade, by design. It
+        describes the model serving the catalogue now, whose vectors it copies."""
+        return self.store.for_model(self._embedder(self.spaces.current()).fields)
 
     @property
     def projection(self) -> dict | None:
@@ -535,22 +556,29 @@ class Catalog:
         return self.store.info()
 
     def search_image(self, data: bytes, query: Query, region: Region | None = None) -> SearchResult:
-        """The products nearest to a photo (to ``region`` of it only, when given)."""
+        """The products nearest to a photo (to ``region`` of it only, when given), embedded by
+        the model of the collection it is compared with."""
+        try:
+            return self._search_image(self.spaces.current(), data, query, region)
+        except CollectionMissing:  # a switch this process has not seen yet: look again
+            return self._search_image(self.spaces.reload(), data, query, region)
+
+    def _search_image(self, space: Space, data: bytes, query: Query, region: Region | None) -> SearchResult:
         started = time.perf_counter()
         extra = (region,) if region is not None else ()  # embedders without regions still work
-        reranker = self.reranker
-        pixels = self.embedder.preprocess(data, *extra)
+        reranker, embedder = self.reranker, self._embedder(space)
+        pixels = embedder.preprocess(data, *extra)
         second = reranker.preprocess(data, *extra) if reranker else None
         decoded = time.perf_counter()
-        vector = self.embedder.embed_pixels(pixels[None])[0]
+        vector = embedder.embed_pixels(pixels[None])[0]
         if reranker is not None and second is not None:
             query = replace(query, rerank=reranker.embed_pixels(second[None])[0])
         embedded = time.perf_counter()
-        hits, calibrated = self._read(lambda space: self._search(space, vector, query))
+        hits, calibrated = self._search(space, vector, query)
         done = time.perf_counter()
         return SearchResult(
             hits,
-            self.model_id,
+            embedder.model_id,
             {
                 "decode": _ms(decoded - started),
                 "embed": _ms(embedded - decoded),
@@ -579,11 +607,30 @@ class Catalog:
 
     def similar(self, product_id: str, query: Query) -> SearchResult:
         started = time.perf_counter()
-        hits = self._read(lambda space: space.store.similar(product_id, replace(query, using=space.using)))
-        total = _ms(time.perf_counter() - started)
-        return SearchResult(
-            hits, self.model_id, {"decode": 0.0, "embed": 0.0, "search": total, "total": total}
+        hits, model_id = self._read(
+            lambda space: (
+                space.store.similar(product_id, replace(query, using=space.using)),
+                self._embedder(space).model_id,
+            )
         )
+        total = _ms(time.perf_counter() - started)
+        return SearchResult(hits, model_id, {"decode": 0.0, "embed": 0.0, "search": total, "total": total})
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """An image decoded ahead of ``Catalog.index``, with the preprocessing it was made for."""
+
+    preprocess: Preprocess
+    pixels: np.ndarray
+
+
+def _decoded_for(made: Any, embedder: Embedder) -> Any:
+    """What ``index`` can use of an image decoded ahead: its error, or its pixels when they were
+    made for this model's input; None (decode again) when another model served meanwhile."""
+    if isinstance(made, Decoded):
+        return made.pixels if made.preprocess == embedder.card.preprocess else None
+    return made
 
 
 def _short(projection_id: str | None) -> str:

@@ -161,6 +161,17 @@ class AdaptSettings:
 
 
 @dataclass(frozen=True)
+class ModelSettings:
+    """The model registry (visual_search.registry): where published models live, and the
+    local cache the functions load them from."""
+
+    bucket: str | None = None  # MODELS_BUCKET: none, no registry (collections of other models refused)
+    prefix: str = "models/"  # MODELS_PREFIX
+    cache_dir: Path = Path("/tmp/models")  # MODEL_CACHE_DIR
+    keep: int = 2  # MODEL_CACHE_SIZE: registry models kept loaded in a process
+
+
+@dataclass(frozen=True)
 class Settings:
     model_dir: Path
     ort_threads: int
@@ -173,6 +184,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     adapt: AdaptSettings = field(default_factory=AdaptSettings)
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
 
 
 def _env_list(name: str) -> tuple[str, ...]:
@@ -274,6 +286,12 @@ def load_settings() -> Settings:
         api=api,
         adapt=adapt,
         feedback=feedback,
+        models=ModelSettings(
+            bucket=os.environ.get("MODELS_BUCKET") or None,
+            prefix=_env("MODELS_PREFIX", "models/"),
+            cache_dir=Path(_env("MODEL_CACHE_DIR", "/tmp/models")),
+            keep=max(1, _env_int("MODEL_CACHE_SIZE", 2)),
+        ),
     )
 
 

@@ -16,12 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import ImageLimits, Settings, get_settings
 from .errors import ImageError, ModelError
 from .images import Preprocess, Region, decode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import ModelFields
 
 DISTANCES = ("cosine", "dot", "euclid")
 
@@ -180,6 +184,20 @@ class Embedder:
     @property
     def dim(self) -> int:
         return self.card.embedding_dim
+
+    @property
+    def fields(self) -> ModelFields:
+        """What a collection this model fills records of it: its id and fingerprint, and
+        where the registry keeps it (the card's id and the weights' sha256)."""
+        from .store import ModelFields
+
+        return ModelFields(
+            self.model_id,
+            self.dim,
+            self.card.distance,
+            self.fingerprint,
+            {"model_card_id": self.card.id, "model_sha256": self.card.sha256},
+        )
 
     def preprocess(self, data: bytes, region: Region | None = None) -> np.ndarray:
         return decode(data, self.card.preprocess, self.limits, region)

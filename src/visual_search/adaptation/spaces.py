@@ -27,6 +27,8 @@ from .projections import ProjectionRepository
 from .whitening import Projection
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..model import Embedder
+    from ..registry import ModelSource
     from ..store import CatalogStore
 
 ADAPTED = "adapted"  # the named vector of the adapted space
@@ -39,6 +41,7 @@ class Space:
     projection: Projection | None  # None: the raw model space
     store: CatalogStore  # pinned to ``collection``, with the ``adapted`` vector when projected
     calibration: Calibration | None = None  # what a score means in this space (calibration.py)
+    embedder: Embedder | None = None  # the model that built the collection (registry.serving)
 
     @property
     def using(self) -> str:
@@ -98,8 +101,15 @@ def _calibration(metadata: dict[str, Any]) -> Calibration | None:
 class SpaceTracker:
     """The current ``Space`` of a store, re-read every ``check_s`` seconds or on demand."""
 
-    def __init__(self, store: CatalogStore, check_s: float = 30.0, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        store: CatalogStore,
+        check_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        models: ModelSource | None = None,
+    ):
         self.store = store
+        self.models = models
         self.projections = ProjectionRepository(store)
         self.check_s = check_s
         self.clock = clock
@@ -126,15 +136,19 @@ class SpaceTracker:
         return self.space_of(physical)
 
     def space_of(self, physical: str) -> Space:
-        """The space of one physical collection: its projection, and the store pinned to it."""
+        """The space of one physical collection: its model, its projection, and the store
+        pinned to it."""
         info = self.store.backend.collection_info(physical)
+        embedder = self.models.for_collection(physical, info.metadata) if self.models else None
+        store = self.store.for_model(embedder.fields) if embedder is not None else self.store
         pid = info.metadata.get("projection_id")
         projection = self.projections.load(str(pid)) if pid else None
         vectors = {}
         if ADAPTED in info.vectors:
             on_disk = self.store.settings.vectors_on_disk
             vectors[ADAPTED] = VectorSpec(info.vectors[ADAPTED], "cosine", on_disk=on_disk)
-        return Space(physical, projection, self.store.pinned(physical, vectors), _calibration(info.metadata))
+        calibration = _calibration(info.metadata)
+        return Space(physical, projection, store.pinned(physical, vectors), calibration, embedder)
 
     def invalidate(self) -> None:
         self._space = None

@@ -28,7 +28,7 @@ from .backend import (
     StoreBackend,
     VectorSpec,
 )
-from .catalog_store import RERANK, VECTOR, CatalogStore, open_backend
+from .catalog_store import RERANK, VECTOR, CatalogStore, ModelFields, open_backend
 from .collections import slug
 from .connection import KEY_MAX_AGE_S, Connection, connect, key_is_stored, resolve_api_key
 from .queries import MAX_GROUP_FETCH, qdrant_filter
@@ -48,6 +48,7 @@ __all__ = [
     "Filter",
     "Hit",
     "ImagePoint",
+    "ModelFields",
     "Nearest",
     "Query",
     "Range",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,17 @@ from .queries import Searcher, qdrant_filter
 VECTOR = "image"
 RERANK = "rerank"  # optional second named vector, from a more precise model
 UPDATE_BATCH = 256  # points per update_vectors call
+
+
+@dataclass(frozen=True)
+class ModelFields:
+    """What a collection records of the model that fills it (``Embedder.fields``)."""
+
+    model_id: str
+    dim: int
+    distance: str
+    fingerprint: str | None
+    metadata: Mapping[str, Any]  # more of it: the registry id and the weights' sha256
 
 
 def open_backend(settings: StoreSettings) -> StoreBackend:
@@ -66,6 +77,7 @@ class CatalogStore:
         *,
         vectors: Mapping[str, VectorSpec] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        follow: bool = False,
     ):
         if isinstance(client, QdrantClient):
             client = Connection(client, settings)
@@ -96,7 +108,13 @@ class CatalogStore:
             **(metadata or {}),
         }
         self._extra = (dict(vectors or {}), dict(metadata or {}))
-        self.lifecycle = Lifecycle(self.backend, self.collection, self.vectors, self.metadata, self.space)
+        # Following: the collection's own model serves it (visual_search.registry), so opening
+        # a collection another model built is not refused here; the space that reads or
+        # writes it loads that model (adaptation.spaces).
+        self.follow = follow
+        self.lifecycle = Lifecycle(
+            self.backend, self.collection, self.vectors, self.metadata, self.space, check_models=not follow
+        )
         self.searcher = Searcher(
             self.backend, self.collection, settings, VECTOR, RERANK if rerank_dim else None
         )
@@ -125,6 +143,25 @@ class CatalogStore:
             rerank_dim,
             model_fingerprint,
             **extra,
+        )
+
+    def for_model(self, model: ModelFields) -> CatalogStore:
+        """The same store (collection, backend, further vectors) for another model's vectors."""
+        extra_vectors, extra_metadata = self._extra
+        if (model.model_id, model.fingerprint) == (self.model_id, self.model_fingerprint):
+            return self
+        return CatalogStore(
+            self.backend,
+            self.settings,
+            model.model_id,
+            model.dim,
+            model.distance,
+            self.rerank_model_id,
+            self.rerank_dim,
+            model.fingerprint,
+            vectors=extra_vectors,
+            metadata={**extra_metadata, **model.metadata},
+            follow=self.follow,
         )
 
     @property
@@ -230,6 +267,7 @@ class CatalogStore:
             self.model_fingerprint,
             vectors={**extra_vectors, **(vectors or {})},
             metadata={**extra_metadata, **(metadata or {})},
+            follow=self.follow,
         )
 
     def pinned(

@@ -31,7 +31,9 @@ class Lifecycle:
         vectors: Mapping[str, VectorSpec],
         metadata: Mapping[str, Any],
         space: str,
+        check_models: bool = True,
     ):
+        self.check_models = check_models
         self.backend = backend
         self.alias = alias
         self.vectors = vectors
@@ -78,7 +80,8 @@ class Lifecycle:
     def check(self, name: str) -> None:
         """Refuse another model's collection; add payload indexes a failed creation left out."""
         info = self.backend.collection_info(name)
-        self.check_model(info)
+        if self.check_models:
+            self.check_model(info)
         missing = [f for f in KEYWORD_FIELDS + FLOAT_FIELDS if f not in info.indexed_fields]
         if missing and self.backend.is_server:
             self.backend.create_indexes(name, missing)
