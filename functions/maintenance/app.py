@@ -15,6 +15,7 @@ from visual_search.catalog import get_catalog
 from visual_search.config import get_settings
 from visual_search.feedback import reviewer
 from visual_search.observability import MetricUnit, logger, metrics, tracer
+from visual_search.ops.migration import retire_previous
 
 catalog = get_catalog()
 settings = get_settings()
@@ -30,6 +31,9 @@ def handler(event: dict, context) -> dict:
     remaining_s = context.get_remaining_time_in_millis() / 1000.0
     deadline = time.monotonic() + max(1.0, remaining_s - STOP_BEFORE_TIMEOUT_S)
     threshold = (event or {}).get("change_threshold")
+    retired = retire_previous(catalog)  # the collection a model change kept, once its time is up
+    if retired:
+        logger.info("dropped the collection kept for a rollback", extra={"collection": retired})
     out = run_maintenance(
         catalog,
         settings.adapt,
@@ -46,6 +50,7 @@ def handler(event: dict, context) -> dict:
         metrics.add_metric(name="Refits", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="PointsRewritten", unit=MetricUnit.Count, value=result.get("copied", 0))
     return {k: v for k, v in out.items() if k != "adapt"} | {
+        "retired_previous": retired,
         "status": result.get("status"),
         "projection_id": result.get("projection_id"),
         "cv_recall_raw": result.get("cv_recall_raw"),

@@ -31,9 +31,10 @@ from .errors import ImageError, StaleProjectionError, StoreUnavailableError
 from .images import Preprocess, Region, decode
 from .model import Embedder, get_embedder
 from .registry import ModelSource, registry_from
-from .store import CatalogStore, CollectionMissing
+from .store import CatalogStore, CollectionMissing, ModelFields
 
 REINDEX_SUFFIX = ".reindex"  # alias <COLLECTION>.reindex -> the collection a re-index builds
+PREVIOUS_SUFFIX = ".previous"  # alias <COLLECTION>.previous -> the collection a model change left
 # User metadata with a meaning of its own; every other key is kept as a string under "metadata".
 KNOWN_METADATA = ("product-id", "category", "brand", "title", "price")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -73,6 +74,7 @@ NON_IMAGE_EXTENSIONS = (
     ".yml",
     ".log",
     ".parquet",
+    ".onnx",  # the model registry's files (visual_search.registry), when it shares the bucket
 )
 
 
@@ -438,6 +440,39 @@ class Catalog:
     def switch_to(self, collection: str) -> None:
         """The alias to ``collection`` and the re-index over, in one atomic step."""
         self.store.switch_alias(collection, drop=[self.store.collection + REINDEX_SUFFIX])
+
+    # -- model changes (visual_search.ops.migration) ------------------------------------------
+
+    def create_collection(self, name: str, model: ModelFields, metadata: Mapping[str, Any]) -> Catalog:
+        """A new, empty physical collection for ``model``'s vectors; the catalogue over it."""
+        store = self.store.for_model(model).for_collection(name, metadata=metadata)
+        store.create()
+        return self.for_collection(name)
+
+    def previous_collection(self) -> str | None:
+        """The collection a model change left, kept for ``visual-search model rollback``."""
+        name = self.store.alias_target(self.store.collection + PREVIOUS_SUFFIX)
+        return name if name and self.store.backend.collection_exists(name) else None
+
+    def set_previous(self, collection: str | None) -> None:
+        self.store.set_alias(self.store.collection + PREVIOUS_SUFFIX, collection)
+
+    def collections(self) -> list[str]:
+        """The store's physical collections."""
+        return self.store.collections()
+
+    def metadata_of(self, collection: str) -> dict[str, Any]:
+        return self.store.metadata_of(collection)
+
+    def update_metadata_of(self, collection: str, changes: Mapping[str, Any]) -> None:
+        self.store.update_metadata_of(collection, changes)
+
+    def count_in(self, collection: str) -> int:
+        return self.store.count_in(collection)
+
+    def model_for(self, collection: str) -> Embedder:
+        """The model that serves ``collection`` (loaded; ModelUnavailableError if it cannot be)."""
+        return self.models.for_collection(collection, self.metadata_of(collection))
 
     def count_under(self, sources: Sequence[tuple[str, str]]) -> int:
         """Images stored from these (bucket, key prefix) sources."""

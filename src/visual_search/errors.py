@@ -65,6 +65,21 @@ class StaleProjectionError(StoreUnavailableError):
     code = "stale_projection"
 
 
+class ModelUnavailableError(StoreUnavailableError, ModelError):
+    """The model a collection names cannot be served now: not in the registry, or its file does
+    not match its card (visual_search.registry). Never replaced by another model's vectors;
+    transient like an outage (a search answers 503, an ingest change is retried) until the
+    model is published again."""
+
+    code = "model_unavailable"
+
+
+class RegistryConflictError(ModelError):
+    """Another model is already published under this id."""
+
+    code = "model_conflict"
+
+
 class NotFoundError(VisualSearchError):
     code = "not_found"
 

@@ -399,11 +399,19 @@ class Adapter:
             result.caught_up, result.removed = self.catch_up(old, new, projection, begun, switched)
             result.seconds["catch_up"] = _seconds(catch_started)
             self._retire(old)
-        # the projection of the collection now in use is the only one any function may load
-        self.catalog.spaces.projections.delete_except({projection.id} if projection else set())
+        # the projection of the collection now in use is the only one any function may load,
+        # with that of the collection a model change keeps for a rollback
+        self.catalog.spaces.projections.delete_except(
+            ({projection.id} if projection else set()) | self._kept()
+        )
         result.status = "adapted" if projection is not None else "raw"
         result.seconds["total"] = _seconds(started)
         return result
+
+    def _kept(self) -> set[str]:
+        previous = self.catalog.previous_collection()
+        pid = self.raw.collection_metadata(previous).get("projection_id") if previous else None
+        return {str(pid)} if pid else set()
 
     def _create(self, projection: Projection | None, points: int) -> tuple[str, datetime, Any]:
         """A new collection to copy into, recording the projection (saved first)."""

@@ -166,12 +166,49 @@ def cmd_redrive(args) -> int:
     return 0
 
 
+def _migrate(args, sources) -> int:
+    import boto3
+
+    from ..aws import s3_client
+    from ..catalog import get_catalog
+    from ..config import get_settings
+    from ..ops.migration import migrate
+
+    if not args.model:
+        raise ValueError("--dry-run estimates a model change: give --model MODEL_ID")
+    bar = _progress(None, None, "counting" if args.dry_run else "queueing", args.quiet)
+    result = migrate(
+        get_catalog(),
+        s3_client(),
+        boto3.client("sqs"),
+        args.via_queue,
+        args.model,
+        get_settings().adapt,
+        sources,
+        dry_run=args.dry_run,
+        keep_previous_h=args.keep_previous,
+        memory_mb=args.memory_mb,
+        concurrency=args.concurrency,
+        progress=bar.update,
+        log=lambda m: print(m, file=sys.stderr),
+        rate=args.rate,
+        timeout_s=args.timeout,
+    )
+    bar.close()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_reindex(args) -> int:
     from ..aws import s3_client
     from ..catalog import get_catalog
     from ..ops.sync import parse_s3_url, reindex
 
     sources = [parse_s3_url(s) for s in args.source] or None
+    if args.model or args.dry_run:
+        if not args.via_queue:
+            raise ValueError("--model and --dry-run go with --via-queue QUEUE (a change through the fleet)")
+        return _migrate(args, sources)
     if args.via_queue:
         from ..ops.fleet import run_reindex
 
@@ -566,6 +603,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="with --via-queue: give up (alias unchanged) after S seconds (default 86400)",
     )
+    reindex.add_argument(
+        "--model",
+        metavar="MODEL_ID",
+        help="with --via-queue: build the new collection with this model of the registry "
+        "(visual-search model publish); searches keep the current model until the switch",
+    )
+    reindex.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --model: print the plan and an estimate (images, Lambda-seconds, dollars, wall time)",
+    )
+    reindex.add_argument(
+        "--keep-previous",
+        type=float,
+        default=72.0,
+        metavar="HOURS",
+        help="with --model: keep the previous collection this long for `visual-search model rollback` (72)",
+    )
+    reindex.add_argument(
+        "--memory-mb", type=_int_in(128, 10240), default=2048, help="for the estimate: MemorySize (2048)"
+    )
+    reindex.add_argument(
+        "--concurrency", type=_int_in(1), default=5, help="for the estimate: IngestMaxConcurrency (5)"
+    )
     reindex.add_argument("--quiet", action="store_true", help="no progress bar")
     reindex.set_defaults(func=cmd_reindex)
 
@@ -762,7 +823,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--quiet", action="store_true", help="no progress bars")
     finetune.set_defaults(func=cmd_finetune)
 
-    model = sub.add_parser("model", help="model folders: quantise")
+    model = sub.add_parser(
+        "model", help="model folders: quantise; the registry: publish, list; model changes"
+    )
     model_sub = model.add_subparsers(dest="model_command", required=True)
     quantize = model_sub.add_parser(
         "quantize",
@@ -788,6 +851,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quantize.add_argument("--quiet", action="store_true", help="no progress bar")
     quantize.set_defaults(func=cmd_model_quantize)
+    from .model_cli import add_commands as add_model_commands
+
+    add_model_commands(model_sub)
 
     clicks = sub.add_parser(
         "eval-clicks",
@@ -851,7 +917,7 @@ def _store_in_use(args, exc: StoreUnavailableError) -> int:
     from .devstack.running import info_from, instead, running_stack
 
     stack = running_stack(os.environ.get("QDRANT_PATH", ".data/qdrant"))
-    if stack is None:
+    if stack is None or exc.code == "model_unavailable":
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.command == "info":

@@ -22,8 +22,8 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus
 
 from ..catalog import REINDEX_SUFFIX, Catalog
@@ -31,6 +31,9 @@ from ..ingest.pipeline import Ingestor, bare_etag
 from ..ingest.router import TARGET_ATTRIBUTE
 from .queues import queue_url, waiting
 from .sync import SourceObject, chunks, list_objects, slug, sources_in
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..model import Embedder
 
 MAX_BATCH_BYTES = 240 * 1024  # SendMessageBatch takes at most 256 KiB in all
 SEND_ATTEMPTS = 5
@@ -261,6 +264,10 @@ def reindex_via_queue(
     sources: list[tuple[str, str]] | None = None,
     *,
     keep_old: bool = False,
+    model: Embedder | None = None,
+    keep_previous_h: float | None = None,
+    before_switch: Callable[[str], None] = lambda new: None,
+    after_switch: Callable[[], dict[str, Any] | None] = lambda: None,
     rate: float | None = None,
     records_per_message: int = 10,
     poll_s: float = 10.0,
@@ -273,25 +280,37 @@ def reindex_via_queue(
     """Build a new collection through the function fleet, switch the alias once the queue has
     drained and the counts match, drop the old collection (unless ``keep_old``).
 
+    ``model``: the new collection's model (default: the layer's); the ingest functions embed
+    every change for it with it. ``keep_previous_h``: keep the old collection that long for
+    ``visual-search model rollback`` (alias ``<COLLECTION>.previous``) instead of dropping it.
+    ``before_switch(new)`` may refuse the switch by raising; ``after_switch`` runs once the
+    alias has moved (the adaptation refit of a model change).
+
     Searches keep answering from the old collection until the alias switches. On failure (the
     counts never match, a timeout, Ctrl-C) the alias never moved and the new collection is
     dropped; messages still queued for it are then acknowledged and ignored by the function.
     """
     url = queue_url(sqs, queue)
+    waiting(sqs, url)  # a queue that does not exist fails here, before anything is made
     old = catalog.physical_collection()
     if sources is None:
         sources = sources_in(catalog, old) if old else []
     if not sources:
         raise ValueError("nothing to re-index from: give --source s3://bucket/prefix")
-    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
-    new = f"{catalog.collection}-{slug(catalog.model_id)}-{stamp}"
-    building = catalog.for_collection(new)
-    building.create()
+    fields = (model or catalog.embedder).fields
+    started = datetime.now(UTC)
+    new = f"{catalog.collection}-{slug(fields.model_id)}-{started.strftime('%Y%m%d%H%M%S%f')}"
+    building = catalog.create_collection(
+        new,
+        fields,
+        {"migration_state": "building", "migration_started_at": started.isoformat(), "migration_from": old},
+    )
     catalog.set_reindex_target(new)
-    log(f"building {new} through {url}; live changes go to both collections meanwhile")
+    log(f"building {new} ({fields.model_id}) through {url}; live changes go to both collections meanwhile")
     ingestor = Ingestor.configured(catalog, s3)
     plan = ReindexPlan(new, old, sources)
     try:
+        queued = 0
         for bucket, prefix in sources:
             report = enqueue(
                 ingestor,
@@ -307,23 +326,62 @@ def reindex_via_queue(
                 sleep=sleep,
             )
             plan.enqueued[f"s3://{bucket}/{prefix}"] = report.as_dict()
+            queued += report.queued
             log(f"queued {report.queued} objects of s3://{bucket}/{prefix} in {report.messages} messages")
+        catalog.update_metadata_of(new, {"migration_total": queued})
         log(watch_hint(url))
         wait_for_drain(sqs, url, poll_s=poll_s, settle=settle, timeout_s=timeout_s, log=log, sleep=sleep)
         _wait_for_counts(catalog, building, sources, old, poll_s, settle, log, sleep)
+        before_switch(new)
     except BaseException:
         log(f"re-index stopped before the switch: dropping {new}; {catalog.collection!r} is unchanged")
         catalog.set_reindex_target(None)
         catalog.drop_collection(new)
         raise
+    kept = _switch(catalog, new, old, keep_old, keep_previous_h, log)
+    catalog.update_metadata_of(new, {"migration_state": "switched", "migration_switched_at": _now()})
+    out = {"collection": new, "previous": old, "via_queue": url, "sources": plan.enqueued}
+    out["model"] = fields.model_id
+    if kept:
+        out["previous_kept_until"] = kept
+    adapted = after_switch()
+    if adapted is not None:
+        out["adapt"] = adapted
+    return out
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _switch(
+    catalog: Catalog,
+    new: str,
+    old: str | None,
+    keep_old: bool,
+    keep_previous_h: float | None,
+    log: Callable[[str], None],
+) -> str | None:
+    """The alias to ``new``; the old collection dropped, or kept (for a rollback: until when)."""
     if old == catalog.collection:  # a plain collection, not yet an alias
         catalog.drop_collection(old)
+        old = None
     catalog.switch_to(new)  # the alias and the end of the re-index marker, in one step
     log(f"alias {catalog.collection!r} now points at {new}")
-    if old and old != catalog.collection and not keep_old:
+    if old and keep_previous_h is not None:
+        until = (datetime.now(UTC) + timedelta(hours=keep_previous_h)).isoformat(timespec="seconds")
+        superseded = catalog.previous_collection()
+        catalog.update_metadata_of(old, {"previous_kept_until": until})
+        catalog.set_previous(old)
+        if superseded and superseded not in (old, new):
+            catalog.drop_collection(superseded)
+            log(f"dropped {superseded}, the collection kept from the change before")
+        log(f"kept {old} until {until} for `visual-search model rollback`")
+        return until
+    if old and not keep_old:
         catalog.drop_collection(old)
         log(f"dropped the old collection {old}")
-    return {"collection": new, "previous": old, "via_queue": url, "sources": plan.enqueued}
+    return None
 
 
 def _wait_for_counts(catalog, building, sources, old, poll_s, settle, log, sleep) -> None:

@@ -21,25 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ..aws import error_code as _code
-from ..errors import ModelError
+from ..errors import ModelError, ModelUnavailableError, RegistryConflictError
 from ..model import ModelCard, file_sha256
 
 CARD = "model.json"
 WEIGHTS = "model.onnx"
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
-
-
-class ModelUnavailableError(ModelError):
-    """The model a collection names cannot be served: not in the registry, or its file does
-    not match its card. Never replaced by another model's vectors."""
-
-    code = "model_unavailable"
-
-
-class RegistryConflictError(ModelError):
-    """Another model is already published under this id."""
-
-    code = "model_conflict"
 
 
 @dataclass(frozen=True)

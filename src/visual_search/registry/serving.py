@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import Settings
-from ..errors import ModelMismatchError
+from ..errors import ModelMismatchError, ModelUnavailableError
 from ..model import Embedder
-from .registry import ModelRegistry, ModelUnavailableError
+from .registry import ModelRegistry
 
 FLIP = "+flip"  # Embedder.model_id's mark of flip test-time augmentation
 
@@ -69,6 +69,14 @@ class ModelSource:
                     self._loaded.popitem(last=False)
             self._loaded.move_to_end(key)
             return embedder
+
+    def published(self, model_id: str) -> Embedder:
+        """A registry model by id (fetched and checked), as it would serve a new collection."""
+        if self.registry is None:
+            raise ModelUnavailableError(
+                f"no model registry is configured (MODELS_BUCKET): model {model_id!r} cannot be loaded"
+            )
+        return self.for_collection("(new)", {"model_id": model_id, "model_card_id": model_id})
 
     def _load(
         self, collection: str, model_id: str, sha256: str | None, flip: bool, metadata: Mapping[str, Any]

@@ -299,6 +299,21 @@ class CatalogStore:
     def drop_collection(self, name: str) -> None:
         self.backend.delete_collection(name)
 
+    def collections(self) -> list[str]:
+        """Every physical collection of the store's engine."""
+        return self.backend.list_collections()
+
+    def metadata_of(self, name: str) -> dict[str, Any]:
+        """The metadata of any collection by name (no model check)."""
+        return dict(self.backend.collection_info(name).metadata)
+
+    def update_metadata_of(self, name: str, changes: Mapping[str, Any]) -> None:
+        self.backend.update_metadata(name, {**self.metadata_of(name), **changes})
+
+    def count_in(self, name: str) -> int:
+        """The points of any collection by name."""
+        return self.backend.count(name, None)
+
     def collection_metadata(self) -> dict[str, Any]:
         """The metadata recorded with the collection (model id, fingerprint, ...)."""
         self.ensure_collection()
