@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
 from functools import lru_cache
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from .adaptation.calibration import Calibration, annotate
 from .adaptation.spaces import ADAPTED, Space, SpaceTracker
 from .config import ImageLimits, Settings, get_settings
 from .domain import SHOPPER, Hit, ImagePoint, Query
-from .errors import ImageError, StaleProjectionError, StoreUnavailableError
+from .errors import ImageError, StaleProjectionError, StoreUnavailableError, VisualSearchError
 from .images import Preprocess, Region, decode
 from .model import Embedder, get_embedder
 from .registry import ModelSource, registry_from
@@ -243,7 +243,7 @@ class Catalog:
         self.store = store
         self.reranker = reranker
         # Which model serves each collection: the layer's, or the registry's (registry.serving).
-        self.models = models or ModelSource(embedder)
+        self.models = models or ModelSource(embedder, layer_space=(store.model_id, store.model_fingerprint))
         check_s = get_settings().adapt.check_s if projection_check_s is None else projection_check_s
         # The physical collection behind the alias, its model and its projection (spaces.py).
         self.spaces = SpaceTracker(store, check_s, models=self.models)
@@ -411,7 +411,10 @@ class Catalog:
     def decode(self, data: bytes) -> Decoded:
         """The model input of an image, made ahead of ``index`` (e.g. in a download thread, see
         ``ImageSource.pixels``) for the model serving the catalogue now; raises ``ImageError``."""
-        preprocess = self._embedder(self.spaces.current()).card.preprocess
+        try:
+            preprocess = self._embedder(self.spaces.current()).card.preprocess
+        except VisualSearchError:  # no space to write to (yet): ``index`` says why, or decodes again
+            preprocess = self.embedder.card.preprocess
         return Decoded(preprocess, decode(data, preprocess, self.embedder.limits))
 
     def reconnect(self) -> None:
@@ -448,6 +451,16 @@ class Catalog:
         store = self.store.for_model(model).for_collection(name, metadata=metadata)
         store.create()
         return self.for_collection(name)
+
+    @property
+    def layer_model(self) -> ModelFields:
+        """What a collection of the layer's model (``MODEL_DIR``) records of it."""
+        return self.embedder.fields
+
+    def serving_model_dir(self) -> Path:
+        """The folder of the model serving the catalogue now (the layer's, before any collection)."""
+        current = self.physical_collection()
+        return (self.model_for(current) if current else self.embedder).model_dir
 
     def previous_collection(self) -> str | None:
         """The collection a model change left, kept for ``visual-search model rollback``."""
@@ -575,7 +588,8 @@ class Catalog:
         """The store, for ``visual-search adapt`` (adaptation.py), which copies whole physical
         collections by name: the one caller that works below this facade, by design. It
         describes the model serving the catalogue now, whose vectors it copies."""
-        return self.store.for_model(self._embedder(self.spaces.current()).fields)
+        embedder = self._embedder(self.spaces.current())
+        return self.store if embedder is self.embedder else self.store.for_model(embedder.fields)
 
     @property
     def projection(self) -> dict | None:

@@ -140,7 +140,8 @@ class SpaceTracker:
         pinned to it."""
         info = self.store.backend.collection_info(physical)
         embedder = self.models.for_collection(physical, info.metadata) if self.models else None
-        store = self.store.for_model(embedder.fields) if embedder is not None else self.store
+        layer = embedder is None or self.models is None or embedder is self.models.layer
+        store = self.store if layer or embedder is None else self.store.for_model(embedder.fields)
         pid = info.metadata.get("projection_id")
         projection = self.projections.load(str(pid)) if pid else None
         vectors = {}

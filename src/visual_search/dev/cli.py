@@ -399,6 +399,14 @@ def cmd_audit(args) -> int:
 
 
 def cmd_finetune(args) -> int:
+    if args.sagemaker:
+        if not args.role:
+            raise ValueError("--sagemaker needs --role ARN (the template's TrainingRoleArn output)")
+        from .training import sagemaker
+
+        return sagemaker.run(args, lambda m: print(m, file=sys.stderr))
+    if not args.out:
+        raise ValueError("give --out DIR: the model folder to write")
     from .training.command import run
 
     return run(args, lambda desc, total: _progress(None, total, desc, args.quiet))
@@ -795,7 +803,9 @@ def build_parser() -> argparse.ArgumentParser:
         "base model (or the held-back photos cannot tell; --force writes it anyway).",
     )
     finetune.add_argument("source", help="a folder (one subfolder per product) or s3://bucket/prefix")
-    finetune.add_argument("--out", required=True, help="the model folder to write")
+    finetune.add_argument(
+        "--out", help="the model folder to write (with --sagemaker --wait: where the job's model is unpacked)"
+    )
     finetune.add_argument("--epochs", type=_int_in(0, 100), help="training epochs (default 4)")
     finetune.add_argument(
         "--image-size", type=_int_in(32, 1024), help="input px (default: the current model's)"
@@ -820,6 +830,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write OUT-int8: the fine-tuned model statically quantised, calibrated on SOURCE",
     )
     finetune.add_argument("--reindex", action="store_true", help="then move the catalogue to the new model")
+    finetune.add_argument(
+        "--sagemaker",
+        action="store_true",
+        help="run the fine-tune as a SageMaker training job (AWS's PyTorch image, this trainer as entry "
+        "point) on the photos of s3://bucket/prefix; needs --role and MODELS_BUCKET",
+    )
+    finetune.add_argument("--role", metavar="ARN", help="with --sagemaker: the job's execution role")
+    finetune.add_argument(
+        "--instance-type", default="ml.m5.2xlarge", help="with --sagemaker: the instance (ml.m5.2xlarge)"
+    )
+    finetune.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --sagemaker: follow the job, then publish its model to the registry when it beat the "
+        "current one",
+    )
+    finetune.add_argument(
+        "--then-reindex",
+        metavar="QUEUE",
+        help="with --sagemaker: then move the catalogue to the published model through this ingest queue",
+    )
+    finetune.add_argument("--job-name", help="with --sagemaker: the training job's name (default: by time)")
+    finetune.add_argument(
+        "--max-runtime",
+        type=_int_in(60, 28 * 86400),
+        default=86400,
+        metavar="S",
+        help="with --sagemaker: stop the job after S seconds (86400)",
+    )
     finetune.add_argument("--quiet", action="store_true", help="no progress bars")
     finetune.set_defaults(func=cmd_finetune)
 

@@ -297,7 +297,7 @@ def reindex_via_queue(
         sources = sources_in(catalog, old) if old else []
     if not sources:
         raise ValueError("nothing to re-index from: give --source s3://bucket/prefix")
-    fields = (model or catalog.embedder).fields
+    fields = model.fields if model is not None else catalog.layer_model
     started = datetime.now(UTC)
     new = f"{catalog.collection}-{slug(fields.model_id)}-{started.strftime('%Y%m%d%H%M%S%f')}"
     building = catalog.create_collection(

@@ -239,7 +239,7 @@ def reindex(
         raise ValueError("nothing to re-index from: give --source s3://bucket/prefix")
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%d%H%M%S%f")
-    new = f"{catalog.collection}-{slug(catalog.model_id)}-{stamp}"
+    new = f"{catalog.collection}-{slug(catalog.layer_model.model_id)}-{stamp}"
     building = catalog.new_collection(new)
     ingestor = Ingestor.configured(building, s3)
     syncer = Syncer(ingestor, progress)

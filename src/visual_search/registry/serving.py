@@ -30,8 +30,12 @@ class ModelSource:
         registry: ModelRegistry | None = None,
         settings: Settings | None = None,
         keep: int = 2,
+        layer_space: tuple[str, str | None] | None = None,
     ):
         self.layer = layer
+        # the model id and fingerprint collections of the layer's model record (the embedder's own,
+        # unless the store it serves was opened under another name for it)
+        self.layer_space = layer_space or (layer.model_id, layer.fingerprint)
         self.registry = registry
         self.settings = settings
         self.keep = max(1, keep)
@@ -45,8 +49,9 @@ class ModelSource:
 
     def is_layer(self, metadata: Mapping[str, Any]) -> bool:
         built_with = metadata.get("model_fingerprint")
-        return metadata.get("model_id") == self.layer.model_id and (
-            not built_with or built_with == self.layer.fingerprint
+        model_id, fingerprint = self.layer_space
+        return metadata.get("model_id") == model_id and (
+            not built_with or not fingerprint or built_with == fingerprint
         )
 
     def for_collection(self, collection: str, metadata: Mapping[str, Any]) -> Embedder:
