@@ -363,9 +363,19 @@ def test_least_privilege(template, function):
         if any(a.startswith("s3:") for a in _as_list(s["Action"]))
         for r in _as_list(s["Resource"])
     ]
+    registry = {"Fn::If": ["HasModelsBucket", {"Ref": "ModelsBucket"}, {"Ref": "ImagesBucket"}]}
     for resource in s3_resources:
         text = resource["Fn::Sub"] if isinstance(resource, dict) and "Fn::Sub" in resource else None
+        if isinstance(text, list):  # the model registry's bucket: read-only, models/ only
+            assert text in (
+                ["arn:${AWS::Partition}:s3:::${Bucket}/models/*", {"Bucket": registry}],
+                ["arn:${AWS::Partition}:s3:::${Bucket}", {"Bucket": registry}],
+            ), resource
+            continue
         assert text is None or text.startswith("${ImagesBucket.Arn}"), resource
+    models = [s for s in statements if s.get("Sid") in ("ReadModels", "ListModels")]
+    assert [_as_list(s["Action"]) for s in models] == [["s3:GetObject"], ["s3:ListBucket"]]
+    statements = [s for s in statements if s not in models]
     if function == "IngestFunction":
         assert actions >= {"sqs:ReceiveMessage", "sqs:DeleteMessage", "s3:GetObject"}
         assert "s3:PutObject" not in actions
@@ -490,10 +500,46 @@ def test_maintenance_function_refits_on_a_schedule_with_qdrant_only(template, en
     )
     role = props["Role"]
     assert role == getatt("MaintenanceFunctionRole", "Arn")
-    actions = {a for s in _statements(template, "MaintenanceFunctionRole") for a in _as_list(s["Action"])}
-    assert not any(a.startswith(("s3:", "sqs:")) for a in actions), "the projection lives in Qdrant"
+    statements = _statements(template, "MaintenanceFunctionRole")
+    # the projection lives in Qdrant; S3 only to read a collection's model from the registry
+    s3 = [s for s in statements if any(a.startswith("s3:") for a in _as_list(s["Action"]))]
+    assert [(s["Sid"], s["Action"]) for s in s3] == [
+        ("ReadModels", "s3:GetObject"),
+        ("ListModels", "s3:ListBucket"),
+    ]
+    assert "models/*" in s3[0]["Resource"]["Fn::Sub"][0]
+    actions = {a for s in statements for a in _as_list(s["Action"])}
+    assert not any(a.startswith("sqs:") for a in actions)
     for statement in _statements(template, "MaintenanceFunctionRole"):
         assert all("*" not in a for a in _as_list(statement["Action"]))
+
+
+def test_the_model_registry_and_the_training_role(template):
+    params = template["Parameters"]
+    assert params["ModelsBucket"]["Default"] == "" and params["SageMakerTraining"]["Default"] == "false"
+    for function in (*FUNCTIONS, "MaintenanceFunction"):
+        env = function_environment(template, function)
+        assert env["MODELS_BUCKET"] == {
+            "Fn::If": ["HasModelsBucket", {"Ref": "ModelsBucket"}, {"Ref": "ImagesBucket"}]
+        }
+        assert env["MODELS_PREFIX"] == "models/"
+    training = template["Resources"]["TrainingRole"]
+    assert training["Condition"] == "CreateTrainingRole"
+    assert template["Conditions"]["CreateTrainingRole"] == {
+        "Fn::Equals": [{"Ref": "SageMakerTraining"}, "true"]
+    }
+    principal = training["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
+    assert principal == {"Service": "sagemaker.amazonaws.com"}
+    statements = _statements(template, "TrainingRole")
+    by_sid = {s["Sid"]: s for s in statements}
+    assert by_sid["ReadCatalogue"]["Resource"] == {"Fn::Sub": "${ImagesBucket.Arn}/${NotificationPrefix}*"}
+    assert by_sid["ReadWriteModels"]["Action"] == ["s3:GetObject", "s3:PutObject"]
+    assert "models/*" in by_sid["ReadWriteModels"]["Resource"]["Fn::Sub"][0]
+    writes = {
+        a for s in statements for a in _as_list(s["Action"]) if a in ("s3:PutObject", "s3:DeleteObject")
+    }
+    assert writes == {"s3:PutObject"}  # into models/ only, never the catalogue
+    assert template["Outputs"]["TrainingRoleArn"]["Condition"] == "CreateTrainingRole"
 
 
 def test_learning_from_clicks_keeps_searches_for_their_ttl_outside_the_catalogue(template):
