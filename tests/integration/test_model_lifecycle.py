@@ -365,3 +365,40 @@ def test_status_reports_the_serving_model(shop):
     state = status(shop.operator)
     assert state["state"] == "idle" and state["model"] == shop.operator.model_id
     assert Path(get_settings().models.cache_dir).name == "models"
+
+
+# -- fine-tuning on SageMaker: the launcher's requests (the entry point: tests/training) -------
+
+
+def test_a_gpu_instance_gets_the_gpu_image_and_a_refused_job_leaves_nothing_behind(shop):
+    from botocore.stub import Stubber
+
+    from visual_search.config import REPO_MODEL_DIR
+    from visual_search.dev.training.sagemaker import launch, training_image
+
+    assert training_image("us-east-1", "ml.g4dn.xlarge") == (
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.3.0-gpu-py311-cu121-ubuntu20.04-sagemaker"
+    )
+    sagemaker = boto3.client("sagemaker", region_name="us-east-1")
+    with Stubber(sagemaker) as stub:  # what SageMaker answers a role it may not pass or assume
+        stub.add_client_error(
+            "create_training_job", "AccessDeniedException", "not authorized to iam:PassRole"
+        )
+        with pytest.raises(ValueError, match=r"SageMaker refused the training job.*iam:PassRole"):
+            launch(
+                sagemaker,
+                shop.fleet.s3,
+                shop.registry,
+                REPO_MODEL_DIR,
+                "s3://product-images/catalog/",
+                "arn:aws:iam::123456789012:role/no-permission",
+                name="refused",
+            )
+    left = shop.fleet.s3.list_objects_v2(Bucket=BUCKET, Prefix="models/.training/").get("KeyCount")
+    assert left == 0
+    with pytest.raises(ValueError, match="ARN of a SageMaker execution role"):
+        launch(sagemaker, shop.fleet.s3, shop.registry, REPO_MODEL_DIR, "s3://b/p/", "my-role")
+    with pytest.raises(ValueError, match="photos in S3"):
+        launch(
+            sagemaker, shop.fleet.s3, shop.registry, REPO_MODEL_DIR, "/local/folder", "arn:aws:iam::1:role/r"
+        )

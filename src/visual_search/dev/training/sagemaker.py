@@ -267,7 +267,15 @@ def launch(
         hyperparameters=hyper,
         max_runtime_s=max_runtime_s,
     )
-    sagemaker.create_training_job(**spec.request())
+    try:
+        sagemaker.create_training_job(**spec.request())
+    except Exception as exc:  # nothing of the refused job is left behind
+        s3.delete_object(Bucket=registry.bucket, Key=f"{prefix}/source/sourcedir.tar.gz")
+        raise ValueError(
+            f"SageMaker refused the training job: {exc} (the role must exist and trust "
+            f"sagemaker.amazonaws.com, and you need sagemaker:CreateTrainingJob and iam:PassRole "
+            f"on it: docs/deploy.md, 'Fine-tuning on SageMaker')"
+        ) from None
     return spec
 
 
