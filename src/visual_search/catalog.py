@@ -30,7 +30,7 @@ from .domain import SHOPPER, Hit, ImagePoint, Query
 from .errors import ImageError, StaleProjectionError, StoreUnavailableError, VisualSearchError
 from .images import Preprocess, Region, decode
 from .model import Embedder, get_embedder
-from .registry import ModelSource, registry_from
+from .registry import ModelRegistry, ModelSource, registry_from
 from .store import CatalogStore, CollectionMissing, ModelFields
 
 REINDEX_SUFFIX = ".reindex"  # alias <COLLECTION>.reindex -> the collection a re-index builds
@@ -482,6 +482,15 @@ class Catalog:
 
     def count_in(self, collection: str) -> int:
         return self.store.count_in(collection)
+
+    @property
+    def registry(self) -> ModelRegistry | None:
+        """The model registry (``MODELS_BUCKET``), or None."""
+        return self.models.registry
+
+    def registry_model(self, model_id: str) -> Embedder:
+        """A model of the registry, fetched and checked (ModelUnavailableError if it cannot be)."""
+        return self.models.published(model_id)
 
     def model_for(self, collection: str) -> Embedder:
         """The model that serves ``collection`` (loaded; ModelUnavailableError if it cannot be)."""

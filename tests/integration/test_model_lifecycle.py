@@ -310,8 +310,8 @@ def test_a_model_whose_file_stops_matching_its_card_is_refused_before_the_switch
     build(shop, 24, 4)
     shop.registry.publish(MODEL_B)
     # the functions and the operator loaded B while it was sound; then the registry's file changes
-    shop.fleet.catalog.models.published(B)
-    shop.operator.models.published(B)
+    shop.fleet.catalog.registry_model(B)
+    shop.operator.registry_model(B)
     shop.fleet.s3.put_object(Bucket=BUCKET, Key=f"models/{B}/model.onnx", Body=b"tampered")
     before = shop.operator.physical_collection()
     thread, outcome = run_in_thread(
@@ -402,3 +402,27 @@ def test_a_gpu_instance_gets_the_gpu_image_and_a_refused_job_leaves_nothing_behi
         launch(
             sagemaker, shop.fleet.s3, shop.registry, REPO_MODEL_DIR, "/local/folder", "arn:aws:iam::1:role/r"
         )
+
+
+def test_reindex_with_a_registry_model_in_process_then_status_and_rollback_on_the_command_line(shop, capsys):
+    """Without the fleet (a laptop, the local store): the same change, re-embedded here."""
+    build(shop, 12, 3)
+    a = shop.operator.model_id
+    shop.registry.publish(MODEL_B)
+    capsys.readouterr()
+    assert main(["reindex", "--model", B, "--quiet", "--keep-previous", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == B and result["previous_kept_until"]
+    catalog = shop.fleet.catalog
+    assert {h.payload["model_id"] for h in catalog.images_in(BUCKET)} == {B}
+    assert len(list(catalog.images_in(BUCKET))) == 12
+    assert main(["model", "status"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert (state["model"], state["previous"]["model"]) == (B, a)
+    assert main(["model", "rollback"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == a
+    shop.search_app.api.catalog.spaces.invalidate()
+    code, body = shop.search(tiny_jpeg(4))
+    assert code == 200 and body["model"] == a and body["results"][0]["score"] > 0.99
+    assert main(["reindex", "--dry-run"]) == 1  # an estimate is of a change through the fleet
+    assert "--via-queue" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "visual_search"
 FUNCTIONS = PACKAGE.parents[1] / "functions"
 SOURCES = sorted(PACKAGE.rglob("*.py")) + sorted(FUNCTIONS.rglob("*.py"))
-CATALOG_PARTS = {"embedder", "store", "reranker"}
+CATALOG_PARTS = {"embedder", "store", "reranker", "models"}
 
 
 def _name(node: ast.expr) -> str:

@@ -205,9 +205,9 @@ def cmd_reindex(args) -> int:
     from ..ops.sync import parse_s3_url, reindex
 
     sources = [parse_s3_url(s) for s in args.source] or None
-    if args.model or args.dry_run:
-        if not args.via_queue:
-            raise ValueError("--model and --dry-run go with --via-queue QUEUE (a change through the fleet)")
+    if args.dry_run and not args.via_queue:
+        raise ValueError("--dry-run estimates a change through the fleet: give --via-queue QUEUE and --model")
+    if args.via_queue and (args.model or args.dry_run):
         return _migrate(args, sources)
     if args.via_queue:
         from ..ops.fleet import run_reindex
@@ -220,14 +220,18 @@ def cmd_reindex(args) -> int:
             timeout_s=args.timeout,
             quiet=args.quiet,
         )
+    catalog = get_catalog()
+    model = catalog.registry_model(args.model) if args.model else None  # fetched and checked first
     bar = _progress(None, None, "re-indexing", args.quiet)
     result = reindex(
-        get_catalog(),
+        catalog,
         s3_client(),
         sources,
         keep_old=args.keep_old,
         progress=bar.update,
         log=lambda m: print(m, file=sys.stderr),
+        model=model,
+        keep_previous_h=args.keep_previous if model is not None else None,
     )
     bar.close()
     print(json.dumps(result, indent=2))
@@ -614,8 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument(
         "--model",
         metavar="MODEL_ID",
-        help="with --via-queue: build the new collection with this model of the registry "
-        "(visual-search model publish); searches keep the current model until the switch",
+        help="build the new collection with this model of the registry (visual-search model "
+        "publish); searches keep the current model until the switch; the old collection is kept "
+        "for `visual-search model rollback` (--keep-previous)",
     )
     reindex.add_argument(
         "--dry-run",

@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus
 
@@ -30,7 +30,7 @@ from ..catalog import REINDEX_SUFFIX, Catalog
 from ..ingest.pipeline import Ingestor, bare_etag
 from ..ingest.router import TARGET_ATTRIBUTE
 from .queues import queue_url, waiting
-from .sync import SourceObject, chunks, list_objects, slug, sources_in
+from .sync import SourceObject, chunks, keep_as_previous, list_objects, slug, sources_in
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Embedder
@@ -369,15 +369,7 @@ def _switch(
     catalog.switch_to(new)  # the alias and the end of the re-index marker, in one step
     log(f"alias {catalog.collection!r} now points at {new}")
     if old and keep_previous_h is not None:
-        until = (datetime.now(UTC) + timedelta(hours=keep_previous_h)).isoformat(timespec="seconds")
-        superseded = catalog.previous_collection()
-        catalog.update_metadata_of(old, {"previous_kept_until": until})
-        catalog.set_previous(old)
-        if superseded and superseded not in (old, new):
-            catalog.drop_collection(superseded)
-            log(f"dropped {superseded}, the collection kept from the change before")
-        log(f"kept {old} until {until} for `visual-search model rollback`")
-        return until
+        return keep_as_previous(catalog, old, new, keep_previous_h, log)
     if old and not keep_old:
         catalog.drop_collection(old)
         log(f"dropped the old collection {old}")

@@ -79,7 +79,7 @@ def estimate(
 
 
 def _registry(catalog: Catalog) -> ModelRegistry:
-    registry = catalog.models.registry
+    registry = catalog.registry
     if registry is None:
         raise ModelError(
             "no model registry is configured: set MODELS_BUCKET (the template sets it to the "
@@ -124,7 +124,7 @@ def migrate(
         return _plan(
             catalog, s3, sqs, url, model_id, card, current, sources, memory_mb, concurrency, progress
         )
-    model = catalog.models.published(model_id)  # fetched and checked now, as the functions will
+    model = catalog.registry_model(model_id)  # fetched and checked now, as the functions will
 
     def verify(new: str) -> None:
         log(f"checking {registry.where(model_id)} against its card before the switch")

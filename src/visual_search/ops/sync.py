@@ -11,14 +11,17 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..catalog import Catalog, is_image_key
 from ..ingest.events import S3Change
 from ..ingest.pipeline import Ingestor, Outcome, bare_etag
 from ..store import slug
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..model import Embedder
 
 RETRIES = 3
 T = TypeVar("T")
@@ -219,6 +222,22 @@ def sources_in(catalog: Catalog, collection: str) -> list[tuple[str, str]]:
     )
 
 
+def keep_as_previous(
+    catalog: Catalog, old: str, new: str, hours: float, log: Callable[[str], None] = print
+) -> str:
+    """Keep the collection a model change left as ``<COLLECTION>.previous`` for ``hours`` (for
+    ``visual-search model rollback``), dropping the one kept from the change before; until when."""
+    until = (datetime.now(UTC) + timedelta(hours=hours)).isoformat(timespec="seconds")
+    superseded = catalog.previous_collection()
+    catalog.update_metadata_of(old, {"previous_kept_until": until})
+    catalog.set_previous(old)
+    if superseded and superseded not in (old, new):
+        catalog.drop_collection(superseded)
+        log(f"dropped {superseded}, the collection kept from the change before")
+    log(f"kept {old} until {until} for `visual-search model rollback`")
+    return until
+
+
 def reindex(
     catalog: Catalog,
     s3: Any,
@@ -226,9 +245,12 @@ def reindex(
     keep_old: bool = False,
     progress: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
+    model: Embedder | None = None,
+    keep_previous_h: float | None = None,
 ) -> dict[str, Any]:
-    """Build a new collection with the current model from the bucket(s), switch the alias to it,
-    catch up with what changed meanwhile, and drop the old collection.
+    """Build a new collection with the current model (or ``model``, from the registry) from the
+    bucket(s), switch the alias to it, catch up with what changed meanwhile, and drop the old
+    collection (or keep it ``keep_previous_h`` hours for a rollback).
 
     Searches keep answering from the old collection until the alias switches (atomically).
     """
@@ -239,8 +261,9 @@ def reindex(
         raise ValueError("nothing to re-index from: give --source s3://bucket/prefix")
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%d%H%M%S%f")
-    new = f"{catalog.collection}-{slug(catalog.layer_model.model_id)}-{stamp}"
-    building = catalog.new_collection(new)
+    fields = model.fields if model is not None else catalog.layer_model
+    new = f"{catalog.collection}-{slug(fields.model_id)}-{stamp}"
+    building = catalog.create_collection(new, fields, {})
     ingestor = Ingestor.configured(building, s3)
     syncer = Syncer(ingestor, progress)
     reports = {}
@@ -278,7 +301,15 @@ def reindex(
         if touched:
             log(f"applying again {len(touched)} images changed during the re-index")
             catch_up.apply_with_retries([S3Change(b, k, "created", "Reindex") for b, k in touched])
-    if old and old != catalog.collection and not keep_old:
+    result: dict[str, Any] = {
+        "collection": new,
+        "previous": old,
+        "sources": reports,
+        "model": fields.model_id,
+    }
+    if old and old != catalog.collection and keep_previous_h is not None:
+        result["previous_kept_until"] = keep_as_previous(catalog, old, new, keep_previous_h, log)
+    elif old and old != catalog.collection and not keep_old:
         catalog.drop_collection(old)
         log(f"dropped the old collection {old}")
-    return {"collection": new, "previous": old, "sources": reports}
+    return result
