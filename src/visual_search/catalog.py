@@ -272,8 +272,12 @@ class Catalog:
 
     @property
     def model_id(self) -> str:
-        """The id of the model serving the catalogue now (the one its collection was built by)."""
-        return self._embedder(self.spaces.current()).model_id
+        """The id of the model serving the catalogue now (the one its collection was built by;
+        the layer's when there is none it can serve: the operation itself then says why)."""
+        try:
+            return self._embedder(self.spaces.current()).model_id
+        except VisualSearchError:
+            return self.embedder.model_id
 
     def _embedder(self, space: Space) -> Embedder:
         return space.embedder or self.embedder

@@ -967,8 +967,43 @@ def _store_in_use(args, exc: StoreUnavailableError) -> int:
     if args.command == "info":
         print(json.dumps(info_from(stack), indent=2))
         return 0
+    through = _through_stack(args, stack)
+    if through is not None:
+        return through
     print(f"error: {instead(args.command, getattr(args, 'source', None), stack)}", file=sys.stderr)
     return 1
+
+
+def _through_stack(args, stack: dict) -> int | None:
+    """A model change asked of the running local stack, which holds the store (None: not one)."""
+    from ..ops.sync import parse_s3_url
+    from .devstack.models import ask
+
+    request: tuple[str, str, dict | None]
+    if args.command == "reindex" and not args.via_queue:
+        body = {
+            "model": args.model,
+            "keep_previous_h": args.keep_previous,
+            "keep_old": args.keep_old,
+            "sources": [list(parse_s3_url(s)) for s in args.source],
+        }
+        request = ("POST", "/_local/reindex", body)
+    elif args.command == "model" and args.model_command == "status":
+        request = ("GET", "/_local/model/status", None)
+    elif args.command == "model" and args.model_command == "rollback":
+        request = ("POST", "/_local/model/rollback", {"keep_previous_h": args.keep_previous})
+    else:
+        return None
+    print(f"through the local stack at {stack['api']} (it holds the catalogue) ...", file=sys.stderr)
+    try:
+        answer = ask(stack, *request)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    answer.pop("usage", None)
+    answer.pop("serving", None)
+    print(json.dumps(answer, indent=2))
+    return 0
 
 
 def cmd_upload(args) -> int:

@@ -50,11 +50,30 @@ def usage(catalog: Any) -> tuple[dict[str, list[str]], str | None]:
     return used, serving
 
 
+def _usage(get_catalog) -> tuple[dict[str, list[str]], str | None]:
+    """``usage`` of the catalogue, or of the running local stack's when it holds the store."""
+    import os
+
+    from ..errors import StoreUnavailableError
+
+    try:
+        return usage(get_catalog())
+    except StoreUnavailableError:
+        from .devstack.models import ask
+        from .devstack.running import running_stack
+
+        stack = running_stack(os.environ.get("QDRANT_PATH", ".data/qdrant"))
+        if stack is None:
+            raise
+        answer = ask(stack, "GET", "/_local/model/status")
+        return answer["usage"], answer["serving"]
+
+
 def cmd_list(args) -> int:
     from ..catalog import get_catalog
 
     published = [m.as_dict() for m in _registry(args).models()]
-    used, serving = usage(get_catalog())
+    used, serving = _usage(get_catalog)
     for model in published:
         model["collections"] = used.get(model["id"], [])
         model["current"] = model["id"] == serving

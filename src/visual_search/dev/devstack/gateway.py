@@ -106,6 +106,8 @@ class Gateway:
         self.context = context or LambdaContext()
         self.phase = "starting"
         self.health_extra: Callable[[], dict] = dict
+        # the stack's own routes (/_local/...: model changes), never the deployed API's
+        self.admin: Callable[[str, str, bytes], tuple[int, dict]] | None = None
         self._invoke = threading.Lock()  # one request at a time, like one Lambda container
         gateway = self
 
@@ -135,8 +137,14 @@ class Gateway:
             json.dumps({"error": {"code": code, "message": message}}).encode(),
         )
 
-    def ready(self, handler: Callable[[dict, Any], dict], health_extra: Callable[[], dict] = dict) -> None:
+    def ready(
+        self,
+        handler: Callable[[dict, Any], dict],
+        health_extra: Callable[[], dict] = dict,
+        admin: Callable[[str, str, bytes], tuple[int, dict]] | None = None,
+    ) -> None:
         self.health_extra = health_extra
+        self.admin = admin
         self.handler = handler
 
     def _starting(self, request: BaseHTTPRequestHandler, path: str) -> None:
@@ -187,6 +195,10 @@ class Gateway:
         handler = self.handler
         if handler is None:
             self._starting(request, path)
+            return
+        if path.startswith("/_local/") and self.admin is not None:
+            status, answer = self.admin(request.command, path, body)
+            self._reply(request, status, {"Content-Type": "application/json"}, json.dumps(answer).encode())
             return
         event = to_event(request.command, request.path, dict(request.headers.items()), body)
         if len(json.dumps(event)) > LAMBDA_PAYLOAD:  # deployed, Lambda refuses the invocation

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import ModelMismatchError, StoreUnavailableError
+from ...errors import ModelMismatchError, ModelUnavailableError, StoreUnavailableError
 from ..folders import DEMO_CATALOG, scan
 
 UPLOAD_PREFIX = "query-uploads/"
@@ -92,6 +92,7 @@ class DevStack:
         self.gateway: Any = None
         self.ingest: Any = None
         self.refit: Any = None  # catalogue adaptation once changes settle (refits.SettledRefit)
+        self.models: Any = None  # model changes asked through the gateway (devstack.models)
         self.s3: Any = None
         self.s3_url = ""
         self.stopped = threading.Event()
@@ -115,6 +116,7 @@ class DevStack:
             "POWERTOOLS_SERVICE_NAME": "visual-search-local",
         }
         os.environ.update(env)
+        os.environ.setdefault("MODELS_BUCKET", o.bucket)  # the stack's registry: its bucket
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
         if not o.verbose:
@@ -228,23 +230,30 @@ class DevStack:
                 f"catalogue repaired: {drift.indexed} indexed, {drift.deleted} removed, {drift.failed} failed"
             )
 
-    def _reindex_for_model(self, mismatch: ModelMismatchError) -> None:
+    def _reindex_for_model(self, why: ModelMismatchError | ModelUnavailableError) -> None:
         """The catalogue was built by another model than the one loaded (the default model
-        changed, or ``MODEL_DIR`` did): re-index it from this stack's bucket, which holds every
-        catalogue image, as ``visual-search reindex`` would (and cannot, since only the running
-        stack serves this bucket). Searches wait: nothing answers until it is done."""
+        changed, or ``MODEL_DIR`` did) and the stack's registry does not hold that model:
+        re-index it from this stack's bucket, which holds every catalogue image, as
+        ``visual-search reindex`` would. Searches wait: nothing answers until it is done."""
         from ...ops.sync import reindex
 
         catalog = self.ingest.ingestor.catalog
-        self._phase(
-            f"the catalogue was built by {mismatch.collection_model}, the loaded model is "
-            f"{mismatch.model}: re-indexing the bucket with it ..."
-        )
-        progress = self._progress_phase(lambda n: f"re-indexing with {catalog.model_id}: {n} images ...")
+        if isinstance(why, ModelMismatchError):
+            built_by = f"the catalogue was built by {why.collection_model}, the loaded model is {why.model}"
+        else:
+            current = catalog.physical_collection()
+            model = catalog.metadata_of(current).get("model_id") if current else None
+            built_by = (
+                f"the catalogue was built by {model}, which the stack's registry (its bucket) does "
+                f"not hold ({why})"
+            )
+        self._phase(f"{built_by}: re-indexing the bucket with {catalog.layer_model.model_id} ...")
+        model_id = catalog.layer_model.model_id
+        progress = self._progress_phase(lambda n: f"re-indexing with {model_id}: {n} images ...")
         result = reindex(catalog, self.s3, [(self.options.bucket, "")], progress=progress, log=self.log)
         counts: dict[str, Any] = next(iter(result["sources"].values()), {})
         self.log(
-            f"re-indexed with {catalog.model_id}: {counts.get('indexed', 0)} indexed, "
+            f"re-indexed with {model_id}: {counts.get('indexed', 0)} indexed, "
             f"{counts.get('failed', 0)} failed; collection {result.get('collection', catalog.collection)}"
         )
 
@@ -276,10 +285,15 @@ class DevStack:
         self.ingest, search = self._load_functions()
         self._count_outcomes(self.ingest.ingestor)
         try:
+            # the model the catalogue names, loaded now: the layer's, or its registry copy
+            self.ingest.ingestor.catalog.spaces.reload()
             self._repair()
-        except ModelMismatchError as exc:
+        except (ModelMismatchError, ModelUnavailableError) as exc:
             self._reindex_for_model(exc)
             self._repair()
+        from .models import ModelOperations
+
+        self.models = ModelOperations(self.ingest.ingestor.catalog, self.s3, o.bucket, self.log)
         self.bridge = NotificationBridge(
             self.s3,
             o.bucket,
@@ -294,7 +308,7 @@ class DevStack:
             self._early.clear()
         self.bridge.start()
         self._start_refit()
-        self.gateway.ready(search.handler, self.health_extra)
+        self.gateway.ready(search.handler, self.health_extra, admin=self.models.handle)
         threading.Thread(target=self._report_progress, name="progress", daemon=True).start()
         from .running import write_marker
 
@@ -318,7 +332,7 @@ class DevStack:
             self.refit = SettledRefit(
                 catalog,
                 settings,
-                busy=lambda: bridge.pending() > 0,
+                busy=lambda: bridge.pending() > 0 or self.models.busy(),
                 log=self.log,
                 review=reviewer(catalog, feedback, self.log),
             )
