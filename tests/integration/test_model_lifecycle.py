@@ -426,3 +426,24 @@ def test_reindex_with_a_registry_model_in_process_then_status_and_rollback_on_th
     assert code == 200 and body["model"] == a and body["results"][0]["score"] > 0.99
     assert main(["reindex", "--dry-run"]) == 1  # an estimate is of a change through the fleet
     assert "--via-queue" in capsys.readouterr().err
+
+
+def test_the_local_stacks_model_routes_run_the_same_changes_and_refuse_bad_requests(shop):
+    from visual_search.dev.devstack.models import ModelOperations
+
+    build(shop, 8, 2)
+    shop.registry.publish(MODEL_B)
+    ops = ModelOperations(shop.fleet.catalog, shop.fleet.s3, BUCKET, log=lambda m: None)
+    a = shop.fleet.catalog.model_id
+    assert ops.handle("GET", "/_local/nothing", b"")[0] == 404
+    assert ops.handle("POST", "/_local/model/status", b"")[0] == 405
+    assert ops.handle("POST", "/_local/reindex", b"[1]")[0] == 400
+    code, answer = ops.handle("POST", "/_local/reindex", json.dumps({"model": "nope"}).encode())
+    assert code == 400 and "'nope' is not in the registry" in answer["error"]["message"]
+    code, answer = ops.handle("POST", "/_local/reindex", json.dumps({"model": B}).encode())
+    assert code == 200 and answer["model"] == B and not ops.busy()
+    code, state = ops.handle("GET", "/_local/model/status", b"")
+    assert code == 200 and state["serving"] == B and state["previous"]["model"] == a
+    assert sorted(state["usage"]) == sorted([B, shop.fleet.catalog.layer_model.metadata["model_card_id"]])
+    code, answer = ops.handle("POST", "/_local/model/rollback", b"{}")
+    assert code == 200 and answer["model"] == a
