@@ -24,6 +24,7 @@ import numpy as np
 
 from . import examples
 from .adaptation.calibration import Calibration, annotate
+from .adaptation.projections import ProjectionRepository
 from .adaptation.spaces import ADAPTED, Space, SpaceTracker
 from .config import ImageLimits, Settings, get_settings
 from .domain import SHOPPER, Hit, ImagePoint, Query
@@ -238,6 +239,7 @@ class Catalog:
         reranker: Embedder | None = None,
         projection_check_s: float | None = None,
         models: ModelSource | None = None,
+        projections: ProjectionRepository | None = None,
     ):
         self.embedder = embedder  # the layer's model (MODEL_DIR)
         self.store = store
@@ -246,7 +248,7 @@ class Catalog:
         self.models = models or ModelSource(embedder, layer_space=(store.model_id, store.model_fingerprint))
         check_s = get_settings().adapt.check_s if projection_check_s is None else projection_check_s
         # The physical collection behind the alias, its model and its projection (spaces.py).
-        self.spaces = SpaceTracker(store, check_s, models=self.models)
+        self.spaces = SpaceTracker(store, check_s, models=self.models, projections=projections)
 
     @classmethod
     def open(cls, settings: Settings | None = None, embedder: Embedder | None = None) -> Catalog:
@@ -397,7 +399,7 @@ class Catalog:
 
     def new_collection(self, name: str) -> Catalog:
         """The same models writing to a new, empty collection ``name``."""
-        return Catalog(self.embedder, self.store.new_collection(name), self.reranker, models=self.models)
+        return self._view(self.store.new_collection(name))
 
     def drop_collection(self, name: str) -> None:
         self.store.drop_collection(name)
@@ -429,7 +431,13 @@ class Catalog:
 
     def for_collection(self, name: str) -> Catalog:
         """The same catalogue over another collection (sharing the model and the connection)."""
-        return Catalog(self.embedder, self.store.for_collection(name), self.reranker, models=self.models)
+        return self._view(self.store.for_collection(name))
+
+    def _view(self, store: CatalogStore) -> Catalog:
+        """This catalogue over another of its collections: the same models and projections."""
+        return Catalog(
+            self.embedder, store, self.reranker, models=self.models, projections=self.spaces.projections
+        )
 
     def exists(self) -> bool:
         return self.store.exists()
@@ -602,6 +610,11 @@ class Catalog:
         collections by name: the one caller that works below this facade, by design. It
         describes the model serving the catalogue now, whose vectors it copies."""
         embedder = self._embedder(self.spaces.current())
+        return self.store if embedder is self.embedder else self.store.for_model(embedder.fields)
+
+    def adaptation_store_for(self, collection: str) -> CatalogStore:
+        """The store describing the model of ``collection`` (a model change's new collection)."""
+        embedder = self.model_for(collection)
         return self.store if embedder is self.embedder else self.store.for_model(embedder.fields)
 
     @property

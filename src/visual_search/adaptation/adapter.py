@@ -193,9 +193,17 @@ class Adapter:
         progress: Callable[[int], None] | None = None,
         log: Callable[[str], None] = print,
         sleep: Callable[[float], None] = time.sleep,
+        source: str | None = None,
+        on_switch: Callable[[str], None] | None = None,
     ):
+        """``source``: fit and copy that collection instead of the one the alias points at (a
+        model change's new collection, before the alias moves to it); ``on_switch(copy)`` then
+        takes the place of the alias switch (the model change points its re-index target at the
+        copy, so live changes follow it), and the caller moves the alias."""
         self.catalog = catalog
-        self.store = catalog.adaptation_store
+        self.source = source
+        self.on_switch = on_switch
+        self.store = catalog.adaptation_store_for(source) if source else catalog.adaptation_store
         self.raw = RawCollections(self.store)
         self.settings = settings
         self.progress = progress or (lambda n: None)
@@ -271,8 +279,10 @@ class Adapter:
         """
         started = time.perf_counter()
         space = self.catalog.spaces.reload()
+        if self.source:
+            space = self.catalog.spaces.space_of(self.source)
         old = space.collection
-        if not dry_run:
+        if not dry_run and not self.source:
             resumed = self._resume(space, deadline, started)
             if resumed is not None:
                 return resumed
@@ -388,12 +398,16 @@ class Adapter:
             self.log(result.reason)
             return result
         self.raw.update_collection_metadata(new, {"adapt_state": "ready", "adapt_offset": None})
-        if old == store.collection:  # a plain collection, not an alias: it must go for the alias
-            store.drop_collection(old)
         switched = _now()
-        store.point_alias(new)
-        self.catalog.spaces.reload()  # this process's functions move at once
-        self.log(f"alias {store.collection!r} now points at {new}")
+        if self.on_switch is not None:  # a model change's collection: its caller moves the alias
+            self.on_switch(new)
+        else:
+            if old == store.collection:  # a plain collection, not an alias: it must go for the alias
+                store.drop_collection(old)
+                switched = _now()
+            store.point_alias(new)
+            self.catalog.spaces.reload()  # this process's functions move at once
+            self.log(f"alias {store.collection!r} now points at {new}")
         if old != store.collection:
             catch_started = time.perf_counter()
             result.caught_up, result.removed = self.catch_up(old, new, projection, begun, switched)
@@ -409,9 +423,13 @@ class Adapter:
         return result
 
     def _kept(self) -> set[str]:
-        previous = self.catalog.previous_collection()
-        pid = self.raw.collection_metadata(previous).get("projection_id") if previous else None
-        return {str(pid)} if pid else set()
+        """The projections of the collection serving now and of the one a model change keeps."""
+        kept = set()
+        for name in (self.catalog.physical_collection(), self.catalog.previous_collection()):
+            pid = self.raw.collection_metadata(name).get("projection_id") if name else None
+            if pid:
+                kept.add(str(pid))
+        return kept
 
     def _create(self, projection: Projection | None, points: int) -> tuple[str, datetime, Any]:
         """A new collection to copy into, recording the projection (saved first)."""
@@ -419,7 +437,7 @@ class Adapter:
         if projection is not None:
             self.catalog.spaces.projections.save(projection)
         begun = _now()
-        new = f"{store.collection}-{slug(self.catalog.model_id)}-{begun.strftime('%Y%m%d%H%M%S%f')}"
+        new = f"{store.collection}-{slug(store.model_id)}-{begun.strftime('%Y%m%d%H%M%S%f')}"
         metadata: dict[str, Any] = {
             "adapt_state": "building",
             "adapt_started_at": _iso(begun),
@@ -441,7 +459,8 @@ class Adapter:
             )
         self.raw.create_physical(new, projection.dim if projection else None, metadata)
         # recorded on the live collection, so a run stopped half-way is found and resumed
-        self.raw.update_collection_metadata(self.catalog.spaces.current().collection, {"adapt_building": new})
+        live = self.source or self.catalog.spaces.current().collection
+        self.raw.update_collection_metadata(live, {"adapt_building": new})
         return new, begun, None
 
     # -- copying -------------------------------------------------------------------------------

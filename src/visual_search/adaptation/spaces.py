@@ -107,10 +107,13 @@ class SpaceTracker:
         check_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         models: ModelSource | None = None,
+        projections: ProjectionRepository | None = None,
     ):
         self.store = store
         self.models = models
-        self.projections = ProjectionRepository(store)
+        # the catalogue's projections (beside its alias), shared by the views of its other
+        # collections (Catalog.for_collection: a re-index's or a model change's collection)
+        self.projections = projections or ProjectionRepository(store)
         self.check_s = check_s
         self.clock = clock
         self._space: Space | None = None

@@ -75,6 +75,9 @@ class Router:
             results = self._timed(self.ingestor, part, batch)
             if also is not None:
                 extra = also.apply_batch(part).outcomes
+                if self.ingestor.catalog.reindex_target() != building:  # moved on meanwhile (its
+                    # adaptation copy took over): the write may have missed the copy's catch-up
+                    extra = [Outcome(c, Status.RETRY, f"the re-index moved on from {building}") for c in part]
                 results = [_worse(a, b) for a, b in zip(results, extra, strict=True)]
             return results
         ingestor = self._for(target)

@@ -266,7 +266,7 @@ def reindex_via_queue(
     keep_old: bool = False,
     model: Embedder | None = None,
     keep_previous_h: float | None = None,
-    before_switch: Callable[[str], None] = lambda new: None,
+    before_switch: Callable[[str], str | None] = lambda new: None,
     after_switch: Callable[[], dict[str, Any] | None] = lambda: None,
     rate: float | None = None,
     records_per_message: int = 10,
@@ -283,8 +283,9 @@ def reindex_via_queue(
     ``model``: the new collection's model (default: the layer's); the ingest functions embed
     every change for it with it. ``keep_previous_h``: keep the old collection that long for
     ``visual-search model rollback`` (alias ``<COLLECTION>.previous``) instead of dropping it.
-    ``before_switch(new)`` may refuse the switch by raising; ``after_switch`` runs once the
-    alias has moved (the adaptation refit of a model change).
+    ``before_switch(new)`` may refuse the switch by raising, or name another collection to
+    switch to (a model change's adapted copy of ``new``); ``after_switch`` runs once the alias
+    has moved.
 
     Searches keep answering from the old collection until the alias switches. On failure (the
     counts never match, a timeout, Ctrl-C) the alias never moved and the new collection is
@@ -332,15 +333,19 @@ def reindex_via_queue(
         log(watch_hint(url))
         wait_for_drain(sqs, url, poll_s=poll_s, settle=settle, timeout_s=timeout_s, log=log, sleep=sleep)
         _wait_for_counts(catalog, building, sources, old, poll_s, settle, log, sleep)
-        before_switch(new)
+        final = before_switch(new) or new
     except BaseException:
-        log(f"re-index stopped before the switch: dropping {new}; {catalog.collection!r} is unchanged")
+        made = sorted({new, catalog.reindex_target() or new})
+        unchanged = f"{catalog.collection!r} is unchanged"
+        log(f"re-index stopped before the switch: dropping {', '.join(made)}; {unchanged}")
         catalog.set_reindex_target(None)
-        catalog.drop_collection(new)
+        for name in made:
+            if name in catalog.collections():
+                catalog.drop_collection(name)
         raise
-    kept = _switch(catalog, new, old, keep_old, keep_previous_h, log)
-    catalog.update_metadata_of(new, {"migration_state": "switched", "migration_switched_at": _now()})
-    out = {"collection": new, "previous": old, "via_queue": url, "sources": plan.enqueued}
+    kept = _switch(catalog, final, old, keep_old, keep_previous_h, log)
+    catalog.update_metadata_of(final, {"migration_state": "switched", "migration_switched_at": _now()})
+    out = {"collection": final, "previous": old, "via_queue": url, "sources": plan.enqueued}
     out["model"] = fields.model_id
     if kept:
         out["previous_kept_until"] = kept

@@ -7,8 +7,9 @@ its model, so the functions embed for it with that model, and every ordinary cha
 goes to both collections, each embedded with its own model. Searches keep being answered from
 the current collection with its own model until the alias moves. Before it moves, the
 registry's file is downloaded again and checked against its card (a corrupt model never
-serves); after it moves, the adaptation is refitted for the new model (``visual-search adapt``,
-its own atomic switch), and warm functions follow within ``PROJECTION_CHECK_S``. The collection
+serves) and the adaptation is fitted for the new model and copied with its adapted vectors
+(``refit``), so the alias moves once, to the adapted collection; warm functions follow within
+``PROJECTION_CHECK_S``. The collection
 left behind stays under the alias ``<COLLECTION>.previous`` for ``--keep-previous`` hours, for
 ``visual-search model rollback``; the maintenance function drops it after that.
 """
@@ -126,19 +127,17 @@ def migrate(
         )
     model = catalog.registry_model(model_id)  # fetched and checked now, as the functions will
 
-    def verify(new: str) -> None:
+    adapted: dict[str, Any] = {}
+
+    def verify_and_adapt(new: str) -> str:
         log(f"checking {registry.where(model_id)} against its card before the switch")
         registry.verify(model_id, card.get("sha256"))
-
-    def refit() -> dict[str, Any] | None:
-        catalog.spaces.reload()
         if not adapt.auto:
-            return None
-        from ..adaptation.adapter import Adapter
+            return new
+        adapted.update(refit(catalog, new, adapt, log).as_dict())
+        return str(adapted.get("collection") or new)
 
-        return Adapter(catalog, adapt, log=log).run().as_dict()
-
-    return reindex_via_queue(
+    result = reindex_via_queue(
         catalog,
         s3,
         sqs,
@@ -146,12 +145,30 @@ def migrate(
         sources,
         model=model,
         keep_previous_h=keep_previous_h,
-        before_switch=verify,
-        after_switch=refit,
+        before_switch=verify_and_adapt,
         progress=progress,
         log=log,
         **fleet,
     )
+    catalog.spaces.reload()
+    if adapted:
+        result["adapt"] = adapted
+    return result
+
+
+def refit(catalog: Catalog, new: str, adapt: AdaptSettings, log: Callable[[str], None]) -> Any:
+    """The adaptation fitted on the new model's collection before the alias moves: a copy with
+    its adapted vectors; the re-index target follows the copy (with the change's progress), so
+    live changes reach it, and the copy catches up with what reached ``new`` meanwhile."""
+    from ..adaptation.adapter import Adapter
+
+    def follow(copy: str) -> None:
+        progress = {k: v for k, v in catalog.metadata_of(new).items() if k.startswith("migration_")}
+        catalog.update_metadata_of(copy, {**progress, "migration_state": "adapting"})
+        catalog.set_reindex_target(copy)
+
+    log(f"fitting the adaptation for the new model on {new} before the switch")
+    return Adapter(catalog, adapt, log=log, source=new, on_switch=follow).run()
 
 
 def _plan(catalog, s3, sqs, url, model_id, card, current, sources, memory_mb, concurrency, progress) -> dict:
@@ -177,8 +194,9 @@ def _plan(catalog, s3, sqs, url, model_id, card, current, sources, memory_mb, co
             f"create a collection for {model_id} and send {images} images to {url}",
             "ingest functions embed them with the new model; live changes go to both collections",
             "wait for the queue to drain and the counts to match",
-            "check the registry's file against its card again, then move the alias",
-            "refit the adaptation for the new model (ADAPT)",
+            "check the registry's file against its card again",
+            "fit the adaptation for the new model and copy the collection with it (ADAPT)",
+            "move the alias, once, atomically",
             "keep the previous collection for `visual-search model rollback`",
         ],
     }
