@@ -159,3 +159,39 @@ def test_products_csv_and_folders_that_disagree_are_counted_and_strict_refuses(b
     out, err = capsys.readouterr()
     assert "4 images; 4 uploaded" in out and "1 products.csv rows have no photos: sku-9" in out
     assert "/4" in err  # the progress bar knows the total
+
+
+def test_wait_returns_once_the_catalogue_holds_every_upload_and_says_so(
+    bucket, shop_folder, memory_store, capsys
+):
+    """The ingest function's part played by a thread indexing the bucket while the command waits."""
+    import threading
+
+    from visual_search.ingest.pipeline import Ingestor
+    from visual_search.ops.sync import Syncer
+
+    catalog = get_catalog()  # the one the command asks
+
+    def the_function() -> None:
+        while not bucket.list_objects_v2(Bucket="shop").get("KeyCount"):
+            threading.Event().wait(0.05)
+        threading.Event().wait(1.0)  # the command is waiting by now
+        Syncer(Ingestor.configured(catalog, bucket)).backfill("shop", "catalog/")
+
+    indexing = threading.Thread(target=the_function)
+    indexing.start()
+    code = main(["upload", str(shop_folder), "s3://shop/catalog/", "--wait", "--timeout", "60"])
+    indexing.join(60)
+    out, err = capsys.readouterr()
+    assert code == 0 and "indexed: all 3 images are in the catalogue" in out
+    assert "indexing" in err and "3/3" in err  # its progress bar, with the total
+
+
+def test_wait_times_out_with_what_is_missing_and_without_wait_says_how(
+    bucket, shop_folder, memory_store, capsys
+):
+    assert main(["upload", str(shop_folder), "s3://shop/catalog/", "--wait", "--timeout", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "3 of 3 images not indexed after 0.5 s" in err and "dead-letter queue" in err
+    assert main(["upload", str(shop_folder), "s3://shop/catalog/"]) == 0  # nothing to send again
+    assert "`visual-search upload ... --wait` waits for it" in capsys.readouterr().err

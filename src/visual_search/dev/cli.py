@@ -711,6 +711,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse to upload when products.csv has rows with no photos or folders with no row",
     )
+    upload.add_argument(
+        "--wait",
+        action="store_true",
+        help="then wait until the catalogue holds every uploaded image (the local stack's backlog, or "
+        "the store QDRANT_URL names)",
+    )
+    upload.add_argument(
+        "--timeout", type=float, default=600, metavar="S", help="with --wait: give up after S seconds (600)"
+    )
     upload.add_argument("--quiet", action="store_true", help="no progress bar")
     upload.set_defaults(func=cmd_upload)
 
@@ -1029,7 +1038,59 @@ def cmd_upload(args) -> int:
     )
     bar.close()
     print(report.summary(args.target))
-    return 0 if report.failed == 0 else 1
+    if report.failed:
+        return 1
+    if not args.wait:
+        print(
+            "indexing follows asynchronously: `visual-search upload ... --wait` waits for it", file=sys.stderr
+        )
+        return 0
+    return _wait_indexed(args, bucket, prefix, images)
+
+
+def _wait_indexed(args, bucket: str, prefix: str, images) -> int:
+    """``upload --wait``: through the local stack holding the catalogue (its backlog empty), or
+    by asking the catalogue for every uploaded key and ETag."""
+    import os
+    import time
+
+    from .devstack.running import running_stack
+    from .upload import expected_objects, wait_until_indexed
+
+    stack = running_stack(os.environ.get("QDRANT_PATH", ".data/qdrant"))
+    if stack is not None and (args.endpoint_url or "").rstrip("/") == stack["s3"].rstrip("/"):
+        deadline = time.monotonic() + args.timeout
+        from .devstack.models import ask
+
+        while time.monotonic() < deadline:
+            health = ask(stack, "GET", "/health")
+            backlog = health.get("backlog") or {}
+            if not backlog.get("queued") and not backlog.get("in_flight"):
+                points = health.get("points")
+                print(f"indexed: the local stack's backlog is empty ({points} images in the catalogue)")
+                return 0
+            time.sleep(0.5)
+        print(
+            f"error: the local stack still indexes after {args.timeout:g} s ({stack['api']}/health)",
+            file=sys.stderr,
+        )
+        return 1
+    from ..catalog import get_catalog
+
+    expected = expected_objects(images, bucket, prefix)
+    catalog = get_catalog()
+    bar = _progress(None, len(expected), "indexing", args.quiet)
+    done = wait_until_indexed(expected, catalog.stored, args.timeout, progress=bar.update)
+    bar.close()
+    if done < len(expected):
+        print(
+            f"error: {len(expected) - done} of {len(expected)} images not indexed after {args.timeout:g} s: "
+            "see the ingest function's logs and its dead-letter queue",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"indexed: all {len(expected)} images are in the catalogue")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -151,3 +151,43 @@ def upload_folder(
                 progress(1)
     report.seconds = time.monotonic() - started
     return report
+
+
+def expected_objects(images: list[LocalImage], bucket: str, prefix: str) -> dict[tuple[str, str], str]:
+    """(bucket, key) -> the ETag (MD5) each uploaded image has in the bucket."""
+    return {
+        (bucket, object_key(prefix, image)): hashlib.md5(
+            image.path.read_bytes(), usedforsecurity=False
+        ).hexdigest()
+        for image in images
+    }
+
+
+def wait_until_indexed(
+    expected: dict[tuple[str, str], str],
+    stored: Callable[[list[tuple[str, str]]], dict[tuple[str, str], dict]],
+    timeout_s: float = 600.0,
+    poll_s: float = 1.0,
+    progress: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Poll the catalogue (``stored``: Catalog.stored) until every object is indexed with the
+    ETag it was uploaded with; how many are. Returns early with fewer at ``timeout_s``."""
+    from ..ingest.pipeline import bare_etag
+
+    deadline = clock() + timeout_s
+    left = dict(expected)
+    while True:
+        refs = list(left)
+        found = {}
+        for start in range(0, len(refs), 256):
+            found.update(stored(refs[start : start + 256]))
+        done = [ref for ref in refs if bare_etag(found.get(ref, {}).get("etag")) == left[ref]]
+        for ref in done:
+            left.pop(ref)
+        if progress and done:
+            progress(len(done))
+        if not left or clock() >= deadline:
+            return len(expected) - len(left)
+        sleep(poll_s)
