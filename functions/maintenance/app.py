@@ -15,7 +15,7 @@ from visual_search.catalog import get_catalog
 from visual_search.config import get_settings
 from visual_search.feedback import reviewer
 from visual_search.observability import MetricUnit, logger, metrics, tracer
-from visual_search.ops.migration import retire_previous
+from visual_search.ops.previous import retire_previous
 
 catalog = get_catalog()
 settings = get_settings()

@@ -29,7 +29,8 @@ from visual_search.dev.cli import main
 from visual_search.dev.lambdas import LambdaContext, load_function
 from visual_search.errors import ModelError
 from visual_search.ops.fleet import enqueue
-from visual_search.ops.migration import estimate, migrate, retire_previous, rollback, status
+from visual_search.ops.migration import estimate, migrate, rollback, status
+from visual_search.ops.previous import retire_previous
 from visual_search.registry import ModelRegistry, ModelSource, ModelUnavailableError, RegistryConflictError
 
 MODEL_B = REPO_MODELS / "efficientnet-lite0-384-grocery"

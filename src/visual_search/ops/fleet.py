@@ -29,8 +29,9 @@ from urllib.parse import quote_plus
 from ..catalog import REINDEX_SUFFIX, Catalog
 from ..ingest.pipeline import Ingestor, bare_etag
 from ..ingest.router import TARGET_ATTRIBUTE
+from .previous import keep_as_previous
 from .queues import queue_url, waiting
-from .sync import SourceObject, chunks, keep_as_previous, list_objects, slug, sources_in
+from .sync import SourceObject, chunks, list_objects, slug, sources_in
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Embedder

@@ -19,11 +19,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
 from .fleet import enqueue, reindex_via_queue
+from .previous import KEEP_PREVIOUS_H, keep_as_previous
 from .queues import queue_url, waiting
 from .sync import sources_in
 
@@ -32,7 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import AdaptSettings
     from ..registry import ModelRegistry
 
-KEEP_PREVIOUS_H = 72.0
 # Wall seconds of an ingest invocation per image at 2048 MB, by precision (docs/deploy.md,
 # "Backfilling a large bucket"); Lambda's x86 price per GB-second; S3 (GET + HEAD), SQS and
 # log lines per image (docs/deploy.md, "What a million images cost to ingest").
@@ -248,7 +248,9 @@ def _progress(catalog: Catalog, building: str, clock: Callable[[], float]) -> di
     }
 
 
-def rollback(catalog: Catalog, keep_previous_h: float = KEEP_PREVIOUS_H) -> dict[str, Any]:
+def rollback(
+    catalog: Catalog, keep_previous_h: float = KEEP_PREVIOUS_H, log: Callable[[str], None] = lambda m: None
+) -> dict[str, Any]:
     """The alias back to the collection the last model change left; the one it leaves is kept
     in turn (a second rollback goes forward again). Its model is loaded and checked first."""
     previous = catalog.previous_collection()
@@ -260,21 +262,6 @@ def rollback(catalog: Catalog, keep_previous_h: float = KEEP_PREVIOUS_H) -> dict
     current = catalog.physical_collection()
     catalog.switch_to(previous)
     if current and current != previous:
-        until = (datetime.now(UTC) + timedelta(hours=keep_previous_h)).isoformat(timespec="seconds")
-        catalog.update_metadata_of(current, {"previous_kept_until": until})
-        catalog.set_previous(current)
+        keep_as_previous(catalog, current, previous, keep_previous_h, log)
     catalog.spaces.reload()
     return {"collection": previous, "model": model.model_id, "previous": current}
-
-
-def retire_previous(catalog: Catalog, now: datetime | None = None) -> str | None:
-    """Drop the collection kept for a rollback once its time is up; returns its name."""
-    previous = catalog.previous_collection()
-    if not previous:
-        return None
-    until = catalog.metadata_of(previous).get("previous_kept_until")
-    if not until or datetime.fromisoformat(str(until)) > (now or datetime.now(UTC)):
-        return None
-    catalog.set_previous(None)
-    catalog.drop_collection(previous)
-    return previous

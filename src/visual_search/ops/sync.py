@@ -11,7 +11,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,6 +19,7 @@ from ..catalog import Catalog, is_image_key
 from ..ingest.events import S3Change
 from ..ingest.pipeline import Ingestor, Outcome, bare_etag
 from ..store import slug
+from .previous import keep_as_previous
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Embedder
@@ -220,22 +221,6 @@ def sources_in(catalog: Catalog, collection: str) -> list[tuple[str, str]]:
         {(bucket, folder) for (bucket, _), folder in shared.items() if bucket not in whole}
         | {(bucket, "") for bucket in whole}
     )
-
-
-def keep_as_previous(
-    catalog: Catalog, old: str, new: str, hours: float, log: Callable[[str], None] = print
-) -> str:
-    """Keep the collection a model change left as ``<COLLECTION>.previous`` for ``hours`` (for
-    ``visual-search model rollback``), dropping the one kept from the change before; until when."""
-    until = (datetime.now(UTC) + timedelta(hours=hours)).isoformat(timespec="seconds")
-    superseded = catalog.previous_collection()
-    catalog.update_metadata_of(old, {"previous_kept_until": until})
-    catalog.set_previous(old)
-    if superseded and superseded not in (old, new):
-        catalog.drop_collection(superseded)
-        log(f"dropped {superseded}, the collection kept from the change before")
-    log(f"kept {old} until {until} for `visual-search model rollback`")
-    return until
 
 
 def reindex(

@@ -17,6 +17,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,12 @@ def base_model(card: dict[str, Any]) -> str | None:
     return base or quantized or None
 
 
+def is_model_id(name: str) -> bool:
+    return bool(MODEL_ID.fullmatch(name or "")) and ".." not in name
+
+
 def check_model_id(model_id: str) -> str:
-    if not MODEL_ID.fullmatch(model_id or "") or ".." in model_id:
+    if not is_model_id(model_id):
         raise ModelError(
             f"{model_id!r} is not a model id (letters, digits and . _ + -, at most 128, starting with "
             "a letter or digit)"
@@ -139,8 +144,14 @@ class ModelRegistry:
 
     def card(self, model_id: str, missing_ok: bool = False) -> dict[str, Any] | None:
         """The published card of ``model_id`` (None, or ModelUnavailableError, when absent)."""
+        found = self._card_object(model_id, missing_ok)
+        return found[0] if found else None
+
+    def _card_object(self, model_id: str, missing_ok: bool) -> tuple[dict[str, Any], datetime] | None:
+        """The card and when it was written (None, or ModelUnavailableError, when absent)."""
         try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=self._key(model_id, CARD))["Body"].read()
+            response = self.s3.get_object(Bucket=self.bucket, Key=self._key(model_id, CARD))
+            body = response["Body"].read()
         except self.s3.exceptions.ClientError as exc:
             if _code(exc) in ("NoSuchKey", "404", "NotFound"):
                 if missing_ok:
@@ -151,7 +162,7 @@ class ModelRegistry:
                 ) from None
             raise
         try:
-            return json.loads(body)
+            return json.loads(body), response["LastModified"]
         except ValueError:
             raise ModelUnavailableError(f"the card {self.where(model_id)}/{CARD} is not JSON") from None
 
@@ -161,15 +172,19 @@ class ModelRegistry:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"):
             for common in page.get("CommonPrefixes") or []:
                 model_id = common["Prefix"][len(self.prefix) :].rstrip("/")
+                if not is_model_id(model_id):
+                    continue  # not a model folder (.training/: the SageMaker jobs' files)
                 try:
-                    head = self.s3.head_object(Bucket=self.bucket, Key=self._key(model_id, CARD))
                     size = self.s3.head_object(Bucket=self.bucket, Key=self._key(model_id, WEIGHTS))
-                except (self.s3.exceptions.ClientError, ModelError):
-                    continue  # an upload under way, or not a model folder
-                card = self.card(model_id, missing_ok=True) or {}
+                    found = self._card_object(model_id, missing_ok=True)  # one read: card and date
+                except self.s3.exceptions.ClientError:
+                    continue  # an upload under way
+                if found is None:
+                    continue  # an upload under way: the card is written last
+                card, created = found
                 yield PublishedModel(
                     model_id,
-                    head["LastModified"].isoformat(timespec="seconds"),
+                    created.isoformat(timespec="seconds"),
                     int(size["ContentLength"]),
                     card.get("sha256"),
                     base_model(card),
