@@ -1,7 +1,7 @@
 """Settings, read once from the environment.
 
-Every knob of the service is an environment variable with a documented default (see the
-README's configuration table). ``get_settings()`` reads them on first use and caches the result,
+Every knob of the service is an environment variable with a documented default (see
+docs/configuration.md). ``get_settings()`` reads them on first use and caches the result,
 so a Lambda container pays the parsing once; tests call ``get_settings.cache_clear()`` after
 changing the environment.
 """

@@ -77,10 +77,11 @@ def test_sam_build_lays_out_functions_and_layers(sam_build):
         "qdrant_client",
         "aws_lambda_powertools",
         "pydantic",
-        "tqdm",
         "aws_xray_sdk",
     ):
         assert (deps / package).is_dir(), f"{package} is missing from the dependency layer"
+    # Progress bars are the command line's: tqdm stays out of the functions' layer.
+    assert not (deps / "tqdm").exists(), "tqdm is development-only: it must not ship in the dependency layer"
     # Trimmed: the runtime's own boto3/botocore, tests, stubs; bytecode compiled for 3.12.
     for gone in ("boto3", "botocore", "s3transfer", "bin", "numpy/_core/tests"):
         assert not (deps / gone).exists(), f"{gone} should have been trimmed"

@@ -35,7 +35,7 @@ def openapi_json(app: APIGatewayRestResolver) -> str:
         app.get_openapi_json_schema(
             title="Visual product search",
             version=API_VERSION,
-            description="Find products by photo. See README.md.",
+            description="Find products by photo. See README.md and docs/api.md.",
         )
     )
     components = schema.setdefault("components", {}).setdefault("schemas", {})

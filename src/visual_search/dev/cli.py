@@ -501,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="visual-search",
         description="Visual product search: index product photos and find products by photo. "
-        "The store is chosen by QDRANT_URL / QDRANT_PATH / COLLECTION (see README).",
+        "The store is chosen by QDRANT_URL / QDRANT_PATH / COLLECTION (see docs/configuration.md).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
