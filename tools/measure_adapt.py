@@ -28,7 +28,7 @@ from visual_search.adaptation.adapter import Adapter
 from visual_search.catalog import Catalog
 from visual_search.config import AdaptSettings, load_settings
 from visual_search.model import get_embedder
-from visual_search.store import CatalogStore, ImagePoint, connect
+from visual_search.store import CatalogStore, ImagePoint, open_client_backend
 
 
 def fill(store: CatalogStore, points: int, products: int, dim: int, batch: int = 512) -> float:
@@ -77,7 +77,7 @@ def main() -> int:
 
     store_settings = replace(store_settings, collection=f"measure-{uuid.uuid4().hex[:8]}")
     embedder = get_embedder()
-    store = CatalogStore(connect(store_settings), store_settings, embedder.model_id, args.dim)
+    store = CatalogStore(open_client_backend(store_settings), store_settings, embedder.model_id, args.dim)
     catalog = Catalog(embedder, store, projection_check_s=3600)
     filled = fill(store, args.points, args.products, args.dim)
     adapt_settings = AdaptSettings(batch=args.batch, grace_s=0.0, dims=(None,), sample=settings.adapt.sample)

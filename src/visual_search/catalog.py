@@ -477,7 +477,7 @@ class Catalog:
     def previous_collection(self) -> str | None:
         """The collection a model change left, kept for ``visual-search model rollback``."""
         name = self.store.alias_target(self.store.collection + PREVIOUS_SUFFIX)
-        return name if name and self.store.backend.collection_exists(name) else None
+        return name if name and self.store.admin().collection_exists(name) else None
 
     def set_previous(self, collection: str | None) -> None:
         self.store.set_alias(self.store.collection + PREVIOUS_SUFFIX, collection)

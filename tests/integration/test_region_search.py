@@ -12,7 +12,7 @@ from PIL import Image
 from visual_search.catalog import Catalog, ImageSource
 from visual_search.config import StoreSettings
 from visual_search.images import Region
-from visual_search.store import CatalogStore, Query, connect
+from visual_search.store import CatalogStore, Query, open_client_backend
 
 LEFT, RIGHT = "Oatly-Oat-Milk", "Tropicana-Mandarin-Morning"
 
@@ -20,7 +20,7 @@ LEFT, RIGHT = "Oatly-Oat-Milk", "Tropicana-Mandarin-Morning"
 @pytest.fixture(scope="module")
 def catalog(embedder, demo_images):
     settings = StoreSettings(path=":memory:", collection=f"region-{uuid.uuid4().hex[:8]}")
-    store = CatalogStore(connect(settings), settings, embedder.model_id, embedder.dim)
+    store = CatalogStore(open_client_backend(settings), settings, embedder.model_id, embedder.dim)
     catalog = Catalog(embedder, store)
     held_out = {collage_photo(demo_images, LEFT).key, collage_photo(demo_images, RIGHT).key}
     sources = [

@@ -1,5 +1,7 @@
-"""The layering rules, checked on the source: qdrant-client stays inside the store package, no
-caller reaches past ``Catalog`` into its embedder or store, and no modules import each other."""
+"""The layering rules, checked on the source: qdrant-client stays inside the store package, the
+store is closed (outside it, code imports only ``visual_search.store`` and its allowed public
+modules, and never touches a store's backend or raw client), no caller reaches past ``Catalog``
+into its embedder or store, and no modules import each other."""
 
 from __future__ import annotations
 
@@ -12,6 +14,17 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "visual_search"
 FUNCTIONS = PACKAGE.parents[1] / "functions"
 SOURCES = sorted(PACKAGE.rglob("*.py")) + sorted(FUNCTIONS.rglob("*.py"))
 CATALOG_PARTS = {"embedder", "store", "reranker", "models"}
+# The adaptation layer copies whole physical collections, so it alone may ask the catalogue
+# for its store (``Catalog.adaptation_store``); everyone else goes through Catalog's methods.
+ADAPTATION_PARTS = {"adaptation_store", "adaptation_store_for"}
+STORE = PACKAGE / "store"
+# The store's public surface: the package, and the one module a command imports on its own.
+STORE_PUBLIC = {"visual_search.store", "visual_search.store.migrate"}
+STORE_MODULES = {p.stem for p in STORE.glob("*.py") if p.stem != "__init__"}
+# Never reached from outside the store package: its engine seam, on any object ...
+BACKEND_ATTRIBUTES = {"backend", "_backend"}
+# ... and a raw client, on a store (an expression naming one: ``self.store.client``).
+CLIENT_ATTRIBUTES = {"client", "_client"}
 
 
 def _name(node: ast.expr) -> str:
@@ -52,15 +65,99 @@ def test_only_the_store_imports_qdrant_client(path):
 def test_no_caller_reaches_into_the_catalogue(path):
     if path == PACKAGE / "catalog.py":
         return
+    parts = CATALOG_PARTS | (set() if PACKAGE / "adaptation" in path.parents else ADAPTATION_PARTS)
     tree = ast.parse(path.read_text(encoding="utf-8"))
     reached = [
         f"line {node.lineno}: {_name(node.value)}.{node.attr}"
         for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute)
-        and node.attr in CATALOG_PARTS
-        and "catalog" in _name(node.value).lower()
+        if isinstance(node, ast.Attribute) and node.attr in parts and "catalog" in _name(node.value).lower()
     ]
     assert not reached, "use Catalog's methods instead"
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The module a ``from ... import`` names, relative imports resolved against ``module``."""
+    if not node.level:
+        return node.module or ""
+    parts = module.split(".")
+    base = parts if is_package else parts[:-1]
+    base = base[: len(base) - node.level + 1]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def store_boundary_violations(source: str, module: str, is_package: bool = False) -> list[str]:
+    """What code of ``module`` (outside the store package) does across the store's boundary
+    that it must not: import a store module other than the public ones (``STORE_PUBLIC``),
+    or touch a backend (any ``.backend`` / ``._backend``) or a store's raw client
+    (``<...store...>.client``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            stem = _absolute(node, module, is_package)
+            names = [stem]
+            if stem == "visual_search.store":
+                names += [f"{stem}.{a.name}" for a in node.names if a.name in STORE_MODULES]
+        elif isinstance(node, ast.Attribute):
+            if node.attr in BACKEND_ATTRIBUTES or (
+                node.attr in CLIENT_ATTRIBUTES and "store" in ast.unparse(node.value).lower()
+            ):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+            continue
+        else:
+            continue
+        found += [
+            f"line {node.lineno}: imports {name}"
+            for name in names
+            if name.startswith("visual_search.store.") and name not in STORE_PUBLIC
+        ]
+    return found
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if STORE not in p.parents], ids=_relative)
+def test_nothing_outside_the_store_reaches_into_it(path):
+    module = _module(path) if PACKAGE in path.parents else path.stem
+    found = store_boundary_violations(path.read_text(encoding="utf-8"), module, path.name == "__init__.py")
+    assert not found, "use visual_search.store's public names and CatalogStore's methods (admin())"
+
+
+def test_the_store_boundary_check_can_fail():
+    snippet = """
+from ..store.backend import StoredPoint
+from ..store import edge_backend, CatalogStore
+from visual_search.store.raw import field_is
+import visual_search.store.connection
+from ..store import migrate
+
+def leak(store, catalog):
+    store.backend.upsert("c", [])
+    catalog.store._backend.scroll("c")
+    return store.client, self.store._client
+"""
+    found = store_boundary_violations(snippet, "visual_search.adaptation.adapter")
+    assert {f.split(": ", 1)[1] for f in found} == {
+        "imports visual_search.store.backend",
+        "imports visual_search.store.edge_backend",
+        "imports visual_search.store.raw",
+        "imports visual_search.store.connection",
+        "store.backend",
+        "catalog.store._backend",
+        "store.client",
+        "self.store._client",
+    }
+    legitimate = """
+import boto3
+from ..store import CatalogStore, StoredPoint, migrate
+from ..store.migrate import migrate_local_mode
+from .store import VECTOR
+
+def fine(store, holder):
+    holder._client = boto3.client("s3")
+    return store.admin().collection_info("c"), holder._client
+"""
+    assert store_boundary_violations(legitimate, "visual_search.adaptation.adapter") == []
+    assert store_boundary_violations("from .store.raw import x", "visual_search.catalog")
 
 
 def _module(path: Path) -> str:

@@ -34,9 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..store import RERANK, VECTOR, CatalogStore, VectorSpec, slug
-from ..store.backend import Record, StoredPoint
-from ..store.raw import indexed_after
+from ..store import RERANK, VECTOR, CatalogStore, Record, StoredPoint, VectorSpec, slug
 from . import calibration
 from .calibration import Calibration
 from .spaces import ADAPTED, CALIBRATION
@@ -110,17 +108,17 @@ def _seconds(started: float) -> float:
 
 class RawCollections:
     """The points and metadata of physical collections by name, as stored (no model checks):
-    what copying a catalogue between collections needs of the store's backend."""
+    what copying a catalogue between collections needs of the store (its ``admin()``)."""
 
     def __init__(self, store: CatalogStore):
         self.store = store
-        self.backend = store.backend
+        self.admin = store.admin()
 
     def collection_metadata(self, name: str) -> dict[str, Any]:
-        return dict(self.backend.collection_info(name).metadata)
+        return self.admin.collection_metadata(name)
 
     def update_collection_metadata(self, name: str, changes: dict[str, Any]) -> None:
-        self.backend.update_metadata(name, {**self.collection_metadata(name), **changes})
+        self.admin.update_metadata(name, changes)
 
     def create_physical(self, name: str, adapted_dim: int | None, metadata: dict[str, Any]) -> None:
         vectors = {}
@@ -131,7 +129,7 @@ class RawCollections:
     def scroll_records(
         self, name: str, offset: Any, page: int, vectors: list[str] | None = None, payload: Any = True
     ) -> tuple[list[Record], Any]:
-        return self.backend.scroll(name, None, page, offset, payload, vectors or [])
+        return self.admin.scroll(name, page, offset, payload, vectors or [])
 
     def iter_records(
         self, name: str, payload: Any = True, vectors: list[str] | None = None, page: int = 256
@@ -144,7 +142,7 @@ class RawCollections:
                 return
 
     def get_records_by_id(self, name: str, ids: list[str], vectors: list[str]) -> list[Record]:
-        return self.backend.retrieve(name, ids, vectors) if ids else []
+        return self.admin.retrieve(name, ids, vectors)
 
     def put_points(self, name: str, records: list[Record]) -> None:
         points = [
@@ -155,18 +153,16 @@ class RawCollections:
             )
             for r in records
         ]
-        self.backend.upsert(name, points)
+        self.admin.upsert(name, points)
 
     def delete_point_ids(self, name: str, ids: list[str]) -> None:
-        if ids:
-            self.backend.delete_ids(name, ids)
+        self.admin.delete_ids(name, ids)
 
     def count_indexed_since(self, name: str, stamp: str) -> int:
         """Points indexed after the ISO time ``stamp``: a datetime-range count where the engine
         has one (a server), else a scan of the stamps (the embedded engine; small catalogues)."""
-        where = indexed_after(stamp)
         try:
-            return self.backend.count(name, where)
+            return self.admin.count_indexed_after(name, stamp)
         except (TypeError, ValueError):
             return sum(
                 1
@@ -178,7 +174,7 @@ class RawCollections:
         """The collection an adapt run is filling for the live collection ``live`` (recorded in
         its metadata as ``adapt_building``), if it still exists and is not finished."""
         name = self.collection_metadata(live).get("adapt_building")
-        if not name or name == live or not self.backend.collection_exists(str(name)):
+        if not name or name == live or not self.admin.collection_exists(str(name)):
             return []
         return [str(name)] if self.collection_metadata(str(name)).get("adapt_state") == "building" else []
 

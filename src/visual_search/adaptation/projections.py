@@ -16,14 +16,12 @@ from __future__ import annotations
 import base64
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import NotFoundError
-from ..store import CollectionExists, VectorSpec
-from ..store.backend import StoredPoint
-from ..store.raw import field_is
+from ..store import CollectionExists, StoredPoint, VectorSpec
 from .whitening import Projection
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,10 +49,10 @@ class ProjectionRepository:
         text = base64.b64encode(projection.to_bytes()).decode("ascii")
         parts = [text[i : i + PART_CHARS] for i in range(0, len(text), PART_CHARS)] or [""]
         pid = projection.id
-        backend = self.store.backend
-        if not backend.collection_exists(self.collection):
+        admin = self.store.admin()
+        if not admin.collection_exists(self.collection):
             try:  # the parts are payloads; a 1-d placeholder vector, as every engine wants one
-                backend.create_collection(
+                admin.create_collection(
                     self.collection, {PLACEHOLDER: VectorSpec(1, "dot")}, {"holds": "projections"}
                 )
             except CollectionExists:
@@ -67,7 +65,7 @@ class ProjectionRepository:
             )
             for i, part in enumerate(parts)
         ]
-        backend.upsert(self.collection, points)
+        admin.upsert(self.collection, points)
         with self._lock:
             self._cache[pid] = projection
         return pid
@@ -96,21 +94,22 @@ class ProjectionRepository:
         ids = {str(p.get("projection_id")) for p in self._payloads(None, ["projection_id"])}
         gone = sorted(ids - keep)
         for pid in gone:
-            self.store.backend.delete_where(self.collection, _match(pid))
+            self.store.admin().delete_where(self.collection, *_match(pid))
         return len(gone)
 
-    def _payloads(self, where: Any, fields: list[str] | bool = True) -> list[dict]:
-        backend = self.store.backend
-        if not backend.collection_exists(self.collection):
+    def _payloads(self, where: tuple[str, str] | None, fields: list[str] | bool = True) -> list[dict]:
+        admin = self.store.admin()
+        if not admin.collection_exists(self.collection):
             return []
         out: list[dict] = []
         offset = None
         while True:
-            records, offset = backend.scroll(self.collection, where, 16, offset, fields)
+            records, offset = admin.scroll(self.collection, 16, offset, fields, where=where)
             out += [r.payload for r in records]
             if offset is None:
                 return out
 
 
-def _match(projection_id: str) -> Any:
-    return field_is("projection_id", projection_id)
+def _match(projection_id: str) -> tuple[str, str]:
+    """The points of one projection: payload field and value (``StoreAdmin``'s ``where``)."""
+    return ("projection_id", projection_id)

@@ -141,7 +141,7 @@ class SpaceTracker:
     def space_of(self, physical: str) -> Space:
         """The space of one physical collection: its model, its projection, and the store
         pinned to it."""
-        info = self.store.backend.collection_info(physical)
+        info = self.store.admin().collection_info(physical)
         embedder = self.models.for_collection(physical, info.metadata) if self.models else None
         layer = embedder is None or self.models is None or embedder is self.models.layer
         store = self.store if layer or embedder is None else self.store.for_model(embedder.fields)

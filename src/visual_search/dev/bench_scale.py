@@ -122,7 +122,7 @@ def exact(data: Synthetic, qs: np.ndarray, filtered: bool, grouped: bool, k: int
 def build_state(folder: Path) -> str:
     """What the HNSW build has done so far, read from the shard folders: segments with a graph,
     segments in all, and the bytes of the segment being built."""
-    from ..store.edge_backend import disk_bytes
+    from ..store import disk_bytes
 
     segments = [d for d in folder.glob("collections/*/segments/*") if d.is_dir()]
     graphs = sum(1 for d in segments if any(d.glob("vector_index-*")))
@@ -260,8 +260,7 @@ def edge_row(size: int, log, keep: str | None = None) -> dict:
     import json
 
     from ..config import get_settings
-    from ..store import CatalogStore, open_backend
-    from ..store.edge_backend import disk_bytes
+    from ..store import disk_bytes, open_store
 
     data = synthetic(size)
     qs = queries(data)
@@ -274,7 +273,7 @@ def edge_row(size: int, log, keep: str | None = None) -> dict:
     if stamp is None:
         shutil.rmtree(folder, ignore_errors=True)
         log(f"scale {size}: synthetic vectors and exact answers ready; upserting ...")
-        store = CatalogStore(open_backend(settings), settings, "synthetic-clustered", DIM)
+        store = open_store(settings, "synthetic-clustered", DIM)
         upsert_s, optimize_s = build(store, data, folder, log)
         store.close()
         if keep:
@@ -287,7 +286,7 @@ def edge_row(size: int, log, keep: str | None = None) -> dict:
     gc.collect()
     before = rss_mb()
     started = time.perf_counter()
-    store = CatalogStore(open_backend(settings), settings, "synthetic-clustered", DIM)
+    store = open_store(settings, "synthetic-clustered", DIM)
     store.count()
     reopen_s = time.perf_counter() - started
     data.vectors = np.zeros((0, DIM), np.float32)
@@ -312,9 +311,7 @@ def local_mode_row(size: int, log) -> dict:
     """The previous embedded engine, qdrant-client's local mode in memory, for comparison."""
     from ..config import StoreSettings
     from ..domain import ImagePoint
-    from ..store import CatalogStore
-    from ..store.client_backend import ClientBackend
-    from ..store.connection import Connection, connect
+    from ..store import CatalogStore, open_client_backend
 
     data = synthetic(size)
     qs = queries(data)[:20]
@@ -322,7 +319,7 @@ def local_mode_row(size: int, log) -> dict:
     gc.collect()
     before = rss_mb()
     settings = StoreSettings(path=":memory:", collection="scale-local")
-    backend = ClientBackend(Connection(connect(settings), settings), settings)  # local mode
+    backend = open_client_backend(settings)  # qdrant-client's local mode
     store = CatalogStore(backend, settings, "synthetic-clustered", DIM)
     started = time.perf_counter()
     for start in range(0, size, 1000):

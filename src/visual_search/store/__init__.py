@@ -10,14 +10,22 @@ metadata. The collection records which model built it and refuses vectors from a
 - ``connection``: the API key (SSM / Secrets Manager, rotation) and the client;
 - ``collections``: aliases, physical collections, model / fingerprint metadata, payload indexes;
 - ``queries``: ``Filter`` -> Qdrant filter, grouping by product, rerank prefetch, pages;
-- ``catalog_store``: ``CatalogStore`` (named vectors from a dict: see its docstring);
+- ``catalog_store``: ``CatalogStore`` (named vectors from a dict: see its docstring), which
+  takes only a backend; ``open_store(settings, ...)`` resolves the engine from the settings;
+- ``admin``: ``StoreAdmin`` (``CatalogStore.admin()``), the collection-level operations on
+  physical collections by name that adaptation, projections and spaces need;
 - ``migrate``: converting a qdrant-client local-mode folder to qdrant-edge.
+
+Outside this package, code imports ``visual_search.store`` only (``migrate`` for the one
+command that converts a folder) and never touches a backend or a raw client
+(``tests/unit/test_layering.py``).
 
 The domain types (``Query``, ``Hit``, ``ImagePoint``, ``Filter``) live in ``visual_search.domain``
 and are re-exported here for existing callers.
 """
 
 from ..domain import Filter, Hit, ImagePoint, Query, Range, point_id
+from .admin import StoreAdmin
 from .backend import (
     FLOAT_FIELDS,
     KEYWORD_FIELDS,
@@ -25,10 +33,21 @@ from .backend import (
     CollectionInfo,
     CollectionMissing,
     Nearest,
+    Record,
     StoreBackend,
+    StoredPoint,
     VectorSpec,
+    disk_bytes,
 )
-from .catalog_store import RERANK, VECTOR, CatalogStore, ModelFields, open_backend
+from .catalog_store import (
+    RERANK,
+    VECTOR,
+    CatalogStore,
+    ModelFields,
+    open_backend,
+    open_client_backend,
+    open_store,
+)
 from .collections import slug
 from .connection import KEY_MAX_AGE_S, Connection, connect, key_is_stored, resolve_api_key
 from .queries import MAX_GROUP_FETCH, qdrant_filter
@@ -52,11 +71,17 @@ __all__ = [
     "Nearest",
     "Query",
     "Range",
+    "Record",
+    "StoreAdmin",
     "StoreBackend",
+    "StoredPoint",
     "VectorSpec",
     "connect",
+    "disk_bytes",
     "key_is_stored",
     "open_backend",
+    "open_client_backend",
+    "open_store",
     "point_id",
     "qdrant_filter",
     "resolve_api_key",

@@ -23,6 +23,7 @@ from qdrant_client import QdrantClient
 from ..config import StoreSettings
 from ..domain import Filter, Hit, ImagePoint, Query, point_id
 from ..errors import NotFoundError
+from .admin import StoreAdmin
 from .backend import CollectionMissing, StoreBackend, StoredPoint, VectorSpec
 from .client_backend import ClientBackend
 from .collections import Lifecycle
@@ -61,12 +62,43 @@ def open_backend(settings: StoreSettings) -> StoreBackend:
     return EdgeBackend(settings.path, settings)
 
 
+def open_store(
+    settings: StoreSettings,
+    model_id: str,
+    dim: int,
+    distance: str = "cosine",
+    rerank_model_id: str | None = None,
+    rerank_dim: int | None = None,
+    model_fingerprint: str | None = None,
+    **extra: Any,
+) -> CatalogStore:
+    """The store of one model over the configured engine: the backend (connection, API key,
+    folder) resolved from ``settings`` here, so ``CatalogStore`` itself takes only a backend."""
+    return CatalogStore(
+        open_backend(settings),
+        settings,
+        model_id,
+        dim,
+        distance,
+        rerank_model_id,
+        rerank_dim,
+        model_fingerprint,
+        **extra,
+    )
+
+
+def open_client_backend(settings: StoreSettings) -> StoreBackend:
+    """A qdrant-client backend whatever the mode: a server (``QDRANT_URL``), or qdrant-client's
+    local mode for ``QDRANT_PATH`` (a folder, or ``:memory:``: benchmarks, tests)."""
+    return ClientBackend(Connection(connect(settings), settings), settings)
+
+
 class CatalogStore:
     """The product-image collection of one model."""
 
     def __init__(
         self,
-        client: QdrantClient | Connection | StoreBackend,
+        backend: StoreBackend,
         settings: StoreSettings,
         model_id: str,
         dim: int,
@@ -79,11 +111,11 @@ class CatalogStore:
         metadata: Mapping[str, Any] | None = None,
         follow: bool = False,
     ):
-        if isinstance(client, QdrantClient):
-            client = Connection(client, settings)
-        self.backend: StoreBackend = (
-            ClientBackend(client, settings) if isinstance(client, Connection) else client
-        )
+        if isinstance(backend, (QdrantClient, Connection)):  # a raw client: the store takes a backend
+            raise TypeError(
+                "CatalogStore takes a backend: open_backend(settings), or open_store(settings, ...)"
+            )
+        self._backend = backend
         self.settings = settings
         self.collection = settings.collection
         self.model_id = model_id
@@ -113,10 +145,10 @@ class CatalogStore:
         # writes it loads that model (adaptation.spaces).
         self.follow = follow
         self.lifecycle = Lifecycle(
-            self.backend, self.collection, self.vectors, self.metadata, self.space, check_models=not follow
+            self._backend, self.collection, self.vectors, self.metadata, self.space, check_models=not follow
         )
         self.searcher = Searcher(
-            self.backend, self.collection, settings, VECTOR, RERANK if rerank_dim else None
+            self._backend, self.collection, settings, VECTOR, RERANK if rerank_dim else None
         )
         self._ready = False
         self._pinned = False  # see pinned(): never looks for nor creates its collection
@@ -133,16 +165,9 @@ class CatalogStore:
         model_fingerprint: str | None = None,
         **extra: Any,
     ) -> CatalogStore:
-        return cls(
-            open_backend(settings),
-            settings,
-            model_id,
-            dim,
-            distance,
-            rerank_model_id,
-            rerank_dim,
-            model_fingerprint,
-            **extra,
+        """The store over the configured engine (``open_store``)."""
+        return open_store(
+            settings, model_id, dim, distance, rerank_model_id, rerank_dim, model_fingerprint, **extra
         )
 
     def for_model(self, model: ModelFields) -> CatalogStore:
@@ -151,7 +176,7 @@ class CatalogStore:
         if (model.model_id, model.fingerprint) == (self.model_id, self.model_fingerprint):
             return self
         return CatalogStore(
-            self.backend,
+            self._backend,
             self.settings,
             model.model_id,
             model.dim,
@@ -169,17 +194,22 @@ class CatalogStore:
         """The embedding space(s) this store reads and writes: the model, and the reranker."""
         return self.model_id + (f" (rerank: {self.rerank_model_id})" if self.rerank_model_id else "")
 
+    def admin(self) -> StoreAdmin:
+        """Collection-level operations on physical collections by name (adaptation's copies,
+        the projections' side collection), over this store's backend."""
+        return StoreAdmin(self._backend)
+
     @property
     def client(self) -> QdrantClient:
         """The qdrant-client underneath (qdrant-client backends only; tests and tools)."""
-        return self.backend.client  # type: ignore[attr-defined]
+        return self._backend.client  # type: ignore[attr-defined]
 
     def close(self) -> None:
-        self.backend.close()
+        self._backend.close()
 
     def reconnect(self) -> None:
         """New connections (after a SnapStart restore), for backends that have any."""
-        reconnect = getattr(self.backend, "reconnect", None)
+        reconnect = getattr(self._backend, "reconnect", None)
         if reconnect:
             reconnect()
 
@@ -208,7 +238,7 @@ class CatalogStore:
 
     def aliases(self) -> dict[str, str]:
         """alias name -> collection name."""
-        return self.backend.aliases()
+        return self._backend.aliases()
 
     def physical_collection(self) -> str | None:
         """The collection behind COLLECTION (itself if it is not an alias), or None."""
@@ -216,7 +246,7 @@ class CatalogStore:
 
     def point_alias(self, target: str) -> None:
         """Make COLLECTION an alias of ``target`` in one atomic step."""
-        self.backend.set_alias(self.collection, target)
+        self._backend.set_alias(self.collection, target)
         self._ready = False  # checked again (model, indexes) on next use
 
     def exists(self) -> bool:
@@ -233,18 +263,18 @@ class CatalogStore:
         self._ready = True
 
     def alias_target(self, alias: str) -> str | None:
-        return self.backend.aliases().get(alias)
+        return self._backend.aliases().get(alias)
 
     def set_alias(self, alias: str, target: str | None) -> None:
         """Point ``alias`` at ``target`` (replacing it), or delete it (None)."""
         if target:
-            self.backend.set_alias(alias, target)
+            self._backend.set_alias(alias, target)
         else:
-            self.backend.delete_alias(alias)
+            self._backend.delete_alias(alias)
 
     def switch_alias(self, target: str, drop: Sequence[str] = ()) -> None:
         """COLLECTION -> ``target`` and the aliases ``drop`` deleted, in one atomic step."""
-        self.backend.set_alias(self.collection, target, drop)
+        self._backend.set_alias(self.collection, target, drop)
         self._ready = False
 
     def for_collection(
@@ -257,7 +287,7 @@ class CatalogStore:
         and ``metadata`` add named vectors and collection metadata to this store's."""
         extra_vectors, extra_metadata = self._extra
         return CatalogStore(
-            self.backend,
+            self._backend,
             replace(self.settings, collection=name),
             self.model_id,
             self.dim,
@@ -297,42 +327,42 @@ class CatalogStore:
         return other
 
     def drop_collection(self, name: str) -> None:
-        self.backend.delete_collection(name)
+        self._backend.delete_collection(name)
 
     def collections(self) -> list[str]:
         """Every physical collection of the store's engine."""
-        return self.backend.list_collections()
+        return self._backend.list_collections()
 
     def metadata_of(self, name: str) -> dict[str, Any]:
         """The metadata of any collection by name (no model check)."""
-        return dict(self.backend.collection_info(name).metadata)
+        return dict(self._backend.collection_info(name).metadata)
 
     def update_metadata_of(self, name: str, changes: Mapping[str, Any]) -> None:
-        self.backend.update_metadata(name, {**self.metadata_of(name), **changes})
+        self._backend.update_metadata(name, {**self.metadata_of(name), **changes})
 
     def count_in(self, name: str) -> int:
         """The points of any collection by name."""
-        return self.backend.count(name, None)
+        return self._backend.count(name, None)
 
     def collection_metadata(self) -> dict[str, Any]:
         """The metadata recorded with the collection (model id, fingerprint, ...)."""
         self.ensure_collection()
         with self._guard():
-            return self.backend.collection_info(self.collection).metadata
+            return self._backend.collection_info(self.collection).metadata
 
     def update_metadata(self, changes: Mapping[str, Any]) -> None:
         """Merge ``changes`` into the collection's metadata."""
         self.ensure_collection()
         with self._guard():
             physical = self.physical_collection() or self.collection
-            merged = {**self.backend.collection_info(physical).metadata, **changes}
-            self.backend.update_metadata(physical, merged)
+            merged = {**self._backend.collection_info(physical).metadata, **changes}
+            self._backend.update_metadata(physical, merged)
 
     def info(self) -> dict[str, Any]:
         """Points, named vectors and (embedded) real bytes on disk of the collection."""
         self.ensure_collection()
         with self._guard():
-            info = self.backend.collection_info(self.collection)
+            info = self._backend.collection_info(self.collection)
         return {
             "collection": self.collection,
             "physical": self.physical_collection(),
@@ -346,25 +376,25 @@ class CatalogStore:
         bulk commands and ``visual-search optimize`` call it."""
         self.ensure_collection()
         with self._guard():
-            self.backend.optimize(self.physical_collection() or self.collection)
+            self._backend.optimize(self.physical_collection() or self.collection)
 
     def count(self, filters: Filter | Mapping[str, Any] | None = None) -> int:
         self.ensure_collection()
         with self._guard():
-            return self.backend.count(self.collection, qdrant_filter(Filter.of(filters)))
+            return self._backend.count(self.collection, qdrant_filter(Filter.of(filters)))
 
     def facets(self, fields: Sequence[str] = ("category", "brand"), limit: int = 100) -> dict:
         """Distinct values of keyword fields with their image counts (for filter pickers)."""
         self.ensure_collection()
         with self._guard():
             return {
-                name: [{"value": v, "count": c} for v, c in self.backend.facet(self.collection, name, limit)]
+                name: [{"value": v, "count": c} for v, c in self._backend.facet(self.collection, name, limit)]
                 for name in fields
             }
 
     def ping(self) -> bool:
         """True when Qdrant answers (health checks)."""
-        return self.backend.ping()
+        return self._backend.ping()
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -397,7 +427,7 @@ class CatalogStore:
             raise ValueError("this collection reranks: every point needs its rerank vector")
         stored = [self._stored(p) for p in points]  # every vector checked before any write
         with self._guard():
-            self.backend.upsert(self.collection, stored)
+            self._backend.upsert(self.collection, stored)
 
     def update_payload(self, changes: Mapping[str, Mapping[str, Any]]) -> None:
         """Set (value) or clear (None) payload fields of stored points: point id -> fields.
@@ -409,14 +439,14 @@ class CatalogStore:
         with self._guard():
             for start in range(0, len(ids), UPDATE_BATCH):
                 part = ids[start : start + UPDATE_BATCH]
-                records = self.backend.retrieve(self.collection, part, list(self.vectors))
+                records = self._backend.retrieve(self.collection, part, list(self.vectors))
                 points = []
                 for r in records:
                     payload = {**r.payload, **changes[r.id]}
                     payload = {k: v for k, v in payload.items() if v is not None}
                     vectors = {k: np.asarray(v, np.float32) for k, v in r.vectors.items() if v is not None}
                     points.append(StoredPoint(r.id, vectors, payload))
-                self.backend.upsert(self.collection, points)
+                self._backend.upsert(self.collection, points)
 
     def update_vectors(self, name: str, vectors: Mapping[str, np.ndarray]) -> None:
         """Set named vector ``name`` of stored points (point id -> vector), in batches."""
@@ -428,7 +458,7 @@ class CatalogStore:
         items = list(vectors.items())
         with self._guard():
             for start in range(0, len(items), UPDATE_BATCH):
-                self.backend.update_vectors(self.collection, name, dict(items[start : start + UPDATE_BATCH]))
+                self._backend.update_vectors(self.collection, name, dict(items[start : start + UPDATE_BATCH]))
 
     def delete_images(self, refs: Iterable[tuple[str, str]]) -> None:
         ids = [point_id(bucket, key) for bucket, key in refs]
@@ -436,7 +466,7 @@ class CatalogStore:
             return
         self.ensure_collection()
         with self._guard():
-            self.backend.delete_ids(self.collection, ids)
+            self._backend.delete_ids(self.collection, ids)
 
     def delete_product(self, product_id: str) -> None:
         self.ensure_collection()
@@ -444,7 +474,7 @@ class CatalogStore:
         if where is None:  # never: an empty filter here would delete every point
             raise ValueError("no filter for a product delete")
         with self._guard():
-            self.backend.delete_where(self.collection, where)
+            self._backend.delete_where(self.collection, where)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -455,7 +485,7 @@ class CatalogStore:
         self.ensure_collection()
         by_id = {point_id(b, k): (b, k) for b, k in refs}
         with self._guard():
-            records = self.backend.retrieve(self.collection, list(by_id))
+            records = self._backend.retrieve(self.collection, list(by_id))
         return {by_id[r.id]: r.payload for r in records}
 
     def vectors_of(
@@ -467,7 +497,7 @@ class CatalogStore:
         self.ensure_collection()
         by_id = {point_id(b, k): (b, k) for b, k in refs}
         with self._guard():
-            records = self.backend.retrieve(self.collection, list(by_id), [name])
+            records = self._backend.retrieve(self.collection, list(by_id), [name])
         return {by_id[r.id]: r.vectors.get(name) for r in records}
 
     def scroll(
@@ -484,7 +514,7 @@ class CatalogStore:
         offset = None
         while True:
             with self._guard():
-                records, offset = self.backend.scroll(self.collection, where, page, offset, True, names)
+                records, offset = self._backend.scroll(self.collection, where, page, offset, True, names)
             for r in records:
                 vector = r.vectors.get(names[0]) if names else None
                 yield Hit(id=r.id, score=1.0, payload=r.payload, vector=vector)
@@ -496,7 +526,7 @@ class CatalogStore:
         what a re-index reads of the collection it replaces."""
         offset = None
         while True:
-            records, offset = self.backend.scroll(collection, None, page, offset, list(fields))
+            records, offset = self._backend.scroll(collection, None, page, offset, list(fields))
             for record in records:
                 yield record.payload
             if offset is None:
@@ -508,7 +538,7 @@ class CatalogStore:
             return {}
         self.ensure_collection()
         with self._guard():
-            records = self.backend.retrieve(self.collection, list(ids), [name])
+            records = self._backend.retrieve(self.collection, list(ids), [name])
         return {
             r.id: (np.asarray(r.vectors[name], np.float32), r.payload)
             for r in records

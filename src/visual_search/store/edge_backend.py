@@ -47,6 +47,7 @@ from .backend import (
     Record,
     StoredPoint,
     VectorSpec,
+    disk_bytes,
     hit_of,
 )
 
@@ -85,19 +86,6 @@ def edge_installed() -> bool:
 def is_local_mode_folder(root: Path) -> bool:
     """Whether ``root`` holds qdrant-client's local-mode layout (``meta.json`` + ``collection/``)."""
     return (root / "meta.json").is_file() and not (root / CATALOGUE).exists()
-
-
-def disk_bytes(folder: Path) -> int:
-    """Bytes really allocated under ``folder``: edge preallocates sparse 32 MiB WAL files, whose
-    apparent size says nothing."""
-    total = 0
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except FileNotFoundError:  # removed while walking (segment merge)
-                continue
-    return total
 
 
 def _write_atomically(path: Path, data: dict) -> None:
