@@ -62,7 +62,19 @@ def test_sam_build_lays_out_functions_and_layers(sam_build):
     assert (build / "AppLayer" / "python" / "visual_search" / "__init__.py").is_file()
     shipped = build / "AppLayer" / "python" / "visual_search"
     assert (shipped / "api" / "routes.py").is_file() and (shipped / "store" / "catalog_store.py").is_file()
-    for dev in ("devstack", "bench.py", "evaluate.py", "cli.py", "lambdas.py", "folders.py", "training"):
+    # Left out by folder (tools/app_layer.py): dev/ (the command line's cli/, devstack/, training/,
+    # bench.py, evaluate.py, ...) and __main__.py; nor may they ship from the package's top level.
+    for dev in (
+        "dev",
+        "__main__.py",
+        "cli",
+        "devstack",
+        "bench.py",
+        "evaluate.py",
+        "lambdas.py",
+        "folders.py",
+        "training",
+    ):
         assert not (shipped / dev).exists(), f"{dev} is development-only: it must not ship in the code layer"
     # Its bytecode too, for 3.12, never checked against the sources (/opt is read-only).
     for module in ("catalog", "api/routes", "store/catalog_store"):

@@ -402,7 +402,7 @@ def _wait_for_counts(catalog, building, sources, old, poll_s, settle, log, sleep
     )
 
 
-# -- the command line's two commands (cli.py parses, these run) ------------------------------------
+# -- the command line's two commands (dev/cli/ parses, these run) ----------------------------------
 
 
 def _progress(desc: str, quiet: bool):

@@ -52,7 +52,6 @@ class ModelOperations:
 
     def status(self) -> dict[str, Any]:
         from ...ops.migration import status
-        from ..model_cli import usage
 
         used, serving = usage(self.catalog)
         return {**status(self.catalog), "usage": used, "serving": serving}
@@ -105,3 +104,18 @@ def ask(stack: dict[str, Any], method: str, path: str, body: dict[str, Any] | No
         raise ValueError(
             answer.get("error", {}).get("message") or f"the local stack answered {err.code}"
         ) from None
+
+
+def usage(catalog: Any) -> tuple[dict[str, list[str]], str | None]:
+    """Which collections each model (by registry id) fills, and the model serving now."""
+    used: dict[str, list[str]] = {}
+    current = catalog.physical_collection()
+    serving = None
+    for name in catalog.collections():
+        meta = catalog.metadata_of(name)
+        model = meta.get("model_card_id") or meta.get("model_id")
+        if model:
+            used.setdefault(str(model), []).append(name)
+            if name == current:
+                serving = str(model)
+    return used, serving

@@ -18,9 +18,9 @@ def _when(text: str) -> datetime:
 
 
 def _views(args):
-    from ..aws import s3_client
-    from ..config import get_settings
-    from ..feedback import ShopperViews
+    from ...aws import s3_client
+    from ...config import get_settings
+    from ...feedback import ShopperViews
 
     bucket = args.bucket or os.environ.get("BUCKET")
     if not bucket:
@@ -51,7 +51,7 @@ def cmd_purge(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def add(sub) -> None:
     views = sub.add_parser(
         "shopper-views",
         help="list or purge the photos shoppers' clicks added to products",
