@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from ..folders import ingest_folder
-from .common import int_in, progress
+from .common import int_in, log_to_stderr, progress
 
 
 def add_ingest(sub) -> None:
@@ -103,7 +102,7 @@ def _optimize_after_bulk(quiet: bool) -> None:
     from ...catalog import get_catalog
     from ...ops.maintenance import optimize
 
-    optimize(get_catalog(), log=(lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr)))
+    optimize(get_catalog(), log=(lambda m: None) if quiet else log_to_stderr)
 
 
 def run_ingest(args) -> int:
