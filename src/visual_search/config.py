@@ -15,8 +15,9 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # A source checkout keeps the shipped models next to the Lambda layer that deploys them. The
-# default is the int8 model, statically quantised from the fp32 one beside it (docs/quality.md).
-DEFAULT_MODEL_FOLDER = "efficientnet-lite0-384-int8"
+# default is a weight-space blend of the ImageNet model and its grocery fine-tune, statically
+# quantised to int8: better on product photos, as good elsewhere (docs/quality.md).
+DEFAULT_MODEL_FOLDER = "efficientnet-lite0-384-grocery-wise30-int8"
 REPO_MODELS = PACKAGE_DIR.parent.parent / "layers" / "model"
 REPO_MODEL_DIR = REPO_MODELS / DEFAULT_MODEL_FOLDER
 # In Lambda the model layer is unpacked under /opt.

@@ -3,11 +3,14 @@ docs/benchmarks.md, not for a test that could flake)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from visual_search.config import get_settings
 from visual_search.dev import bench
+from visual_search.model import Embedder
 
 
 def test_ingest_section_reports_every_row_and_the_cpu_budget(embedder):
@@ -131,14 +134,15 @@ def test_scale_keep_searches_the_kept_store_again_without_rebuilding(tmp_path):
 
 def test_int8_section_compares_the_default_with_its_float_source(embedder):
     report = bench.precision_compare(repeat=2)["int8"]
-    assert [r["model"] for r in report["rows"].values()] == [
-        embedder.card.id.removesuffix("-int8"),
-        embedder.card.id,
-    ]
+    source = bench.float_source(embedder)
+    assert source is not None and source.name == "efficientnet-lite0-384"  # the blend's base
+    imagenet_int8 = Embedder(source.parent / "efficientnet-lite0-384-int8")
+    assert bench.float_source(imagenet_int8) == source  # the recorded source of a plain int8 model
+    float_id = json.loads((source / "model.json").read_text())["id"]
+    assert [r["model"] for r in report["rows"].values()] == [float_id, embedder.card.id]
     for row in report["rows"].values():
         assert all(
             row[k] > 0 for k in ("load_ms", "run_b1_ms", "run_b8_ms", "query_ms", "ingest_per_image_ms")
         )
     fp32, int8 = report["rows"]["fp32"], report["rows"]["int8"]
     assert report["fp32_over_int8"]["run_b1_ms"] == round(fp32["run_b1_ms"] / int8["run_b1_ms"], 2)
-    assert bench.float_source(embedder).name == "efficientnet-lite0-384"

@@ -73,7 +73,7 @@ def test_bad_image_in_a_batch_does_not_spoil_the_others(embedder, demo_images):
 
 def test_model_card_describes_the_shipped_onnx(embedder):
     card = embedder.card
-    assert card.id == "efficientnet-lite0-imagenet-384-int8" and card.distance == "cosine"
+    assert card.id == "efficientnet-lite0-384-grocery45-wise30-int8" and card.distance == "cosine"
     assert card.preprocess.size == 384 and card.preprocess.interpolation == "bicubic"
     assert file_sha256(embedder.model_dir / "model.onnx") == card.sha256
     raw = json.loads((embedder.model_dir / "model.json").read_text())
@@ -180,15 +180,32 @@ def test_grocery_model_is_a_fine_tune_of_the_default_with_its_data_named():
     assert "MIT" in grocery["source"]["training"] and grocery["sha256"] != default["sha256"]
 
 
-def test_the_default_int8_model_answers_as_its_fp32_source(embedder, demo_images):
-    """The shipped default is the fp32 model statically quantised: its card says from which file
-    and on what, and its vectors point where the fp32 ones do."""
-    fp32_dir = REPO_MODEL_DIR.parent / "efficientnet-lite0-384"
+def test_the_default_is_the_shipped_models_blended_then_quantised(embedder, demo_images, tmp_path):
+    """The shipped default is the ImageNet model and its grocery fine-tune (both in layers/model/)
+    blended in weight space, then statically quantised: its card names both parents, alpha and
+    the fp32 file it was quantised from; blending the parents again gives that very file, and the
+    int8 vectors point where its vectors do."""
+    pytest.importorskip("onnx", reason="re-blending needs the onnx package (the train extra)")
+    from visual_search.dev.training.blend import blend
+
+    models = REPO_MODEL_DIR.parent
     card = json.loads((REPO_MODEL_DIR / "model.json").read_text())
-    source = json.loads((fp32_dir / "model.json").read_text())
+    base, tuned = (
+        json.loads((models / f / "model.json").read_text())
+        for f in ("efficientnet-lite0-384", "efficientnet-lite0-384-grocery")
+    )
+    assert card["blend"]["base"] == {"id": base["id"], "sha256": base["sha256"]}
+    assert card["blend"]["fine_tuned"] == {"id": tuned["id"], "sha256": tuned["sha256"]}
     assert card["precision"] == "int8" and card["quantization"]["format"] == "QDQ"
-    assert card["quantization"]["from"] == {"id": source["id"], "sha256": source["sha256"]}
     assert card["quantization"]["calibration"]["images"] >= 100
+    fp32_dir = tmp_path / "blend"
+    again = blend(
+        models / "efficientnet-lite0-384",
+        models / "efficientnet-lite0-384-grocery",
+        card["blend"]["alpha"],
+        fp32_dir,
+    )
+    assert card["quantization"]["from"]["sha256"] == again["sha256"]
     assert embedder.model_dir.resolve() == REPO_MODEL_DIR.resolve()
     photos = [img.path.read_bytes() for img in demo_images]
     int8 = np.stack(embedder.embed_many(photos))

@@ -71,15 +71,20 @@ def embed_breakdown(repeat: int) -> dict:
 
 def float_source(embedder) -> Path | None:
     """The folder of the float model an int8 model was quantised from (a sibling folder whose
-    card has the recorded id and sha256), or None."""
+    card has the recorded id and sha256); for a quantised blend whose float blend is not shipped,
+    the blend's base (the same graph with other weights, so the same speed); or None."""
     raw = json.loads((embedder.model_dir / "model.json").read_text())
-    source = (raw.get("quantization") or {}).get("from") or {}
+    wanted = [(raw.get("quantization") or {}).get("from") or {}, (raw.get("blend") or {}).get("base") or {}]
+    siblings = {}
     for folder in sorted(embedder.model_dir.parent.iterdir()):
         card = folder / "model.json"
         if folder != embedder.model_dir and card.is_file():
             other = json.loads(card.read_text())
-            if (other.get("id"), other.get("sha256")) == (source.get("id"), source.get("sha256")):
-                return folder
+            siblings[(other.get("id"), other.get("sha256"))] = folder
+    for source in wanted:
+        found = siblings.get((source.get("id"), source.get("sha256")))
+        if found is not None:
+            return found
     return None
 
 
