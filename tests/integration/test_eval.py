@@ -85,7 +85,8 @@ def test_eval_split_protocol_with_adaptation():
     assert set(out["raw"]) >= KEYS and set(out["adapted"]) >= KEYS
     assert [f["photos"] for f in out["fits"]] == [80]
     assert out["fits"][0]["shrinkage"] is not None, out["fits"][0]["reason"]
-    assert out["adapted"]["recall@1"] >= out["raw"]["recall@1"] + 0.05
+    # The adaptation removes at least a third of the raw space's errors.
+    assert 1 - out["adapted"]["recall@1"] <= (1 - out["raw"]["recall@1"]) * 2 / 3, out
     assert out["recall@1"] == out["adapted"]["recall@1"]
 
 
