@@ -34,4 +34,5 @@ def test_adaptation_raises_recall_on_held_back_photos(embedder):
 
     raw = recall(qx, gx)
     adapted = recall(report.projection.apply(qx), report.projection.apply(gx))
-    assert adapted >= raw + 0.05, (raw, adapted, report.reason)
+    # At least a third of the raw space's errors removed (a fixed gain has no room near 1.0).
+    assert 1 - adapted <= (1 - raw) * 2 / 3, (raw, adapted, report.reason)
