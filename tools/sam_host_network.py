@@ -25,6 +25,7 @@ import json
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 RIE = "/var/rapid/aws-lambda-rie"
@@ -40,7 +41,7 @@ def _extra_env() -> dict[str, str]:
     path = os.environ.get("SAM_LOCAL_CONTAINER_ENV")
     if not path:
         return {}
-    values = json.loads(open(path, encoding="utf-8").read())
+    values = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
         raise SystemExit(f"{path}: SAM_LOCAL_CONTAINER_ENV must name a JSON object of strings")
     return values
@@ -58,7 +59,7 @@ def _patch() -> None:
         def resolve_with_extra(self: Any) -> dict[str, str]:
             return {**resolve(self), **extra}
 
-        EnvironmentVariables.resolve = resolve_with_extra  # type: ignore[method-assign]
+        EnvironmentVariables.resolve = resolve_with_extra
 
     original = Container.create
 
@@ -78,7 +79,7 @@ def _patch() -> None:
             self._exposed_ports = None
         return original(self, context)
 
-    Container.create = create  # type: ignore[method-assign]
+    Container.create = create
 
     create_container = ContainerCollection.create
 
@@ -87,7 +88,7 @@ def _patch() -> None:
             kwargs.pop("ports", None)
         return create_container(self, image, command, **kwargs)
 
-    ContainerCollection.create = create_without_ports  # type: ignore[method-assign]
+    ContainerCollection.create = create_without_ports
 
 
 def main() -> int:
