@@ -4,6 +4,7 @@
 #   scripts/sam-local.sh invoke SearchFunction -e events/api-health.json
 #   scripts/sam-local.sh start-api --port 3000
 #   scripts/sam-local.sh start-docker | stop-docker     only start / stop the docker daemon
+#   scripts/sam-local.sh image     only build the image (stopping a daemon it had to start)
 #
 # 1. the deployment tools (.venv-sam/, tools/install_deploy_tools.sh), Debian's docker.io when
 #    docker is missing (apt-get, as root), and a docker daemon: when none answers, one is started
@@ -12,11 +13,14 @@
 #    running for the next call; `scripts/sam-local.sh stop-docker` stops it.
 # 2. the offline stand-in of AWS's Lambda Python 3.12 image (tools/lambda_base_image.sh), built
 #    once and rebuilt only when its inputs change;
-# 3. `sam build` into .aws-sam/build when the template, functions/, src/ or layers/ changed;
+# 3. `sam build` into .aws-sam/build ($SAM_LOCAL_BUILD_DIR) when the template, functions/, src/
+#    or layers/ changed (SAM_LOCAL_NO_BUILD=1: use that folder as it is);
 # 4. `sam local ARGS --skip-pull-image --docker-network host` on the built template, through
 #    tools/sam_host_network.py (so that the function containers really get the host network).
 #
-# Without --env-vars, the functions get events/env-local.json (Qdrant on 127.0.0.1:6333, no SSM
+# `sam local --env-vars` sets only variables the template declares; SAM_LOCAL_CONTAINER_ENV=FILE
+# (a JSON object) adds others to every function container, e.g. AWS_ENDPOINT_URL_S3 for a local
+# S3 server. Without --env-vars, the functions get events/env-local.json (Qdrant on 127.0.0.1:6333, no SSM
 # key, no X-Ray): pass your own to point them at a moto S3 server or a real Qdrant.
 #
 # With Docker and network access (a developer's machine), SAM_LOCAL_IMAGE=aws uses AWS's real
@@ -95,6 +99,10 @@ stop_docker() {
 # `sam build` only when its inputs changed since the last build into $BUILD_DIR.
 build_if_needed() {
     local stamp="$BUILD_DIR/.inputs" inputs
+    if [ "${SAM_LOCAL_NO_BUILD:-0}" = 1 ]; then
+        [ -f "$BUILD_DIR/template.yaml" ] || die "SAM_LOCAL_NO_BUILD=1, but $BUILD_DIR holds no build"
+        return 0
+    fi
     inputs="$(find template.yaml functions src layers -type f \
         ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -printf '%p %s %T@\n' \
         | sort | sha256sum | cut -c1-16)"
@@ -112,6 +120,14 @@ case "$1" in
     -h | --help) usage ;;
     start-docker) start_docker; exit 0 ;;
     stop-docker) stop_docker; exit 0 ;;
+    image)
+        docker info >/dev/null 2>&1 && running=1 || running=0
+        start_docker
+        status=0
+        bash tools/lambda_base_image.sh >/dev/null || status=$?
+        [ "$running" = 1 ] || stop_docker
+        exit "$status"
+        ;;
 esac
 
 bash tools/install_deploy_tools.sh
