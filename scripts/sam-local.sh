@@ -166,6 +166,10 @@ case "$IMAGE_MODE" in
     standin)
         start_docker
         bash tools/lambda_base_image.sh >/dev/null
+        # Each `sam local` rebuilds its image of the stand-in plus the layers under the same tag: drop
+        # the untagged ones left behind (they carry the stand-in's label; images in use are kept).
+        docker image prune -f --filter label=visual-search.lambda-standin >/dev/null \
+            || say "could not remove unused images of earlier runs"
         build_if_needed
         exec "$ROOT/.venv-sam/bin/python" tools/sam_host_network.py local "$subcommand" "${extra[@]}" \
             --skip-pull-image --docker-network host --container-host 127.0.0.1 \

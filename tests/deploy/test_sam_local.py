@@ -83,6 +83,12 @@ def docker() -> Iterator[None]:
         record(lambda_base_image_check_s=round(time.monotonic() - began, 1))
         yield
     finally:
+        # the untagged images SAM's rebuilds left (they carry the stand-in's label)
+        subprocess.run(
+            ["docker", "image", "prune", "-f", "--filter", "label=visual-search.lambda-standin"],
+            capture_output=True,
+            timeout=120,
+        )
         if not already_running:
             subprocess.run(["bash", str(SCRIPT), "stop-docker"], capture_output=True, timeout=120)
 
