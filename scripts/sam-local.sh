@@ -20,8 +20,8 @@
 #
 # `sam local --env-vars` sets only variables the template declares; SAM_LOCAL_CONTAINER_ENV=FILE
 # (a JSON object) adds others to every function container, e.g. AWS_ENDPOINT_URL_S3 for a local
-# S3 server. Without --env-vars, the functions get events/env-local.json (Qdrant on 127.0.0.1:6333, no SSM
-# key, no X-Ray): pass your own to point them at a moto S3 server or a real Qdrant.
+# S3 server. Without --env-vars, the functions get scripts/sam-local-env.json (Qdrant on
+# 127.0.0.1:6333, no SSM key): pass your own to point them at your Qdrant, bucket, ...
 #
 # With Docker and network access (a developer's machine), SAM_LOCAL_IMAGE=aws uses AWS's real
 # image instead: plain `sam local ARGS` (SAM pulls public.ecr.aws/lambda/python:3.12 itself, on
@@ -149,7 +149,7 @@ esac
 extra=(--template-file "$BUILD_DIR/template.yaml")
 case " $* " in
     *" --env-vars "* | *" -n "*) ;;
-    *) extra+=(--env-vars "$ROOT/events/env-local.json") ;;
+    *) extra+=(--env-vars "$ROOT/scripts/sam-local-env.json") ;;
 esac
 case " $* " in
     *" --parameter-overrides "*) ;;

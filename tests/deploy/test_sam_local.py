@@ -235,8 +235,8 @@ def test_search_function_finds_the_ingested_product(ingested, services, event):
 
 
 def test_the_script_prints_the_health_response(docker):
-    """The command of the README, as is, with its local defaults (events/env-local.json: no Qdrant
-    listens there, so the health is degraded, and still answered with 200)."""
+    """The command of the README, as is, with its local defaults (scripts/sam-local-env.json: no
+    Qdrant listens there, so the health is degraded, and still answered with 200)."""
     began = time.monotonic()
     proc = subprocess.run(
         ["bash", str(SCRIPT), "invoke", "SearchFunction", "-e", "events/api-health.json"],
