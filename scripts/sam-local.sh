@@ -24,8 +24,8 @@
 # 127.0.0.1:6333, no SSM key): pass your own to point them at your Qdrant, bucket, ...
 #
 # With Docker and network access (a developer's machine), SAM_LOCAL_IMAGE=aws uses AWS's real
-# image instead: plain `sam local ARGS` (SAM pulls public.ecr.aws/lambda/python:3.12 itself, on
-# the daemon's own network); see docs/deploy.md#sam-local.
+# image instead: `sam local ARGS` without the stand-in and the host network (SAM pulls
+# public.ecr.aws/lambda/python:3.12 itself; the daemon's own network); see docs/deploy.md#sam-local.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -158,10 +158,11 @@ esac
 
 case "$IMAGE_MODE" in
     aws)
-        # AWS's image, pulled by SAM, on the daemon's own network.
+        # AWS's image, pulled by SAM, on the daemon's own network (the launcher only adds
+        # SAM_LOCAL_CONTAINER_ENV's variables here).
         docker info >/dev/null 2>&1 || die "no docker daemon answers (start Docker first)"
         build_if_needed
-        exec "$SAM" local "$subcommand" "${extra[@]}" "$@"
+        exec "$ROOT/.venv-sam/bin/python" tools/sam_host_network.py local "$subcommand" "${extra[@]}" "$@"
         ;;
     standin)
         start_docker
